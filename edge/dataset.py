@@ -1,0 +1,155 @@
+"""Labelled and unlabelled image folders: listing, labels, loading with skips.
+
+Shared by the trainer (fit/evaluate) and replay, so both read a folder the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.preprocess import IMAGE_SIZE, IMAGE_SUFFIXES, ImageError, load_image
+
+log = logging.getLogger(__name__)
+
+CLASS_NAMES = ("ok_front", "def_front")  # index == label: ok 0, defect 1
+POSITIVE_CLASS = "def_front"
+# Folder names accepted for each label, compared case-insensitively.
+CLASS_ALIASES = {"ok_front": 0, "ok": 0, "def_front": 1, "defect": 1, "def": 1}
+
+
+class DatasetError(ValueError):
+    """A folder that cannot be used as a dataset; the message names the path."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int | None  # None when unlabelled
+
+
+@dataclass
+class LoadedImages:
+    """Decoded model inputs plus the files that were skipped and why."""
+
+    images: np.ndarray  # uint8 (N, H, W)
+    labels: np.ndarray  # int8 (N,), -1 where unknown
+    paths: list[Path]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _class_dirs(root: Path) -> dict[int, list[Path]]:
+    found: dict[int, list[Path]] = {}
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and child.name.lower() in CLASS_ALIASES:
+            found.setdefault(CLASS_ALIASES[child.name.lower()], []).append(child)
+    return found
+
+
+def _files(folder: Path) -> list[Path]:
+    # Broken links are kept: they fail later with a reason instead of vanishing.
+    return [p for p in sorted(folder.rglob("*")) if (p.is_file() or p.is_symlink()) and is_image_file(p)]
+
+
+def list_labelled(root: str | Path, require_both: bool = True) -> list[Sample]:
+    """Samples of a folder with one subfolder per class (def_front/ok_front, defect/ok).
+
+    Raises DatasetError naming the folder when a class folder is missing or holds no
+    image files: training on one class silently would produce a useless model.
+    Replay passes require_both=False: a folder of defects alone is a fine check.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    dirs = _class_dirs(root)
+    samples: list[Sample] = []
+    for label, name in enumerate(CLASS_NAMES):
+        if label not in dirs and not require_both:
+            continue
+        if label not in dirs:
+            raise DatasetError(
+                f"{root}: missing class folder '{name}' (expected subfolders "
+                f"{' and '.join(CLASS_NAMES)}, or ok and defect)"
+            )
+        images = [p for d in dirs[label] for p in _files(d)]
+        if not images and require_both:
+            where = ", ".join(str(d) for d in dirs[label])
+            raise DatasetError(f"{where}: class folder holds no image files")
+        samples.extend(Sample(p, label) for p in images)
+    return samples
+
+
+def is_labelled(root: str | Path) -> bool:
+    root = Path(root)
+    return root.is_dir() and bool(_class_dirs(root))
+
+
+def list_unlabelled(root: str | Path) -> list[Sample]:
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    return [Sample(p, None) for p in _files(root)]
+
+
+def load_samples(samples: list[Sample], size: tuple[int, int] = IMAGE_SIZE) -> LoadedImages:
+    """Decode every sample once; unreadable files are skipped, logged and returned."""
+    images = np.empty((len(samples), *size), dtype=np.uint8)
+    labels = np.empty(len(samples), dtype=np.int8)
+    paths: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    n = 0
+    for s in samples:
+        try:
+            images[n] = load_image(s.path, size)
+        except ImageError as exc:
+            log.warning("skipping image", extra={"path": str(s.path), "reason": str(exc)})
+            skipped.append((s.path, str(exc)))
+            continue
+        labels[n] = -1 if s.label is None else s.label
+        paths.append(s.path)
+        n += 1
+    return LoadedImages(images[:n], labels[:n], paths, skipped)
+
+
+def file_digests(samples: list[Sample]) -> dict[Path, str]:
+    """sha256 of each sample file's bytes ("unreadable" where it cannot be read)."""
+    out = {}
+    for s in samples:
+        try:
+            out[s.path] = hashlib.sha256(s.path.read_bytes()).hexdigest()
+        except OSError:
+            out[s.path] = "unreadable"
+    return out
+
+
+def fingerprint(samples: list[Sample], root: str | Path, digests: dict[Path, str]) -> str:
+    """sha256 over (relative path, label, file sha256) of every sample: names the data."""
+    h = hashlib.sha256()
+    root = Path(root)
+    for s in sorted(samples, key=lambda s: str(s.path)):
+        rel = s.path.relative_to(root) if s.path.is_relative_to(root) else s.path
+        h.update(f"{rel.as_posix()}\t{s.label}\t{digests[s.path]}\n".encode())
+    return h.hexdigest()
+
+
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded per-class split: (fit indices, validation indices), both sorted."""
+    rng = np.random.default_rng(seed)
+    fit, val = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        n_val = int(len(idx) * fraction)  # floor, as Keras did: 1326 of 6633
+        val.append(idx[:n_val])
+        fit.append(idx[n_val:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))

@@ -1,0 +1,102 @@
+"""Run a bundle's int8 TFLite model on preprocessed crops with LiteRT.
+
+`ai_edge_litert` is the runtime; `tflite_runtime` is accepted as a fallback for boxes
+that only have it. TensorFlow is never imported here.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.bundle import Bundle, BundleError
+
+log = logging.getLogger(__name__)
+
+
+def _interpreter_class() -> Any:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+        except ImportError as exc:  # pragma: no cover - depends on the box
+            raise ImportError(
+                "no TFLite runtime: pip install ai-edge-litert (or tflite-runtime)"
+            ) from exc
+    return Interpreter
+
+
+class Classifier:
+    """One interpreter, batch 1: p_defect for a uint8 (H, W) grayscale model input."""
+
+    def __init__(self, model: bytes | str | Path, num_threads: int = 1) -> None:
+        Interpreter = _interpreter_class()
+        try:
+            if isinstance(model, bytes):
+                self._it = Interpreter(model_content=model, num_threads=num_threads)
+            else:
+                self._it = Interpreter(model_path=str(model), num_threads=num_threads)
+            self._it.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise BundleError(f"{model if not isinstance(model, bytes) else 'model'}: "
+                              f"not a loadable TFLite model ({exc})") from exc
+        inp = self._it.get_input_details()[0]
+        out = self._it.get_output_details()[0]
+        self._in_index, self._out_index = inp["index"], out["index"]
+        self.input_shape = tuple(int(v) for v in inp["shape"])
+        self.input_dtype = np.dtype(inp["dtype"])
+        self.input_scale, self.input_zero = (float(inp["quantization"][0]), int(inp["quantization"][1]))
+        self.output_dtype = np.dtype(out["dtype"])
+        self.output_scale, self.output_zero = (float(out["quantization"][0]), int(out["quantization"][1]))
+        if len(self.input_shape) != 4 or self.input_shape[0] != 1 or self.input_shape[3] != 1:
+            raise BundleError(f"model input shape {self.input_shape} is not (1, H, W, 1)")
+        self._raw = self.input_dtype == np.uint8 and self.input_scale == 1.0 and self.input_zero == 0
+        self._buf = np.zeros(self.input_shape, dtype=self.input_dtype)
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, num_threads: int = 1) -> Classifier:
+        clf = cls(bundle.model_path, num_threads=num_threads)
+        expected = (1, *bundle.image_size, 1)
+        if clf.input_shape != expected:
+            raise BundleError(f"{bundle.model_path}: input shape {clf.input_shape} does not "
+                              f"match image_size {list(bundle.image_size)} in model.json")
+        return clf
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.input_shape[1], self.input_shape[2]
+
+    def _quantize(self, gray: np.ndarray) -> np.ndarray:
+        if self._raw:
+            return gray
+        x = np.rint(gray.astype(np.float32) / self.input_scale + self.input_zero)
+        info = np.iinfo(self.input_dtype)
+        return np.clip(x, info.min, info.max).astype(self.input_dtype)
+
+    def raw_output(self, gray: np.ndarray) -> int:
+        """The quantized output value: p_defect = scale * (q - zero_point)."""
+        if gray.shape != self.image_size or gray.dtype != np.uint8:
+            raise ValueError(f"expected uint8 {self.image_size} input, got {gray.dtype} {gray.shape}")
+        self._buf[0, :, :, 0] = self._quantize(gray)
+        self._it.set_tensor(self._in_index, self._buf)
+        self._it.invoke()
+        return int(self._it.get_tensor(self._out_index).reshape(-1)[0])
+
+    def p_defect(self, gray: np.ndarray) -> float:
+        q = self.raw_output(gray)
+        if self.output_dtype in (np.uint8, np.int8):
+            return float(self.output_scale * (q - self.output_zero))
+        return float(q)  # pragma: no cover - float output models
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """p_defect for each uint8 (N, H, W) image."""
+        return np.array([self.p_defect(img) for img in images], dtype=np.float64)
+
+
+def decide(p_defect: float, threshold: float) -> str:
+    """The bundle's contract: p_defect >= threshold means reject."""
+    return "reject" if p_defect >= threshold else "accept"

@@ -1,0 +1,211 @@
+"""Replay a folder of images through the line's exact preprocessing and int8 model.
+
+Streams files through a small pool of threads, one interpreter each (OpenCV decode and
+LiteRT invoke release the GIL), so both cores work and memory stays flat. Bad files
+never stop a run: each is recorded with its reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from edge.bundle import Bundle
+from edge.dataset import CLASS_NAMES, Sample, is_labelled, list_labelled, list_unlabelled
+from edge.metrics import summarize
+from edge.model import Classifier, decide
+from edge.preprocess import ImageError, load_image
+
+log = logging.getLogger(__name__)
+
+CHUNK = 32  # images per task: amortises the pool's overhead, keeps order cheap
+
+
+@dataclass
+class Result:
+    path: str
+    label: str | None
+    p_defect: float | None
+    decision: str | None
+    error: str | None = None
+
+
+@dataclass
+class ReplayRun:
+    results: list[Result]
+    summary: dict[str, Any]
+    images: dict[str, np.ndarray]  # model inputs of misclassified images, for the report
+
+
+def list_folder(folder: Path) -> tuple[list[Sample], bool]:
+    if is_labelled(folder):
+        return list_labelled(folder, require_both=False), True
+    return list_unlabelled(folder), False
+
+
+class _Scorer:
+    """Thread-local classifiers over one bundle file."""
+
+    def __init__(self, bundle: Bundle, threshold: float) -> None:
+        self.bundle = bundle
+        self.threshold = threshold
+        self._local = threading.local()
+        self.first = Classifier.from_bundle(bundle)  # fail fast, before any thread starts
+
+    def _clf(self) -> Classifier:
+        clf = getattr(self._local, "clf", None)
+        if clf is None:
+            clf = self._local.clf = Classifier.from_bundle(self.bundle)
+        return clf
+
+    def score(self, chunk: list[Sample], keep: Callable[[Result], bool]) -> list[tuple[Result, np.ndarray | None]]:
+        clf = self._clf()
+        out = []
+        for s in chunk:
+            label = None if s.label is None else CLASS_NAMES[s.label]
+            try:
+                img = load_image(s.path, clf.image_size)
+            except ImageError as exc:
+                out.append((Result(str(s.path), label, None, None, str(exc)), None))
+                continue
+            p = clf.p_defect(img)
+            r = Result(str(s.path), label, round(p, 6), decide(p, self.threshold))
+            out.append((r, img if keep(r) else None))
+        return out
+
+
+def _chunks(samples: list[Sample], n: int) -> Iterator[list[Sample]]:
+    for i in range(0, len(samples), n):
+        yield samples[i : i + n]
+
+
+def _misclassified(r: Result) -> bool:
+    return r.label is not None and r.decision is not None and (r.decision == "reject") != (r.label == "def_front")
+
+
+def replay(folder: Path, bundle: Bundle, threshold: float | None = None, workers: int | None = None,
+           progress: Callable[[int, int], None] | None = None, keep_images: bool = False) -> ReplayRun:
+    samples, labelled = list_folder(folder)
+    t = bundle.threshold if threshold is None else threshold
+    scorer = _Scorer(bundle, t)
+    workers = workers or min(os.cpu_count() or 1, 8)
+    keep = _misclassified if keep_images else (lambda r: False)
+    results: list[Result] = []
+    images: dict[str, np.ndarray] = {}
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="replay") as pool:
+        for chunk_out in pool.map(lambda c: scorer.score(c, keep), _chunks(samples, CHUNK)):
+            for r, img in chunk_out:
+                results.append(r)
+                if img is not None:
+                    images[r.path] = img
+            if progress:
+                progress(len(results), len(samples))
+    seconds = time.perf_counter() - t0
+    return ReplayRun(results, summarize_run(results, bundle, t, folder, labelled, seconds, workers), images)
+
+
+def summarize_run(results: list[Result], bundle: Bundle, threshold: float, folder: Path, labelled: bool,
+                  seconds: float, workers: int) -> dict[str, Any]:
+    scored = [r for r in results if r.p_defect is not None]
+    errors = [r for r in results if r.error]
+    summary: dict[str, Any] = {
+        "folder": str(folder),
+        "model": str(bundle.path),
+        "model_sha256": bundle.sha256,
+        "threshold": threshold,
+        "labelled": labelled,
+        "files": len(results),
+        "scored": len(scored),
+        "errors": len(errors),
+        "accept": sum(r.decision == "accept" for r in scored),
+        "reject": sum(r.decision == "reject" for r in scored),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(len(results) / seconds, 1) if seconds > 0 else None,
+        "workers": workers,
+    }
+    with_label = [r for r in scored if r.label is not None]
+    if labelled and with_label:
+        y = np.array([CLASS_NAMES.index(r.label) for r in with_label])
+        p = np.array([r.p_defect for r in with_label])
+        summary["metrics"] = summarize(y, p, threshold)
+    return summary
+
+
+def write_json(path: Path, run: ReplayRun) -> None:
+    path.write_text(json.dumps({"summary": run.summary, "images": [asdict(r) for r in run.results]}, indent=1))
+
+
+def write_csv(path: Path, run: ReplayRun) -> None:
+    """One row per image; the summary follows as '#' comment lines (read_csv(comment='#'))."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "p_defect", "decision", "error"])
+        for r in run.results:
+            w.writerow([r.path, r.label or "", "" if r.p_defect is None else f"{r.p_defect:.6f}",
+                        r.decision or "", r.error or ""])
+        for k, v in run.summary.items():
+            f.write(f"# {k}: {json.dumps(v)}\n")
+
+
+def format_summary(run: ReplayRun) -> str:
+    s = run.summary
+    lines = [
+        f"replay of {s['folder']} with {s['model']} (sha256 {s['model_sha256'][:12]}, threshold {s['threshold']:.4f})",
+        f"  files {s['files']}   scored {s['scored']}   errors {s['errors']}   "
+        f"accept {s['accept']}   reject {s['reject']}   {s['images_per_s']} images/s ({s['workers']} threads)",
+    ]
+    m = s.get("metrics")
+    if m:
+        (tn, fp), (fn, tp) = m["confusion"]
+        lines += [
+            "",
+            "                   predicted accept   predicted reject",
+            f"  actual ok        {tn:>16}   {fp:>16}",
+            f"  actual defect    {fn:>16}   {tp:>16}",
+            "",
+            f"  accuracy {_pct(m['accuracy'])}   defect recall {_pct(m['defect_recall'])}   "
+            f"escape rate {_pct(m['escape_rate'])}   precision {_pct(m['precision'])}   F1 {_pct(m['f1'])}",
+            f"  defects accepted (escapes): {fn}   good parts rejected: {fp}",
+        ]
+    errs = [r for r in run.results if r.error]
+    if errs:
+        lines += ["", f"  {len(errs)} file(s) could not be inspected:"]
+        lines += [f"    {r.path}: {r.error}" for r in errs]
+    return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v * 100:.2f}%"
+
+
+class ProgressBar:
+    """A one-line bar on a terminal; silent when the stream is not a TTY."""
+
+    def __init__(self, stream: TextIO = sys.stderr, enabled: bool | None = None) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty() if enabled is None else enabled
+        self.t0 = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total == 0:
+            return
+        width = 30
+        fill = int(width * done / total)
+        rate = done / max(time.perf_counter() - self.t0, 1e-9)
+        self.stream.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} {rate:.0f} img/s")
+        if done == total:
+            self.stream.write("\n")
+        self.stream.flush()

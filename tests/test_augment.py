@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from tests.conftest import part_image  # noqa: E402
+from trainer.augment import NOTEBOOK, AugmentConfig, augment  # noqa: E402
+
+IDENTITY = AugmentConfig(rotation=0, shift=0, shear=0, zoom=0, hflip=False, vflip=False, brightness=(1.0, 1.0))
+
+
+def batch(n: int = 4) -> np.ndarray:
+    return np.stack([part_image(i, size=64) for i in range(n)])[..., None]
+
+
+def test_identity_config_leaves_pixels_unchanged() -> None:
+    x = batch()
+    out = augment(x, IDENTITY, np.array([1, 2])).numpy()
+    assert np.allclose(out, x, atol=1e-3)
+
+
+def test_flips_only_give_original_or_mirror() -> None:
+    x = batch(8)
+    cfg = AugmentConfig(rotation=0, shift=0, shear=0, zoom=0, hflip=True, vflip=False, brightness=(1.0, 1.0))
+    out = augment(x, cfg, np.array([3, 4])).numpy()
+    mirrored = [np.allclose(o, xi[:, ::-1], atol=1e-3) for o, xi in zip(out, x)]
+    same = [np.allclose(o, xi, atol=1e-3) for o, xi in zip(out, x)]
+    assert all(m or s for m, s in zip(mirrored, same)) and any(mirrored) and any(same)
+
+
+def test_brightness_scales_within_range_and_clips() -> None:
+    x = batch()
+    cfg = AugmentConfig(rotation=0, shift=0, shear=0, zoom=0, hflip=False, vflip=False, brightness=(0.75, 1.25))
+    out = augment(x, cfg, np.array([5, 6])).numpy()
+    ratio = out.sum(axis=(1, 2, 3)) / x.sum(axis=(1, 2, 3))
+    assert ((ratio > 0.74) & (ratio < 1.26)).all() and out.max() <= 255
+
+
+def test_notebook_augmentation_is_seeded_and_varies_by_step() -> None:
+    x = batch()
+    a = augment(x, NOTEBOOK, np.array([123, 0])).numpy()
+    b = augment(x, NOTEBOOK, np.array([123, 0])).numpy()
+    c = augment(x, NOTEBOOK, np.array([123, 16])).numpy()
+    assert np.array_equal(a, b) and not np.allclose(a, c)

@@ -1,0 +1,104 @@
+"""edge-train fit end to end on a few images for a few steps (seconds, never a full run)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from edge import bundle  # noqa: E402
+from edge.dataset import list_labelled, load_samples  # noqa: E402
+from edge.metrics import summarize  # noqa: E402
+from edge.model import Classifier  # noqa: E402
+from tests.conftest import part_image, write_split  # noqa: E402
+from trainer.cli import main  # noqa: E402
+from trainer.export import ExportError, check_int8_accuracy  # noqa: E402
+
+QUICK = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "16", "--max-int8-drop", "100"]
+
+
+def test_fit_real_subset_writes_verified_bundle_and_resumes(casting_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["fit", "--data", str(casting_data), "--out", str(out), "--limit", "20", "--arch", "seed"]
+    assert main(args + QUICK) == 0
+    b = bundle.load(out)
+    m = b.meta
+    assert m["image_size"] == [300, 300] and m["color"] == "grayscale" and m["positive_class"] == "def_front"
+    assert m["input"] == {"dtype": "uint8", "scale": 1.0, "zero_point": 0, "meaning": "raw grayscale pixels 0..255"}
+    assert m["architecture"] == "seed" and m["params"] == 676945
+    assert m["training"]["command"].startswith("edge-train fit --data")
+    assert len(m["training"]["data"]["train_fingerprint"]) == 64
+    for fig in ("class_proportions", "augmented_batch", "training_curves", "confusion_int8_test"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 1000
+    assert "## Test metrics at the operating threshold" in (out / "report.md").read_text()
+
+    # The recorded int8 metrics are what the edge runtime computes from the bundle file.
+    samples = list_labelled(casting_data / "test")
+    test = load_samples([s for s in samples if s.label == 0][:20] + [s for s in samples if s.label == 1][:20])
+    clf = Classifier.from_bundle(b)
+    recomputed = summarize(test.labels, clf.predict(test.images), b.threshold)
+    assert recomputed == json.loads(json.dumps(m["metrics"]["test_all"]["int8"]))
+
+    assert main(args + QUICK) == 2  # the folder holds a run: refuse to overwrite it
+    assert main(args + ["--epochs", "2"] + QUICK[2:] + ["--resume"]) == 0
+    history = (out / "history.csv").read_text().strip().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]  # epoch 1 continued, not redone
+
+
+def test_fit_skips_and_lists_bad_files_and_converts_odd_images(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_split(data / "train", 12, seed=1)
+    write_split(data / "test", 4, seed=2)
+    bad = {"train/ok_front/zero.jpg": b"", "train/def_front/notes.jpg": b"not a jpeg"}
+    for rel, content in bad.items():
+        (data / rel).write_bytes(content)
+    ok, enc = cv2.imencode(".jpg", part_image(9))
+    (data / "test/ok_front/cut.jpg").write_bytes(enc.tobytes()[:500])
+    colour = cv2.cvtColor(cv2.resize(part_image(10, defect=True), (400, 320)), cv2.COLOR_GRAY2BGR)
+    cv2.imwrite(str(data / "train/def_front/colour.png"), colour)
+    cv2.imwrite(str(data / "train/ok_front/deep.png"), part_image(11).astype(np.uint16) * 257)
+    out = tmp_path / "run"
+    assert main(["fit", "--data", str(data), "--out", str(out)] + QUICK) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    skipped = {Path(p).name: why for p, why in metrics["skipped_files"]}
+    assert set(skipped) == {"zero.jpg", "notes.jpg", "cut.jpg"}
+    assert "truncated" in skipped["cut.jpg"] and "zero-byte" in skipped["zero.jpg"]
+    assert bundle.load(out).meta["training"]["data"]["train_images"] == 26  # 24 + colour + 16-bit
+    assert "cut.jpg" in (out / "skipped.txt").read_text() and "## Skipped files" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("case", ["missing_class", "empty_class", "no_test"])
+def test_bad_data_folders_exit_2_with_message_and_no_traceback(tmp_path: Path, case: str) -> None:
+    data = tmp_path / "data"
+    write_split(data / "train", 2)
+    write_split(data / "test", 2)
+    expected = {"missing_class": "missing class folder 'def_front'", "empty_class": "holds no image files",
+                "no_test": "data/test: missing"}[case]
+    if case == "missing_class":
+        for f in (data / "train/def_front").iterdir():
+            f.unlink()
+        (data / "train/def_front").rmdir()
+    elif case == "empty_class":
+        for f in (data / "test/ok_front").iterdir():
+            f.unlink()
+    else:
+        for d in (data / "test").iterdir():
+            for f in d.iterdir():
+                f.unlink()
+            d.rmdir()
+        (data / "test").rmdir()
+    r = subprocess.run([sys.executable, "-m", "trainer.cli", "fit", "--data", str(data), "--out",
+                        str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert expected in r.stderr and "Traceback" not in r.stderr
+
+
+def test_int8_gate_refuses_a_model_that_lost_accuracy() -> None:
+    assert check_int8_accuracy(0.995, 0.993, 0.5) == pytest.approx(0.2)
+    with pytest.raises(ExportError, match="0.9860 is 0.90 points below float 0.9950"):
+        check_int8_accuracy(0.995, 0.986, 0.5)

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+
+from trainer.threshold import Policy, PolicyError, choose, parse_policy
+
+
+def test_parse_policy_accepts_cost_and_recall_and_names_bad_input() -> None:
+    assert parse_policy("cost:20") == Policy("cost", 20.0)
+    assert parse_policy("recall:0.999") == Policy("recall", 0.999)
+    for bad in ("cost:-1", "recall:1.5", "precision:0.9", "cost:abc"):
+        with pytest.raises(PolicyError, match=bad):
+            parse_policy(bad)
+
+
+def test_cost_policy_takes_middle_of_error_free_gap() -> None:
+    labels = np.array([0, 0, 1, 1])
+    p = np.array([10, 20, 100, 120]) / 256
+    t = choose(labels, p, Policy("cost", 20))
+    assert 20 / 256 < t <= 100 / 256
+    assert abs(t - 60 / 256) <= 1 / 256
+
+
+def test_cost_policy_trades_false_rejects_for_escapes() -> None:
+    # One defect scores below two ok parts: cost 20 rejects them all, cost 0.1 does not.
+    labels = np.array([0, 0, 1, 1, 1])
+    p = np.array([0.40, 0.45, 0.30, 0.90, 0.95])
+    assert choose(labels, p, Policy("cost", 20)) <= 0.30
+    assert choose(labels, p, Policy("cost", 0.1)) > 0.45
+
+
+def test_recall_policy_returns_highest_threshold_meeting_target() -> None:
+    labels = np.array([0, 1, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.5, 0.6, 0.7])
+    assert choose(labels, p, Policy("recall", 1.0)) == pytest.approx(np.floor(0.2 * 256) / 256)
+    assert choose(labels, p, Policy("recall", 0.75)) == pytest.approx(np.floor(0.5 * 256) / 256)

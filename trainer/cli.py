@@ -1,0 +1,102 @@
+"""`edge-train`: thin command line over trainer.fit.
+
+Exit status: 0 bundle written; 1 the int8 export failed its accuracy gate;
+2 bad usage, data or output folder (message, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from edge import logs
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "casting_data"
+
+log = logging.getLogger("edge-train")
+
+
+def default_data() -> Path:
+    return Path(os.environ.get("CASTING_DATA") or DEFAULT_DATA)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fit", help="train, evaluate and export an int8 bundle")
+    f.add_argument("--data", type=Path, default=None,
+                   help="folder with train/ and test/, each with def_front/ and ok_front/ "
+                        "(default: $CASTING_DATA or ../shared/datasets/casting_data)")
+    f.add_argument("--out", type=Path, required=True, help="run/bundle folder to write")
+    f.add_argument("--arch", default="edge", help="edge (default) or seed (the notebook's CNN)")
+    f.add_argument("--epochs", type=int, default=25)
+    f.add_argument("--steps-per-epoch", type=int, default=150)
+    f.add_argument("--batch-size", type=int, default=64)
+    f.add_argument("--seed", type=int, default=123)
+    f.add_argument("--val-fraction", type=float, default=0.2)
+    f.add_argument("--learning-rate", type=float, default=1e-3)
+    f.add_argument("--threshold-policy", default="cost:20",
+                   help="cost:R (a false accept costs R false rejects; default cost:20) or recall:X")
+    f.add_argument("--augment", choices=("auto", "notebook", "line"), default="auto",
+                   help="augmentation set: notebook's, or line (adds scale/blur); auto picks by --arch")
+    f.add_argument("--limit", type=int, default=None, help="use only the first N images per class and split")
+    f.add_argument("--max-int8-drop", type=float, default=0.5,
+                   help="fail when int8 test accuracy is this many points below float (default 0.5)")
+    g = f.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    g.add_argument("--force", action="store_true", help="replace the run already in --out")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    logs.setup(logging.DEBUG if args.verbose else logging.INFO)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for name, value in (("--epochs", args.epochs), ("--steps-per-epoch", args.steps_per_epoch),
+                        ("--batch-size", args.batch_size)):
+        if value < 1:
+            log.error(f"{name} must be at least 1, got {value}")
+            return 2
+    if not 0 < args.val_fraction < 1:
+        log.error(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+        return 2
+    if args.limit is not None and args.limit < 2:
+        log.error(f"--limit must be at least 2, got {args.limit}")
+        return 2
+
+    from edge.dataset import DatasetError  # noqa: PLC0415
+    from trainer.export import ExportError  # noqa: PLC0415 - imports TensorFlow
+    from trainer.fit import FitOptions, OutputError, run  # noqa: PLC0415
+    from trainer.threshold import PolicyError  # noqa: PLC0415
+
+    data = args.data or default_data()
+    opts = FitOptions(
+        data=data, out=args.out, arch=args.arch, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size, seed=args.seed, val_fraction=args.val_fraction,
+        learning_rate=args.learning_rate, threshold_policy=args.threshold_policy, augment=args.augment,
+        resume=args.resume, force=args.force, limit=args.limit, max_int8_drop=args.max_int8_drop,
+        command=shlex.join(["edge-train", *argv]),
+    )
+    try:
+        run(opts)
+    except (DatasetError, OutputError, PolicyError) as exc:
+        log.error(str(exc))
+        return 2
+    except ExportError as exc:
+        log.error(f"export failed: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        log.error(f"interrupted: continue with the same command plus --resume (out: {args.out})")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

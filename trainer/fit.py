@@ -1,0 +1,316 @@
+"""`edge-train fit`: data -> trained Keras model -> verified int8 bundle + report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from edge import bundle as bundle_fmt
+from edge.dataset import (
+    CLASS_NAMES,
+    POSITIVE_CLASS,
+    DatasetError,
+    LoadedImages,
+    Sample,
+    file_digests,
+    fingerprint,
+    list_labelled,
+    load_samples,
+    stratified_split,
+)
+from edge.metrics import summarize
+from edge.model import Classifier
+from edge.perturb import PerturbConfig, perturb_all
+from edge.preprocess import IMAGE_SIZE
+from trainer import report
+from trainer.augment import LINE, NOTEBOOK, AugmentConfig
+from trainer.data import eval_dataset, train_dataset
+from trainer.export import ExportError, check_int8_accuracy, to_int8_tflite
+from trainer.models import ARCHITECTURES
+from trainer.threshold import choose, parse_policy
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = ("model.tflite", "model.json", "metrics.json", "report.md", "history.csv",
+             "skipped.txt", "figures", "checkpoints")
+
+
+class OutputError(ValueError):
+    """The output folder cannot be used as asked."""
+
+
+@dataclass
+class FitOptions:
+    data: Path
+    out: Path
+    arch: str = "edge"
+    epochs: int = 25
+    steps_per_epoch: int = 150
+    batch_size: int = 64
+    seed: int = 123
+    val_fraction: float = 0.2
+    learning_rate: float = 1e-3
+    threshold_policy: str = "cost:20"
+    augment: str = "auto"  # auto | notebook | line
+    resume: bool = False
+    force: bool = False
+    limit: int | None = None  # first N images per class and split: quick runs and CI
+    max_int8_drop: float = 0.5  # accuracy points int8 may lose against float
+    robustness_seed: int = 0
+    calibration_images: int = 300
+    command: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def augment_config(self) -> tuple[str, AugmentConfig]:
+        name = self.augment if self.augment != "auto" else ("notebook" if self.arch == "seed" else "line")
+        return name, {"notebook": NOTEBOOK, "line": LINE}[name]
+
+
+def prepare_output(opts: FitOptions) -> None:
+    out = opts.out
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a folder")
+    used = out.is_dir() and any((out / f).exists() for f in RUN_FILES)
+    if opts.resume:
+        if not (out / "checkpoints").is_dir():
+            raise OutputError(f"{out}: nothing to resume (no checkpoints/ folder); drop --resume")
+    elif used:
+        if not opts.force:
+            raise OutputError(
+                f"{out}: output folder already holds a run; pass --resume to continue it, "
+                "--force to replace it, or choose another --out"
+            )
+        for f in RUN_FILES:
+            p = out / f
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+
+def _limit(samples: list[Sample], n: int | None) -> list[Sample]:
+    if n is None:
+        return samples
+    kept: list[Sample] = []
+    for label in range(len(CLASS_NAMES)):
+        kept += [s for s in samples if s.label == label][:n]
+    return kept
+
+
+def _load_split(root: Path, name: str, limit: int | None) -> tuple[list[Sample], LoadedImages]:
+    samples = _limit(list_labelled(root / name), limit)
+    t = time.perf_counter()
+    loaded = load_samples(samples)
+    for label, cls in enumerate(CLASS_NAMES):
+        if not (loaded.labels == label).any():
+            raise DatasetError(f"{root / name / cls}: no readable images left after skipping bad files")
+    log.info("decoded split", extra={"split": name, "images": len(loaded.paths),
+                                     "skipped": len(loaded.skipped), "s": round(time.perf_counter() - t, 1)})
+    return samples, loaded
+
+
+def _strategy() -> tf.distribute.Strategy:
+    gpus = tf.config.list_physical_devices("GPU")
+    if len(gpus) > 1:
+        log.info("training on GPUs with MirroredStrategy", extra={"gpus": len(gpus)})
+        return tf.distribute.MirroredStrategy()
+    if gpus:
+        log.info("training on one GPU")
+        return tf.distribute.OneDeviceStrategy("/gpu:0")
+    log.info("no GPU found: training on the CPU", extra={"threads": os.cpu_count()})
+    return tf.distribute.get_strategy()
+
+
+class EpochLog(keras.callbacks.Callback):
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.t0 = time.perf_counter()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        values = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items() if k != "learning_rate")
+        log.info(f"epoch {epoch + 1}/{self.epochs} {values} ({time.perf_counter() - self.t0:.0f}s)")
+
+
+def _best_val_loss(history_csv: Path) -> float | None:
+    if not history_csv.is_file():
+        return None
+    import csv
+
+    with open(history_csv, newline="") as f:
+        values = [float(r["val_loss"]) for r in csv.DictReader(f) if r.get("val_loss")]
+    return min(values) if values else None
+
+
+def train(opts: FitOptions, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndarray,
+          val_y: np.ndarray, aug: AugmentConfig) -> tuple[keras.Model, list[dict[str, float]]]:
+    out, ckpt = opts.out, opts.out / "checkpoints"
+    keras.utils.set_random_seed(opts.seed)
+    with _strategy().scope():
+        model = ARCHITECTURES[opts.arch](IMAGE_SIZE)
+        model.compile(
+            optimizer=keras.optimizers.Adam(opts.learning_rate),
+            loss="binary_crossentropy",
+            metrics=["accuracy", keras.metrics.AUC(name="auc")],
+        )
+    log.info("model built", extra={"arch": opts.arch, "params": model.count_params()})
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(ckpt / "backup"), delete_checkpoint=False),
+        keras.callbacks.ModelCheckpoint(
+            str(ckpt / "best.keras"), monitor="val_loss", save_best_only=True,
+            initial_value_threshold=_best_val_loss(out / "history.csv") if opts.resume else None,
+        ),
+        keras.callbacks.CSVLogger(str(out / "history.csv"), append=opts.resume),
+        EpochLog(opts.epochs),
+    ]
+    if opts.arch != "seed":  # the notebook's CNN keeps the notebook's constant learning rate
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3,
+                                                           min_lr=1e-5))
+    model.fit(
+        train_dataset(fit_x, fit_y, opts.batch_size, aug, opts.seed),
+        steps_per_epoch=opts.steps_per_epoch,
+        epochs=opts.epochs,
+        validation_data=eval_dataset(val_x, val_y, opts.batch_size),
+        callbacks=callbacks,
+        verbose=0,
+    )
+    best = keras.models.load_model(ckpt / "best.keras")
+    return best, report.read_history(out / "history.csv")
+
+
+def _int8_latency_ms(tflite: bytes, image: np.ndarray) -> float:
+    clf = Classifier(tflite, num_threads=1)
+    for _ in range(10):
+        clf.p_defect(image)
+    times = []
+    for _ in range(100):
+        t = time.perf_counter()
+        clf.p_defect(image)
+        times.append(time.perf_counter() - t)
+    return round(float(np.median(times)) * 1000, 3)
+
+
+def run(opts: FitOptions) -> dict[str, Any]:
+    """The whole fit; returns the metrics dict. Raises DatasetError/OutputError/ExportError."""
+    if opts.arch not in ARCHITECTURES:
+        raise OutputError(f"--arch {opts.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+    policy = parse_policy(opts.threshold_policy)
+    aug_name, aug = opts.augment_config()
+    for split in ("train", "test"):
+        if not (opts.data / split).is_dir():
+            raise DatasetError(f"{opts.data / split}: missing (expected {opts.data}/train and {opts.data}/test)")
+    prepare_output(opts)
+    t_start = time.perf_counter()
+
+    train_samples, train_set = _load_split(opts.data, "train", opts.limit)
+    test_samples, test_set = _load_split(opts.data, "test", opts.limit)
+    skipped = train_set.skipped + test_set.skipped
+    (opts.out / "skipped.txt").write_text("".join(f"{p}\t{why}\n" for p, why in skipped))
+    digests = file_digests(train_samples + test_samples)
+    train_digests = {digests[p] for p in train_set.paths}
+    unique = np.array([digests[p] not in train_digests for p in test_set.paths])
+
+    fit_idx, val_idx = stratified_split(train_set.labels, opts.val_fraction, opts.seed)
+    fit_x, fit_y = train_set.images[fit_idx], train_set.labels[fit_idx]
+    val_x, val_y = train_set.images[val_idx], train_set.labels[val_idx]
+    log.info("split", extra={"fit": len(fit_idx), "validation": len(val_idx), "test": len(test_set.paths),
+                             "test_unique": int(unique.sum())})
+
+    model, history = train(opts, fit_x, fit_y, val_x, val_y, aug)
+    float_val = model.predict(eval_dataset(val_x, None, opts.batch_size), verbose=0).ravel()
+    float_test = model.predict(eval_dataset(test_set.images, None, opts.batch_size), verbose=0).ravel()
+
+    rng = np.random.default_rng(opts.seed)
+    cal = fit_x[rng.choice(len(fit_x), size=min(opts.calibration_images, len(fit_x)), replace=False)]
+    tflite = to_int8_tflite(model, cal)
+    clf = Classifier(tflite, num_threads=os.cpu_count() or 1)
+    int8_val = clf.predict(val_x)
+    int8_test = clf.predict(test_set.images)
+    threshold = choose(val_y, int8_val, policy)
+    log.info("operating threshold chosen on validation", extra={"policy": str(policy), "threshold": threshold})
+
+    perturb_cfg = PerturbConfig()
+    perturbed = perturb_all(test_set.images, opts.robustness_seed, perturb_cfg)
+    int8_perturbed = clf.predict(perturbed)
+
+    y = test_set.labels
+    metrics: dict[str, Any] = {
+        "threshold": threshold,
+        "threshold_policy": str(policy),
+        "validation": {"float": summarize(val_y, float_val, threshold),
+                       "int8": summarize(val_y, int8_val, threshold)},
+        "test_all": {"float": summarize(y, float_test, threshold),
+                     "int8": summarize(y, int8_test, threshold),
+                     "float_at_0.5": summarize(y, float_test, 0.5)},
+        "test_unique": {"float": summarize(y[unique], float_test[unique], threshold),
+                        "int8": summarize(y[unique], int8_test[unique], threshold)},
+        "int8_vs_float": {
+            "decision_agreement": round(float(np.mean((float_test >= threshold) == (int8_test >= threshold))), 4),
+            "max_abs_diff": round(float(np.max(np.abs(float_test - int8_test))), 4),
+            "mean_abs_diff": round(float(np.mean(np.abs(float_test - int8_test))), 5),
+        },
+        "robustness": {"perturbation": perturb_cfg.to_dict(), "seed": opts.robustness_seed,
+                       "int8": summarize(y, int8_perturbed, threshold)},
+        "int8_latency_ms_1_thread": _int8_latency_ms(tflite, test_set.images[0]),
+        "params": model.count_params(),
+        "skipped_files": [[str(p), why] for p, why in skipped],
+        "train_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    (opts.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    try:
+        check_int8_accuracy(metrics["test_all"]["float"]["accuracy"], metrics["test_all"]["int8"]["accuracy"],
+                            opts.max_int8_drop)
+    except ExportError as exc:
+        (opts.out / "rejected.tflite").write_bytes(tflite)
+        raise ExportError(f"{exc}: no bundle written; the rejected model is {opts.out / 'rejected.tflite'}") from None
+
+    meta = {
+        "image_size": list(IMAGE_SIZE),
+        "color": "grayscale",
+        "class_names": list(CLASS_NAMES),
+        "positive_class": POSITIVE_CLASS,
+        "threshold": threshold,
+        "threshold_policy": str(policy),
+        "decision_rule": "reject when p_defect >= threshold",
+        "input": {"dtype": str(clf.input_dtype), "scale": clf.input_scale, "zero_point": clf.input_zero,
+                  "meaning": "raw grayscale pixels 0..255"},
+        "output": {"dtype": str(clf.output_dtype), "scale": clf.output_scale, "zero_point": clf.output_zero,
+                   "meaning": "p_defect = scale * (q - zero_point)"},
+        "architecture": opts.arch,
+        "params": model.count_params(),
+        "training": {
+            "command": opts.command,
+            "data": {"root": str(opts.data), "train_fingerprint": fingerprint(train_samples, opts.data, digests),
+                     "test_fingerprint": fingerprint(test_samples, opts.data, digests),
+                     "train_images": len(train_set.paths), "test_images": len(test_set.paths),
+                     "skipped": len(skipped), "limit_per_class": opts.limit},
+            "augmentation": {"name": aug_name, **aug.to_dict()},
+            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()
+                        if k not in ("command", "extra")},
+            "epochs_run": len(history),
+            "best_epoch": int(np.argmin([h["val_loss"] for h in history])) + 1 if history else None,
+            "keras": keras.__version__,
+            "tensorflow": tf.__version__,
+        },
+        "image_stats": {"fit_mean": round(float(fit_x.mean()), 2), "fit_std": round(float(fit_x.std()), 2)},
+        "metrics": {k: metrics[k] for k in ("test_all", "test_unique", "validation", "int8_vs_float",
+                                            "robustness", "int8_latency_ms_1_thread")},
+    }
+    written = bundle_fmt.write(opts.out, tflite, meta)
+    report.write(opts.out, written.meta, metrics, history, train_set, test_set, unique,
+                 float_test, int8_test, fit_x, fit_y, val_y, aug, opts)
+    log.info("bundle written", extra={"out": str(opts.out), "threshold": threshold,
+                                      "int8_test_accuracy": metrics["test_all"]["int8"]["accuracy"]})
+    return metrics

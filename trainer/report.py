@@ -1,0 +1,190 @@
+"""Per-run report: the notebook's figures as PNGs plus report.md with every number."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from edge.dataset import CLASS_NAMES, LoadedImages  # noqa: E402
+
+if TYPE_CHECKING:
+    from trainer.augment import AugmentConfig
+    from trainer.fit import FitOptions
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def class_proportions(path: Path, counts: dict[str, list[int]]) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = np.arange(len(counts))
+    for i, cls in enumerate(CLASS_NAMES):
+        vals = [c[i] for c in counts.values()]
+        bars = ax.bar(x + (i - 0.5) * 0.38, vals, 0.38, label=cls)
+        ax.bar_label(bars, fontsize=8)
+    ax.set_xticks(x, list(counts))
+    ax.set_ylabel("images")
+    ax.set_title("Class proportions")
+    ax.legend()
+    _save(fig, path)
+
+
+def image_grid(path: Path, images: np.ndarray, titles: list[str], title: str, cols: int = 4,
+               colors: list[str] | None = None) -> None:
+    n = len(images)
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.4, rows * 2.6), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, (img, t) in enumerate(zip(images, titles)):
+        ax = axes.ravel()[i]
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(t, fontsize=8, color=(colors[i] if colors else "black"))
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def training_curves(path: Path, history: list[dict[str, float]]) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    epochs = [h.get("epoch", i) + 1 for i, h in enumerate(history)]
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, [h.get(key, np.nan) for h in history], label="fit")
+        ax.plot(epochs, [h.get("val_" + key, np.nan) for h in history], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+    _save(fig, path)
+
+
+def confusion_plot(path: Path, cm: list[list[int]], title: str) -> None:
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, str(cm[i][j]), ha="center", va="center", fontsize=14,
+                    color="white" if cm[i][j] > max(map(max, cm)) / 2 else "black")
+    ax.set_xticks([0, 1], ["accept (ok)", "reject (defect)"])
+    ax.set_yticks([0, 1], ["ok_front", "def_front"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+
+def metrics_table(sections: dict[str, dict[str, Any]]) -> str:
+    head = ("| set | n | accuracy | defect recall | defect precision | F1 | ok recall | ok precision "
+            "| ROC-AUC | false accepts | false rejects | confusion [[ok→ok, ok→def], [def→ok, def→def]] |")
+    lines = [head, "|" + "---|" * 12]
+    for name, m in sections.items():
+        ok = m["per_class"]["ok_front"]
+        lines.append(
+            f"| {name} | {m['n']} | {_fmt(m['accuracy'])} | {_fmt(m['defect_recall'])} | {_fmt(m['precision'])} "
+            f"| {_fmt(m['f1'])} | {_fmt(ok['recall'])} | {_fmt(ok['precision'])} | {_fmt(m['roc_auc'])} "
+            f"| {m['false_accepts']} | {m['false_rejects']} | {m['confusion']} |"
+        )
+    return "\n".join(lines)
+
+
+def write(out: Path, meta: dict[str, Any], metrics: dict[str, Any], history: list[dict[str, float]],
+          train_set: LoadedImages, test_set: LoadedImages, unique: np.ndarray, float_test: np.ndarray,
+          int8_test: np.ndarray, fit_x: np.ndarray, fit_y: np.ndarray, val_y: np.ndarray,
+          aug: AugmentConfig, opts: FitOptions) -> None:
+    from trainer.augment import augment  # TensorFlow only needed here for the sample batch
+
+    figs = out / "figures"
+    figs.mkdir(exist_ok=True)
+    t = metrics["threshold"]
+    counts = {
+        "fit": [int((fit_y == c).sum()) for c in range(2)],
+        "validation": [int((val_y == c).sum()) for c in range(2)],
+        "test": [int((test_set.labels == c).sum()) for c in range(2)],
+    }
+    class_proportions(figs / "class_proportions.png", counts)
+    pick = np.random.default_rng(opts.seed).choice(len(fit_x), size=min(16, len(fit_x)), replace=False)
+    augmented = augment(fit_x[pick][..., None], aug, np.array([opts.seed, 0])).numpy()[..., 0]
+    image_grid(figs / "augmented_batch.png", augmented.astype(np.uint8),
+               [CLASS_NAMES[int(c)] for c in fit_y[pick]], "Augmented training images")
+    training_curves(figs / "training_curves.png", history)
+    confusion_plot(figs / "confusion_int8_test.png", metrics["test_all"]["int8"]["confusion"],
+                   f"int8, test (715 max), t={t:.4f}")
+    y = test_set.labels
+    wrong = np.flatnonzero((int8_test >= t) != (y == 1))
+    if len(wrong):
+        image_grid(figs / "misclassified_int8_test.png", test_set.images[wrong[:24]],
+                   [f"{test_set.paths[i].name}\n{CLASS_NAMES[y[i]]} p={int8_test[i]:.3f}" for i in wrong[:24]],
+                   "Misclassified test images (int8)", colors=["red"] * len(wrong[:24]))
+    elif (figs / "misclassified_int8_test.png").exists():
+        (figs / "misclassified_int8_test.png").unlink()
+
+    ta, tu = metrics["test_all"], metrics["test_unique"]
+    rob = metrics["robustness"]
+    lines = [
+        f"# Training report: {meta['architecture']} ({meta['params']:,} parameters)",
+        "",
+        f"Command: `{meta['training']['command']}`",
+        "",
+        f"- Data: `{meta['training']['data']['root']}`; train fingerprint "
+        f"`{meta['training']['data']['train_fingerprint'][:16]}`, test fingerprint "
+        f"`{meta['training']['data']['test_fingerprint'][:16]}`; {len(fit_y)} fit / {len(val_y)} validation / "
+        f"{len(y)} test ({int(unique.sum())} test images that are not byte-identical to a train image).",
+        f"- Epochs run: {meta['training']['epochs_run']}, best by val_loss: epoch {meta['training']['best_epoch']}; "
+        f"total time {metrics['train_seconds']} s.",
+        f"- Operating threshold **{t:.4f}** chosen on validation int8 outputs by policy `{metrics['threshold_policy']}`"
+        " (reject when p_defect >= threshold).",
+        f"- int8 model: {meta['sha256'][:12]}, uint8 input scale {meta['input']['scale']} zero point "
+        f"{meta['input']['zero_point']}; median latency {metrics['int8_latency_ms_1_thread']} ms on one thread.",
+        "",
+        "## Test metrics at the operating threshold",
+        "",
+        metrics_table({
+            "int8, test (all)": ta["int8"], "int8, test without train duplicates": tu["int8"],
+            "float, test (all)": ta["float"], "float, test without train duplicates": tu["float"],
+            "float, test (all), t=0.5": ta["float_at_0.5"],
+            "int8, validation": metrics["validation"]["int8"],
+        }),
+        "",
+        f"int8 vs float on test: decision agreement {metrics['int8_vs_float']['decision_agreement']:.4f}, "
+        f"max |Δp| {metrics['int8_vs_float']['max_abs_diff']}, mean |Δp| {metrics['int8_vs_float']['mean_abs_diff']}.",
+        "",
+        "## Robustness (int8, test images perturbed as the line camera may)",
+        "",
+        f"Perturbation (seed {rob['seed']}): {rob['perturbation']}",
+        "",
+        metrics_table({"int8, perturbed test": rob["int8"]}),
+        "",
+        "## Figures",
+        "",
+        "![class proportions](figures/class_proportions.png)",
+        "![augmented batch](figures/augmented_batch.png)",
+        "![training curves](figures/training_curves.png)",
+        "![confusion](figures/confusion_int8_test.png)",
+    ]
+    if len(wrong):
+        lines.append("![misclassified](figures/misclassified_int8_test.png)")
+        lines += ["", "Misclassified test images (int8):", ""]
+        lines += [f"- `{test_set.paths[i].parent.name}/{test_set.paths[i].name}` p_defect={int8_test[i]:.4f}"
+                  for i in wrong]
+    if metrics["skipped_files"]:
+        lines += ["", "## Skipped files", ""] + [f"- `{p}`: {why}" for p, why in metrics["skipped_files"]]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
