@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,14 @@ CLASS_NAMES = ("ok_front", "def_front")  # index == label: ok 0, defect 1
 POSITIVE_CLASS = "def_front"
 # Folder names accepted for each label, compared case-insensitively.
 CLASS_ALIASES = {"ok_front": 0, "ok": 0, "def_front": 1, "defect": 1, "def": 1}
+
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "casting_data"
+
+
+def default_data_root() -> Path:
+    """$CASTING_DATA, else ../shared/datasets/casting_data beside the project root."""
+    return Path(os.environ.get("CASTING_DATA") or DEFAULT_DATA)
 
 
 class DatasetError(ValueError):

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from edge.dataset import default_data_root
+
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("CASTING_DATA") or ROOT.parent / "shared" / "datasets" / "casting_data")
+DATA = default_data_root()
 
 
 @pytest.fixture(scope="session")

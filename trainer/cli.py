@@ -14,14 +14,9 @@ import sys
 from pathlib import Path
 
 from edge import logs
-
-DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "casting_data"
+from edge.dataset import default_data_root
 
 log = logging.getLogger("edge-train")
-
-
-def default_data() -> Path:
-    return Path(os.environ.get("CASTING_DATA") or DEFAULT_DATA)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.fit import FitOptions, OutputError, run  # noqa: PLC0415
     from trainer.threshold import PolicyError  # noqa: PLC0415
 
-    data = args.data or default_data()
+    data = args.data or default_data_root()
     opts = FitOptions(
         data=data, out=args.out, arch=args.arch, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size, seed=args.seed, val_fraction=args.val_fraction,

@@ -41,7 +41,8 @@ from trainer.threshold import choose, parse_policy
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("model.tflite", "model.json", "metrics.json", "report.md", "history.csv",
+FLOAT_MODEL = "model.keras"
+RUN_FILES = ("model.tflite", "model.json", FLOAT_MODEL, "metrics.json", "report.md", "history.csv",
              "skipped.txt", "figures", "checkpoints")
 
 
@@ -186,6 +187,10 @@ def train(opts: FitOptions, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndar
         verbose=0,
     )
     best = keras.models.load_model(ckpt / "best.keras")
+    # The float model without optimizer state, for audits and float-vs-int8 comparisons.
+    plain = ARCHITECTURES[opts.arch](IMAGE_SIZE)
+    plain.set_weights(best.get_weights())
+    plain.save(out / FLOAT_MODEL)
     return best, report.read_history(out / "history.csv")
 
 
@@ -290,6 +295,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
                    "meaning": "p_defect = scale * (q - zero_point)"},
         "architecture": opts.arch,
         "params": model.count_params(),
+        "float_model": FLOAT_MODEL,
         "training": {
             "command": opts.command,
             "data": {"root": str(opts.data), "train_fingerprint": fingerprint(train_samples, opts.data, digests),

@@ -1,0 +1,214 @@
+"""The daemon's configuration: one typed schema, YAML in, line-precise errors out.
+
+Unknown keys are errors (a typo must not silently fall back to a default on a line
+that ships parts). Relative paths are resolved against the config file's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edge.bundle import DEFAULT_BUNDLE
+
+
+class ConfigError(ValueError):
+    """Every problem found in a config file, one per line, each with file:line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Strict):
+    bundle: Path = Field(DEFAULT_BUNDLE, description="bundle folder (model.tflite + model.json)")
+    threshold: float | None = Field(None, gt=0, le=1, description="override the bundle's threshold")
+    threads: int = Field(1, ge=1, le=16, description="interpreter threads")
+
+
+class CameraSection(_Strict):
+    source: str | int = Field(
+        "sim",
+        description="sim | V4L2 index or /dev/videoN | video file | image folder | rtsp:// or http(s):// URL | "
+        "GStreamer pipeline ending in appsink",
+    )
+    loop: bool = Field(True, description="restart a video file or folder at its end")
+    fps: float | None = Field(None, gt=0, le=1000, description="pace files/folders/sim at this rate")
+    width: int | None = Field(None, gt=0, description="request this frame width from a device")
+    height: int | None = Field(None, gt=0)
+    open_timeout_s: float = Field(5.0, gt=0, le=120)
+    read_timeout_s: float = Field(2.0, gt=0, le=120)
+    stale_after_s: float = Field(0.5, gt=0, le=60, description="no new frame for this long is a camera fault")
+    frozen_after: int = Field(30, ge=2, description="this many identical frames in a row is a camera fault")
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+
+    @field_validator("source")
+    @classmethod
+    def _source_not_empty(cls, v: str | int) -> str | int:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("must not be empty")
+        if isinstance(v, int) and v < 0:
+            raise ValueError("a device index must be >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> CameraSection:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+
+class SimSection(_Strict):
+    images: Path | None = Field(None, description="folder of part images (default: dataset test split or drawn parts)")
+    width: int = Field(1280, ge=320, le=4096)
+    height: int = Field(720, ge=240, le=4096)
+    fps: float = Field(30.0, gt=0, le=240)
+    speed_px: float = Field(16.0, gt=0, description="belt speed in pixels per frame")
+    spacing_px: int = Field(520, gt=0, description="distance between part centres")
+    part_diameter_px: int = Field(300, ge=60)
+    seed: int = 0
+
+
+class InspectSection(_Strict):
+    mode: Literal["continuous", "trigger"] = "continuous"
+    locate: Literal["auto", "roi"] = "auto"
+    roi: tuple[int, int, int, int] | None = Field(None, description="x, y, width, height in frame pixels")
+    inspection_line: float = Field(0.5, ge=0, le=1, description="fraction of frame width where parts are inspected")
+    min_diameter_px: int = Field(120, gt=0)
+    max_diameter_px: int = Field(700, gt=0)
+    trigger_wait_s: float = Field(0.5, gt=0, le=10, description="wait this long for a fresh frame after a trigger")
+
+    @model_validator(mode="after")
+    def _roi_when_needed(self) -> InspectSection:
+        if self.locate == "roi" and self.roi is None:
+            raise ValueError("locate: roi needs roi: [x, y, width, height]")
+        if self.roi is not None and (self.roi[2] <= 0 or self.roi[3] <= 0 or min(self.roi[:2]) < 0):
+            raise ValueError(f"roi {list(self.roi)}: x, y must be >= 0 and width, height > 0")
+        if self.max_diameter_px < self.min_diameter_px:
+            raise ValueError("max_diameter_px must be >= min_diameter_px")
+        return self
+
+
+class TlsSection(_Strict):
+    ca_file: Path | None = Field(None, description="CA bundle; the system store when empty")
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = Field(False, description="skip certificate verification (never on a real line)")
+
+
+class MqttSection(_Strict):
+    host: str | None = Field(None, description="broker host; empty = start a local mosquitto (demo)")
+    port: int = Field(1883, ge=1, le=65535)
+    prefix: str = "casting/line1/cam1"
+    client_id: str = "edge-inspect-cam1"
+    protocol: Literal["5", "3.1.1", "auto"] = "auto"
+    keepalive_s: int = Field(15, ge=2, le=3600)
+    username: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    tls: TlsSection | None = None
+    decision_deadline_s: float = Field(2.0, gt=0, le=3600)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v or any(c in v for c in "#+\0") or v.startswith("/") or v.endswith("/"):
+            raise ValueError(f"{v!r} is not a valid topic prefix (no wildcards, no leading/trailing '/')")
+        return v
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_str(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, (int, float)) else v
+
+
+class JournalSection(_Strict):
+    path: Path = Path("state/journal.sqlite")
+    retention_days: float = Field(30.0, gt=0)
+    max_rows: int = Field(1_000_000, ge=100)
+
+
+class Config(_Strict):
+    model: ModelSection = ModelSection()
+    camera: CameraSection = CameraSection()
+    sim: SimSection = SimSection()
+    inspect: InspectSection = InspectSection()
+    mqtt: MqttSection = MqttSection()
+    journal: JournalSection = JournalSection()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+# --- YAML with line numbers -------------------------------------------------------
+
+def _lines(node: yaml.Node, path: tuple = ()) -> dict[tuple, int]:
+    """Map each key path (as pydantic reports it) to its 1-based line in the file."""
+    out = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = k.value
+            out[path + (key,)] = k.start_mark.line + 1
+            out.update({p: ln for p, ln in _lines(v, path + (key,)).items() if p != path + (key,)})
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out.update(_lines(v, path + (i,)))
+    return out
+
+
+def _resolve(cfg: Config, base: Path) -> Config:
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base / p)
+
+    mqtt_tls = cfg.mqtt.tls
+    if mqtt_tls:
+        mqtt_tls = mqtt_tls.model_copy(update={k: fix(getattr(mqtt_tls, k)) for k in ("ca_file", "cert_file", "key_file")})
+    return cfg.model_copy(update={
+        "model": cfg.model.model_copy(update={"bundle": fix(cfg.model.bundle)}),
+        "sim": cfg.sim.model_copy(update={"images": fix(cfg.sim.images)}),
+        "mqtt": cfg.mqtt.model_copy(update={"password_file": fix(cfg.mqtt.password_file), "tls": mqtt_tls}),
+        "journal": cfg.journal.model_copy(update={"path": fix(cfg.journal.path)}),
+    })
+
+
+def parse(text: str, source: str = "<config>", base: Path | None = None) -> Config:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}:1: the top level must be a mapping of sections (model, camera, ...)"])
+    lines = _lines(node) if node is not None else {}
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("int", "str", "function-after")))
+            line = next((lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines), None)
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            msg = "unknown key (not in the schema; check its spelling)" if err["type"] == "extra_forbidden" else err["msg"]
+            got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err.get('input')!r})"
+            problems.append(f"{source}:{line or '?'}: {key}: {msg}{got}")
+        raise ConfigError(sorted(set(problems), key=lambda s: (int(s.split(':')[1]) if s.split(':')[1].isdigit() else 0, s))) from None
+    return _resolve(cfg, base or Path.cwd())
+
+
+def load(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    return parse(text, str(path), path.resolve().parent)

@@ -1,0 +1,170 @@
+"""edge-inspect --replay on real files the tests write, and on the real test split."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge import bundle
+from edge.cli import main
+from edge.dataset import list_labelled, load_samples
+from edge.metrics import summarize
+from edge.model import Classifier
+from tests.conftest import ROOT, part_image
+
+SHIPPED = bundle.DEFAULT_BUNDLE
+
+
+@pytest.fixture(scope="module")
+def shipped() -> bundle.Bundle:
+    return bundle.load(SHIPPED)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
+
+
+def test_replay_of_real_test_split_reproduces_bundle_metrics(casting_data: Path, shipped: bundle.Bundle,
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    assert main(["--replay", str(casting_data / "test"), "--json", str(out), "--no-progress"]) == 0
+    summary = json.loads(out.read_text())["summary"]
+    recorded = shipped.meta["metrics"]["test_all"]["int8"]
+    assert summary["metrics"] == recorded
+    assert summary["files"] == 715 and summary["errors"] == 0
+
+
+def test_replay_p_defect_matches_the_trainers_int8_path(casting_data: Path, shipped: bundle.Bundle,
+                                                        tmp_path: Path) -> None:
+    # The trainer scores decoded arrays in memory; replay decodes each file in threads.
+    samples = list_labelled(casting_data / "test")[::40]
+    folder = tmp_path / "sub"
+    for s in samples:
+        d = folder / s.path.parent.name
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copy(s.path, d / s.path.name)
+    out = tmp_path / "r.json"
+    assert main(["--replay", str(folder), "--json", str(out), "--workers", "2"]) == 0
+    got = {Path(r["path"]).name: r["p_defect"] for r in json.loads(out.read_text())["images"]}
+    loaded = load_samples(samples)
+    expected = Classifier.from_bundle(shipped).predict(loaded.images)
+    step = shipped.meta["output"]["scale"]
+    for p, e in zip(loaded.paths, expected):
+        assert abs(got[p.name] - e) <= step
+
+
+def write_broken_folder(folder: Path) -> dict[str, str]:
+    folder.mkdir(parents=True)
+    gray = part_image(1)
+    cv2.imwrite(str(folder / "good.jpg"), gray)
+    cv2.imwrite(str(folder / "alpha.png"), cv2.cvtColor(gray, cv2.COLOR_GRAY2BGRA))
+    cv2.imwrite(str(folder / "deep.png"), gray.astype(np.uint16) * 257)
+    cv2.imwrite(str(folder / "wide.jpg"), cv2.resize(gray, (480, 300)))
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("not an image at all")
+    ok, enc = cv2.imencode(".jpg", gray)
+    (folder / "truncated.jpg").write_bytes(enc.tobytes()[: len(enc) // 3])
+    cv2.imwrite(str(folder / "huge.png"), np.zeros((11000, 10000), np.uint8))
+    (folder / "gone.jpg").symlink_to(folder / "does-not-exist.jpg")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    return {"empty.jpg": "zero-byte file", "text.jpg": "not a decodable image", "truncated.jpg": "truncated JPEG",
+            "huge.png": "over 100 MP", "gone.jpg": "cannot read"}
+
+
+def test_broken_files_are_listed_with_reasons_and_never_stop_the_run(tmp_path: Path) -> None:
+    folder = tmp_path / "mixed" / "nested"
+    broken = write_broken_folder(folder)
+    out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    r = run_cli("--replay", str(tmp_path / "mixed"), "--json", str(out_json), "--csv", str(out_csv))
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out_json.read_text())
+    by_name = {Path(x["path"]).name: x for x in data["images"]}
+    assert set(by_name) == {"good.jpg", "alpha.png", "deep.png", "wide.jpg", *broken}
+    for name, reason in broken.items():
+        assert reason in by_name[name]["error"] and by_name[name]["p_defect"] is None
+        assert f"{name}: " in r.stdout  # listed in the printed summary
+    for name in ("good.jpg", "alpha.png", "deep.png"):
+        assert by_name[name]["error"] is None
+    # alpha and 16-bit variants of one image are the same model input, so the same score
+    assert by_name["alpha.png"]["p_defect"] == by_name["deep.png"]["p_defect"]
+    s = data["summary"]
+    assert (s["files"], s["scored"], s["errors"], s["labelled"]) == (9, 4, 5, False)
+    assert s["accept"] + s["reject"] == 4 and "metrics" not in s
+    rows = list(csv.DictReader(line for line in out_csv.read_text().splitlines() if not line.startswith("#")))
+    assert len(rows) == 9 and {r["path"] for r in rows} == {x["path"] for x in data["images"]}
+    assert "# errors: 5" in out_csv.read_text()
+
+
+def test_permission_denied_is_reported(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("running as root: file permissions cannot deny a read (the broken-link case covers OSError)")
+    folder = tmp_path / "p"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "locked.jpg"), part_image(2))
+    (folder / "locked.jpg").chmod(0)
+    out = tmp_path / "r.json"
+    assert main(["--replay", str(folder), "--json", str(out)]) == 0
+    assert "Permission denied" in json.loads(out.read_text())["images"][0]["error"]
+
+
+def test_labelled_folder_metrics_threshold_override_and_report(tmp_path: Path, shipped: bundle.Bundle) -> None:
+    folder = tmp_path / "lab"
+    for cls, defect in (("OK", False), ("Defect", True)):
+        (folder / cls).mkdir(parents=True)
+        for i in range(6):
+            cv2.imwrite(str(folder / cls / f"{i}.png"), part_image(10 + i, defect=defect))
+    out = tmp_path / "r.json"
+    report = tmp_path / "rep"
+    assert main(["--replay", str(folder), "--json", str(out), "--report", str(report)]) == 0
+    data = json.loads(out.read_text())
+    p = np.array([x["p_defect"] for x in data["images"]])
+    y = np.array([1 if x["label"] == "def_front" else 0 for x in data["images"]])
+    assert data["summary"]["metrics"] == summarize(y, p, shipped.threshold)
+    assert (report / "confusion.png").is_file() and cv2.imread(str(report / "confusion.png")) is not None
+    wrong = data["summary"]["metrics"]["false_accepts"] + data["summary"]["metrics"]["false_rejects"]
+    assert (report / "misclassified.png").is_file() == (wrong > 0)
+    # threshold override: 1.0 rejects only p_defect == 1.0; a tiny threshold rejects everything
+    assert main(["--replay", str(folder), "--json", str(out), "--threshold", "0.001"]) == 0
+    assert json.loads(out.read_text())["summary"]["reject"] == 12
+
+
+def test_usage_and_bundle_errors_exit_2_without_traceback(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["--replay", str(tmp_path / "empty")], "no image files found"),
+        (["--replay", str(tmp_path / "missing")], "not a folder"),
+        (["--replay", str(tmp_path), "--model", str(tmp_path / "nobundle")], "bundle folder not found"),
+        (["--replay", str(tmp_path), "--threshold", "2"], "--threshold must be in (0, 1]"),
+        ([], "nothing to do"),
+    ]
+    bad = tmp_path / "bad"
+    shutil.copytree(SHIPPED, bad, ignore=shutil.ignore_patterns("figures", "checkpoints"))
+    (bad / "model.tflite").write_bytes(b"garbage")
+    cases.append((["--replay", str(tmp_path), "--model", str(bad)], "changed or corrupted"))
+    for args, message in cases:
+        r = run_cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_edge_never_imports_tensorflow(tmp_path: Path) -> None:
+    cv2.imwrite(str(tmp_path / "a.jpg"), part_image(3))
+    code = (
+        "import sys, pkgutil, importlib, edge\n"
+        "from edge.cli import main\n"
+        f"assert main(['--replay', {str(tmp_path)!r}, '--report', {str(tmp_path / 'rep')!r}]) == 0\n"
+        "for m in pkgutil.walk_packages(edge.__path__, 'edge.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'matplotlib'))\n"
+        "assert not bad, bad\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
