@@ -1,7 +1,11 @@
-"""`edge-inspect`: the line's command. `--replay DIR` validates a bundle offline.
+"""`edge-inspect`: the line's command.
 
-Exit status of --replay: 0 the run completed (unreadable files are listed, not fatal);
-2 usage error, unusable bundle, or a folder with no images.
+  edge-inspect [--config FILE] [--duration S]   run the inspection daemon
+  edge-inspect --check-config FILE              validate a config, list every problem
+  edge-inspect --replay DIR                     validate a bundle offline on images
+
+Exit status: 0 ran (replay: bad files are listed, not fatal); 2 usage error, invalid
+config, unusable bundle, or a replay folder with no images; 1 the daemon failed at start.
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ log = logging.getLogger("edge-inspect")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-inspect", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=Path("config.yaml"), metavar="FILE",
+                   help="daemon configuration (default: ./config.yaml)")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="stop the daemon after S seconds (demos, tests)")
+    p.add_argument("--check-config", type=Path, metavar="FILE", help="validate FILE and exit")
+    p.add_argument("--quiet", action="store_true", help="do not print one line per decision")
     p.add_argument("--replay", type=Path, metavar="DIR",
                    help="score every image under DIR (labelled by def_front/ok_front or defect/ok "
                         "subfolders, or unlabelled) and print a summary")
@@ -42,11 +52,59 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup(logging.DEBUG if args.verbose else logging.WARNING)
-    if args.replay is None:
-        build_parser().print_usage(sys.stderr)
-        log.error("nothing to do: give --replay DIR")
+    if args.check_config is not None:
+        return check_config(args.check_config)
+    if args.replay is not None:
+        return run_replay(args)
+    return run_daemon(args)
+
+
+def check_config(path: Path) -> int:
+    from edge.config import ConfigError, load  # noqa: PLC0415
+
+    try:
+        load(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
         return 2
-    return run_replay(args)
+    print(f"{path}: ok")
+    return 0
+
+
+def _print_decision(d: dict) -> None:
+    p = "   n/a" if d["p_defect"] is None else f"{d['p_defect']:.4f}"
+    print(f"{d['ts']}  part {d['part_id']}  {d['decision'].upper():6s}  p_defect {p}  "
+          f"{d['reason']}  {d['latency_ms']} ms", flush=True)
+
+
+def run_daemon(args: argparse.Namespace) -> int:
+    from edge import service  # noqa: PLC0415
+    from edge.config import ConfigError, load  # noqa: PLC0415
+
+    if not args.config.is_file():
+        log.error(f"{args.config}: config file not found (give --config FILE)")
+        return 2
+    try:
+        cfg = load(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error(problem)
+        return 2
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else cfg.log_level)
+    try:
+        daemon = service.run(cfg, args.duration, on_decision=None if args.quiet else _print_decision)
+    except (BundleError, DatasetError) as exc:
+        log.error(str(exc))
+        return 2
+    except service.StartError as exc:
+        log.error(str(exc))
+        return 1
+    c = daemon.counters
+    print(f"stopped: {c.parts} parts, {c.decisions.get('accept', 0)} accepted, "
+          f"{c.decisions.get('reject', 0)} rejected, {c.faults} faults", flush=True)
+    return 0
 
 
 def run_replay(args: argparse.Namespace) -> int:

@@ -80,7 +80,10 @@ def decode_bytes(data: bytes) -> np.ndarray:
     if not data:
         raise ImageError("zero-byte file")
     buf = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # OpenCV raises for sizes over OPENCV_IO_MAX_IMAGE_PIXELS
+        image = None
     if image is None:
         raise ImageError(
             f"not a decodable image (corrupt, truncated, not an image, or over {MAX_IMAGE_PIXELS // 10**6} MP)"

@@ -143,7 +143,7 @@ def test_usage_and_bundle_errors_exit_2_without_traceback(tmp_path: Path) -> Non
         (["--replay", str(tmp_path / "missing")], "not a folder"),
         (["--replay", str(tmp_path), "--model", str(tmp_path / "nobundle")], "bundle folder not found"),
         (["--replay", str(tmp_path), "--threshold", "2"], "--threshold must be in (0, 1]"),
-        ([], "nothing to do"),
+        (["--config", str(tmp_path / "nope.yaml")], "config file not found"),
     ]
     bad = tmp_path / "bad"
     shutil.copytree(SHIPPED, bad, ignore=shutil.ignore_patterns("figures", "checkpoints"))

@@ -1,0 +1,193 @@
+"""The inspection daemon: camera -> part -> int8 model -> decision -> journal -> MQTT.
+
+The core loop is independent of where frames and triggers come from, so tests drive it
+with video files and a real broker, and the demo with a simulated line.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from edge.camera import Camera, Frame
+from edge.config import Config
+from edge.inspector import Inspector
+from edge.locate import LocateConfig, crop_part, crop_roi, find_parts
+from edge.tracker import PartTracker
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+class DecisionSink(Protocol):
+    def publish_decision(self, decision: dict[str, Any]) -> int: ...
+
+
+@dataclass
+class Counters:
+    parts: int = 0
+    decisions: dict[str, int] = field(default_factory=lambda: {"accept": 0, "reject": 0})
+    reasons: dict[str, int] = field(default_factory=dict)
+    triggers: int = 0
+    duplicate_triggers: int = 0
+    faults: int = 0
+
+    def count(self, d: dict[str, Any]) -> None:
+        self.parts += 1
+        self.decisions[d["decision"]] = self.decisions.get(d["decision"], 0) + 1
+        self.reasons[d["reason"]] = self.reasons.get(d["reason"], 0) + 1
+        if d["reason"].startswith("fault:"):
+            self.faults += 1
+
+
+class Daemon:
+    def __init__(self, cfg: Config, camera: Camera, sink: DecisionSink, inspector: Inspector,
+                 on_decision: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.cfg = cfg
+        self.camera = camera
+        self.sink = sink
+        self.inspector = inspector
+        self.on_decision = on_decision
+        self.counters = Counters()
+        self.started = time.monotonic()
+        self._locate = LocateConfig(min_diameter=cfg.inspect.min_diameter_px,
+                                    max_diameter=cfg.inspect.max_diameter_px)
+        self._tracker: PartTracker | None = None
+        self._triggers: queue.Queue[tuple[str, float]] = queue.Queue(maxsize=1000)
+        self._seen_parts: OrderedDict[str, None] = OrderedDict()
+        self._recent: OrderedDict[int, Frame] = OrderedDict()
+        self._serial = 0
+        self._run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        self.stop_event = threading.Event()
+        self.last_frame_index = 0
+
+    # -- trigger mode --------------------------------------------------------------
+    def trigger(self, part_id: str, received_mono: float | None = None) -> bool:
+        """Queue a trigger (called from the MQTT thread); False if part_id was already answered."""
+        if part_id in self._seen_parts:
+            self.counters.duplicate_triggers += 1
+            log.warning("duplicate trigger ignored", extra={"part_id": part_id})
+            return False
+        self._seen_parts[part_id] = None
+        while len(self._seen_parts) > 10_000:
+            self._seen_parts.popitem(last=False)
+        self.counters.triggers += 1
+        try:
+            self._triggers.put_nowait((part_id, received_mono or time.monotonic()))
+        except queue.Full:
+            # Never silent: an answer is owed for every part the gate announced.
+            self._emit(self.inspector.fault(part_id, "overloaded", None, None))
+        return True
+
+    def _handle_trigger(self, part_id: str, t_mono: float) -> None:
+        wait = self.cfg.inspect.trigger_wait_s
+        # The freshest frame captured after the trigger, not one from before it.
+        deadline = t_mono + wait
+        frame = None
+        after = self.last_frame_index
+        while time.monotonic() < deadline:
+            f = self.camera.next_frame(after, max(deadline - time.monotonic(), 0.001))
+            if f is None:
+                break
+            after = f.index
+            if f.mono >= t_mono:
+                frame = f
+                break
+        if frame is None:
+            why = self.camera.fault() or "no_frame"
+            self._emit(self.inspector.fault(part_id, why if why != "no_frame" else "no_frame_after_trigger",
+                                            None, None))
+            return
+        self.last_frame_index = frame.index
+        if self.camera.fault() == "frozen_frame":
+            self._emit(self.inspector.fault(part_id, "frozen_frame", frame.ts, frame.mono))
+            return
+        crop = self._crop_for_trigger(frame)
+        if crop is None:
+            self._emit(self.inspector.fault(part_id, "no_part", frame.ts, frame.mono))
+            return
+        self._emit(self.inspector.decide(part_id, crop, frame.ts, frame.mono))
+
+    def _crop_for_trigger(self, frame: Frame) -> np.ndarray | None:
+        if self.cfg.inspect.locate == "roi" and self.cfg.inspect.roi:
+            return crop_roi(frame.gray, self.cfg.inspect.roi, self.inspector.image_size)
+        boxes = [b for b in find_parts(frame.gray, self._locate) if b.fully_in_view]
+        if not boxes:
+            return None
+        w = frame.gray.shape[1]
+        line_x = self.cfg.inspect.inspection_line * w
+        best = min(boxes, key=lambda b: abs(b.cx - line_x))
+        return crop_part(frame.gray, best, self.inspector.image_size)
+
+    # -- continuous mode -------------------------------------------------------------
+    def _continuous_step(self, frame: Frame) -> None:
+        if self._tracker is None:
+            self._tracker = PartTracker(inspection_x=self.cfg.inspect.inspection_line)
+        boxes = find_parts(frame.gray, self._locate)
+        self._recent[frame.index] = frame
+        while len(self._recent) > 32:
+            self._recent.popitem(last=False)
+        for done in self._tracker.update(frame.index, boxes, frame.gray.shape[1]):
+            best_frame = self._recent.get(done.frame_index)
+            if best_frame is None:  # pragma: no cover - the tracker emits within a few frames
+                log.error("frame of a tracked part is gone", extra={"frame": done.frame_index})
+                continue
+            self._serial += 1
+            part_id = f"{self._run_id}-{self._serial:06d}"
+            crop = crop_part(best_frame.gray, done.box, self.inspector.image_size)
+            self._emit(self.inspector.decide(part_id, crop, best_frame.ts, best_frame.mono))
+
+    # -- shared ----------------------------------------------------------------------
+    def _emit(self, decision: dict[str, Any]) -> None:
+        self.counters.count(decision)
+        seq = self.sink.publish_decision(decision)
+        decision["seq"] = seq
+        log.info("decision", extra={k: decision[k] for k in ("part_id", "decision", "p_defect", "reason")})
+        if self.on_decision:
+            self.on_decision(decision)
+
+    def run(self, duration_s: float | None = None) -> None:
+        """Inspect until stop_event is set (or duration_s passes)."""
+        end = None if duration_s is None else time.monotonic() + duration_s
+        mode = self.cfg.inspect.mode
+        log.info("inspecting", extra={"mode": mode, "model": self.inspector.model_id})
+        while not self.stop_event.is_set() and (end is None or time.monotonic() < end):
+            if mode == "trigger":
+                try:
+                    part_id, t = self._triggers.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                self._handle_trigger(part_id, t)
+                continue
+            frame = self.camera.next_frame(self.last_frame_index, 0.2)
+            if frame is None:
+                if self.camera.ended:
+                    log.info("camera source ended: stopping")
+                    break
+                continue
+            self.last_frame_index = frame.index
+            self._continuous_step(frame)
+
+    def status(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "version": VERSION,
+            "model": self.inspector.model_id,
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "parts": c.parts,
+            "accept": c.decisions.get("accept", 0),
+            "reject": c.decisions.get("reject", 0),
+            "faults": c.faults,
+            "camera": {"connected": self.camera.connected, "fps": round(self.camera.fps(), 1),
+                       "frames": self.camera.frames, "dropped": self.camera.dropped,
+                       "reconnects": self.camera.reconnects, "fault": self.camera.fault()},
+        }

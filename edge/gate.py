@@ -1,0 +1,415 @@
+"""`edge-gate`: a reference sorting-gate subscriber that consumes the contract safely.
+
+It shows the rules a gate programmer must follow (docs/mqtt.md): the gate is told
+about each part itself (its own part sensor, or the trigger it sends), and it
+REJECTS unless an `accept` decision for that part arrives before the deadline while
+the daemon is online and the gate's own broker link is up. The first decision for a
+part wins; duplicates (at-least-once delivery) are ignored and counted.
+
+`Gate` is the pure logic with an injectable clock (tests drive it without a
+broker); `GateClient` wires it to MQTT; `main` is the console entry point, which
+reads part ids from stdin (one per line, as a part sensor would report them) and
+prints one line per actuation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge import logs
+from edge.contract import (
+    DEFAULT_PREFIX,
+    ContractError,
+    Payload,
+    check_part_id,
+    dumps,
+    iso,
+    parse_decision,
+    parse_status,
+    parse_trigger,
+)
+from edge.publish import MqttConfigError, MqttSettings, make_client
+
+log = logging.getLogger("edge.gate")
+
+
+@dataclass(frozen=True)
+class GateAction:
+    """What the gate did with one part.
+
+    reason: decision | timeout | offline | link_down | repeated_part_id.
+    """
+
+    part_id: str
+    action: Literal["accept", "reject"]
+    reason: str
+    at: float
+    seq: int | None = None
+    detail: str = ""
+
+
+class Gate:
+    """Fail-safe gate logic: every expected part gets exactly one action, reject by default.
+
+    Thread-safe (MQTT thread and timer thread both call in). `actuate` is called
+    outside the lock, once per part, in addition to the actions being returned.
+    """
+
+    def __init__(self, deadline_s: float, *, clock: Callable[[], float] = time.monotonic,
+                 actuate: Callable[[GateAction], None] | None = None, remember: int = 10_000) -> None:
+        if deadline_s <= 0:
+            raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
+        self.deadline_s = deadline_s
+        self._clock = clock
+        self._actuate = actuate
+        self._remember = remember
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._pending: OrderedDict[str, float] = OrderedDict()  # part_id -> deadline (gate clock)
+        self._done: OrderedDict[str, GateAction] = OrderedDict()
+        self._early: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
+        self._daemon_online = False  # unknown counts as offline: no status, no accept
+        self._link_up = True  # a bare Gate has no link; GateClient reports its own
+        self.counters: Counter[str] = Counter()
+
+    @property
+    def online(self) -> bool:
+        return self._daemon_online and self._link_up
+
+    @property
+    def pending(self) -> list[str]:
+        with self._lock:
+            return list(self._pending)
+
+    def wait_online(self, timeout: float) -> bool:
+        """Block until the daemon is online and the link is up (start-up, tests)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.online, timeout)
+
+    def now(self) -> float:
+        """The gate's clock (monotonic by default; tests pass their own)."""
+        return self._clock()
+
+    def next_deadline(self) -> float | None:
+        with self._lock:
+            return min(self._pending.values(), default=None)
+
+    # -- inputs -------------------------------------------------------------------------
+    def expect(self, part_id: str) -> GateAction | None:
+        """A part is on its way to the gate (sensor or trigger): start its deadline."""
+        part_id = check_part_id(part_id)
+        with self._lock:
+            now = self._clock()
+            if part_id in self._pending:
+                self.counters["repeated_parts"] += 1
+                log.warning("part announced twice while pending; keeping the first", extra={"part_id": part_id})
+                return None
+            self.counters["parts"] += 1
+            if part_id in self._done:
+                # A reused id cannot be told apart from a stale duplicate decision: reject it.
+                self.counters["repeated_parts"] += 1
+                act = self._act(part_id, "reject", "repeated_part_id", now)
+            elif not self.online:
+                act = self._act(part_id, "reject", "offline" if self._link_up else "link_down", now)
+            else:
+                early = self._early.pop(part_id, None)
+                if early is not None and now - early[1] <= self.deadline_s:
+                    act = self._act(part_id, early[0]["decision"], "decision", now, early[0]["seq"])
+                else:
+                    self._pending[part_id] = now + self.deadline_s
+                    act = None
+        return self._emit([act])[0] if act else None
+
+    def on_decision(self, payload: Payload | Mapping[str, Any]) -> GateAction | None:
+        """A message on {prefix}/decision. The first valid decision for a part wins."""
+        try:
+            d = parse_decision(dumps(payload) if isinstance(payload, Mapping) else payload)
+        except ContractError as exc:
+            self.counters["invalid_decisions"] += 1
+            log.warning("invalid decision ignored (the part will time out and be rejected)",
+                        extra={"error": str(exc)})
+            return None
+        pid = d["part_id"]
+        with self._lock:
+            now = self._clock()
+            done = self._done.get(pid)
+            if done is not None:
+                key = "duplicates" if done.reason == "decision" else "late_decisions"
+                self.counters[key] += 1
+                log.info("decision for a part already handled; ignored",
+                         extra={"part_id": pid, "seq": d["seq"], "kind": key, "was": done.reason})
+                return None
+            if pid not in self._pending:
+                if pid in self._early:
+                    self.counters["duplicates"] += 1
+                    return None
+                self.counters["early_decisions"] += 1
+                self._early[pid] = (d, now)
+                while len(self._early) > self._remember:
+                    self._early.popitem(last=False)
+                return None
+            del self._pending[pid]
+            act = self._act(pid, d["decision"], "decision", now, d["seq"])
+        return self._emit([act])[0]
+
+    def on_status(self, payload: Payload | Mapping[str, Any]) -> list[GateAction]:
+        """A message on {prefix}/status: `offline` (or garbage) rejects everything pending."""
+        try:
+            st = parse_status(dumps(payload) if isinstance(payload, Mapping) else payload)
+            online = st["state"] == "online"
+            why = st.get("reason", "")
+        except ContractError as exc:
+            online, why = False, f"invalid status: {exc}"
+        with self._lock:
+            was, self._daemon_online = self._daemon_online, online
+            acts = [] if online else self._reject_all("offline", str(why))
+            self._changed.notify_all()
+        if was != online:
+            log.log(logging.INFO if online else logging.WARNING, "daemon status changed",
+                    extra={"online": online, "reason": why or "-"})
+        return self._emit(acts)
+
+    def link(self, up: bool) -> list[GateAction]:
+        """The gate's own broker connection: while it is down nothing can be trusted."""
+        with self._lock:
+            self._link_up = up
+            if not up:
+                self._daemon_online = False  # learnt again from the retained status on reconnect
+            acts = [] if up else self._reject_all("link_down", "")
+            self._changed.notify_all()
+        return self._emit(acts)
+
+    def tick(self) -> list[GateAction]:
+        """Reject every part whose deadline passed without a decision."""
+        with self._lock:
+            now = self._clock()
+            acts = []
+            for pid, deadline in list(self._pending.items()):
+                if deadline <= now:
+                    del self._pending[pid]
+                    acts.append(self._act(pid, "reject", "timeout", now))
+            while self._early and now - next(iter(self._early.values()))[1] > self.deadline_s:
+                self._early.popitem(last=False)
+        return self._emit(acts)
+
+    # -- helpers (hold the lock) ----------------------------------------------------------
+    def _reject_all(self, reason: str, detail: str) -> list[GateAction]:
+        now = self._clock()
+        acts = [self._act(pid, "reject", reason, now, detail=detail) for pid in self._pending]
+        self._pending.clear()
+        return acts
+
+    def _act(self, part_id: str, action: str, reason: str, now: float, seq: int | None = None,
+             detail: str = "") -> GateAction:
+        act = GateAction(part_id, "accept" if action == "accept" else "reject", reason, now, seq, detail)
+        self._done[part_id] = act
+        while len(self._done) > self._remember:
+            self._done.popitem(last=False)
+        self.counters[f"{act.action}_{reason}"] += 1
+        return act
+
+    def _emit(self, acts: Sequence[GateAction | None]) -> list[GateAction]:
+        out = [a for a in acts if a is not None]
+        for a in out:
+            log.info("gate action", extra={"part_id": a.part_id, "action": a.action, "reason": a.reason,
+                                           "seq": a.seq})
+            if self._actuate is not None:
+                try:
+                    self._actuate(a)
+                except Exception:
+                    log.exception("actuator callback failed", extra={"part_id": a.part_id})
+        return out
+
+
+class GateClient:
+    """Gate logic on MQTT: subscribes decision and status, optionally sends or follows triggers."""
+
+    def __init__(self, settings: MqttSettings, gate: Gate, *, client_id: str | None = None,
+                 follow_triggers: bool = False) -> None:
+        self.settings = settings
+        self.gate = gate
+        self.topics = settings.topics
+        self.follow_triggers = follow_triggers
+        self._client_id = client_id or f"{settings.effective_client_id}-gate"
+        self._client: mqtt.Client | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._ticker = threading.Thread(target=self._tick_loop, name="gate-ticker", daemon=True)
+        self.connected = threading.Event()
+
+    def start(self) -> None:
+        """Connect in the background; the gate rejects everything until it hears `online`."""
+        s = self.settings
+        # The gate needs no MQTT 5 feature (it keeps its own deadline), so "auto" means 3.1.1.
+        client = make_client(s, self._client_id, "5" if s.protocol == "5" else "3.1.1", s.read_password())
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.message_callback_add(self.topics.decision, self._on_decision)
+        client.message_callback_add(self.topics.status, self._on_status)
+        if self.follow_triggers:
+            client.message_callback_add(self.topics.trigger, self._on_trigger)
+        self.gate.link(False)
+        client.connect_async(s.host, s.port, s.keepalive)
+        self._client = client
+        client.loop_start()
+        self._ticker.start()
+
+    def expect(self, part_id: str, send_trigger: bool = False) -> GateAction | None:
+        """Announce a part; with send_trigger also ask the daemon to inspect it (trigger mode)."""
+        act = self.gate.expect(part_id)
+        if send_trigger and act is None and self._client is not None:
+            info = self._client.publish(self.topics.trigger, dumps({"part_id": part_id, "ts": iso(time.time())}),
+                                        qos=1, retain=False)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                log.warning("trigger not sent; the part will time out and be rejected",
+                            extra={"part_id": part_id, "rc": mqtt.error_string(info.rc)})
+        self._wake.set()
+        return act
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._ticker.is_alive():
+            self._ticker.join(2)
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+
+    def _tick_loop(self) -> None:
+        while not self._stop.is_set():
+            nxt = self.gate.next_deadline()
+            wait = 0.5 if nxt is None else min(0.5, max(0.0, nxt - self.gate.now()) + 0.001)
+            self._wake.wait(wait)
+            self._wake.clear()
+            self.gate.tick()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode,
+                    properties: Properties | None) -> None:
+        if reason.is_failure:
+            log.error("broker refused the gate's connection", extra={"reason": str(reason)})
+            return
+        topics = [(self.topics.decision, 1), (self.topics.status, 1)]
+        if self.follow_triggers:
+            topics.append((self.topics.trigger, 1))
+        client.subscribe(topics)
+        self.gate.link(True)
+        self.connected.set()
+        log.info("gate connected", extra={"host": self.settings.host, "prefix": self.settings.prefix})
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags, reason: ReasonCode,
+                       properties: Properties | None) -> None:
+        self.connected.clear()
+        self.gate.link(False)
+        if not self._stop.is_set():
+            log.warning("gate lost the broker; rejecting until reconnected", extra={"reason": str(reason)})
+
+    def _on_decision(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.gate.on_decision(msg.payload)
+
+    def _on_status(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.gate.on_status(msg.payload)
+
+    def _on_trigger(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            trig = parse_trigger(msg.payload, time.time(), time.monotonic())
+        except ContractError as exc:
+            log.warning("malformed trigger ignored", extra={"error": str(exc)})
+            return
+        self.expect(trig.part_id)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-gate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="localhost")
+    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--prefix", default=DEFAULT_PREFIX)
+    p.add_argument("--deadline", type=float, default=2.0, metavar="S",
+                   help="reject a part when no decision arrives within S seconds of announcing it")
+    p.add_argument("--protocol", choices=("3.1.1", "5", "auto"), default="auto", help="auto = 3.1.1 for the gate")
+    p.add_argument("--client-id", default=None)
+    p.add_argument("--username")
+    p.add_argument("--password-file", type=Path)
+    p.add_argument("--password-env", metavar="VAR")
+    p.add_argument("--tls", action="store_true", help="TLS with the system CA store (implied by --tls-ca)")
+    p.add_argument("--tls-ca", type=Path)
+    p.add_argument("--tls-cert", type=Path)
+    p.add_argument("--tls-key", type=Path)
+    p.add_argument("--tls-insecure", action="store_true", help="skip certificate verification (testing only)")
+    p.add_argument("--send-triggers", action="store_true",
+                   help="trigger mode: publish {prefix}/trigger for each part id read from stdin")
+    p.add_argument("--follow-triggers", action="store_true",
+                   help="also expect every part announced on {prefix}/trigger by someone else")
+    p.add_argument("--wait-online", type=float, default=1.0, metavar="S",
+                   help="at start, wait up to S seconds for the daemon's `online` status (parts announced "
+                        "before it are rejected)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Read part ids from stdin; print ACCEPT/REJECT lines; 2 on bad usage or settings."""
+    args = build_parser().parse_args(argv)
+    logs.setup(logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        settings = MqttSettings(
+            host=args.host, port=args.port, prefix=args.prefix, protocol=args.protocol,
+            client_id=args.client_id or "", username=args.username, password_file=args.password_file,
+            password_env=args.password_env, tls=args.tls, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+            tls_key=args.tls_key, tls_insecure=args.tls_insecure, decision_deadline_s=args.deadline)
+        out_lock = threading.Lock()
+
+        def actuate(a: GateAction) -> None:
+            line = f"{a.action.upper():6s} part={a.part_id} reason={a.reason}" + (f" seq={a.seq}" if a.seq else "")
+            with out_lock:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+
+        gate = Gate(args.deadline, actuate=actuate)
+        client = GateClient(settings, gate, client_id=args.client_id, follow_triggers=args.follow_triggers)
+        client.start()
+    except (MqttConfigError, ValueError) as exc:
+        log.error(str(exc))
+        return 2
+    try:
+        if not client.connected.wait(5):
+            log.warning("broker not reachable: every part is rejected until it is",
+                        extra={"host": args.host, "port": args.port})
+        elif not gate.wait_online(args.wait_online):
+            log.warning("daemon not online: every part is rejected until it is", extra={"prefix": args.prefix})
+        for line in sys.stdin:
+            part_id = line.strip()
+            if not part_id:
+                continue
+            try:
+                client.expect(part_id, send_trigger=args.send_triggers)
+            except ContractError as exc:
+                log.error("bad part id from the sensor", extra={"error": str(exc)})
+        end = time.monotonic() + args.deadline + 0.5
+        while gate.pending and time.monotonic() < end:
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.stop()
+        gate.tick()
+        gate.link(False)  # nothing leaves the gate unanswered
+        sys.stderr.write("gate summary: " + " ".join(f"{k}={v}" for k, v in sorted(gate.counters.items())) + "\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

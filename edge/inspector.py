@@ -1,0 +1,75 @@
+"""From a located part to a decision record: crop, classify, decide, fail safe.
+
+Pure of any I/O but the model: the daemon, tests and benchmarks drive it with frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from edge.bundle import Bundle
+from edge.model import Classifier, decide
+
+log = logging.getLogger(__name__)
+
+
+def iso(ts: float) -> str:
+    """UTC ISO 8601 with milliseconds, as the MQTT contract specifies."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Inspector:
+    """The bundle in use; swapped whole on reload so every decision names its model."""
+
+    bundle: Bundle
+    classifier: Classifier
+    threshold: float
+
+    @classmethod
+    def load(cls, bundle: Bundle, threshold: float | None = None, threads: int = 1) -> Inspector:
+        clf = Classifier.from_bundle(bundle, num_threads=threads)
+        return cls(bundle, clf, bundle.threshold if threshold is None else threshold)
+
+    @property
+    def model_id(self) -> str:
+        return self.bundle.short_id
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.classifier.image_size
+
+    def decide(self, part_id: str, crop: np.ndarray, frame_ts: float, frame_mono: float) -> dict[str, Any]:
+        """Decision for one crop; a model error becomes a fail-safe reject, never silence."""
+        try:
+            p = self.classifier.p_defect(crop)
+        except Exception as exc:  # noqa: BLE001 - any model failure must still answer the gate
+            log.error("model error: rejecting", extra={"part_id": part_id, "error": repr(exc)})
+            return self.fault(part_id, "model_error", frame_ts, frame_mono)
+        return self._record(part_id, decide(p, self.threshold), round(p, 6), "model", frame_ts, frame_mono)
+
+    def fault(self, part_id: str, what: str, frame_ts: float | None, frame_mono: float | None) -> dict[str, Any]:
+        """A part that could not be inspected is rejected, with the reason."""
+        return self._record(part_id, "reject", None, f"fault:{what}", frame_ts, frame_mono)
+
+    def _record(self, part_id: str, decision: str, p: float | None, reason: str, frame_ts: float | None,
+                frame_mono: float | None) -> dict[str, Any]:
+        now = time.time()
+        latency = (time.monotonic() - frame_mono) * 1000 if frame_mono is not None else None
+        return {
+            "part_id": part_id,
+            "ts": iso(now),
+            "frame_ts": iso(frame_ts) if frame_ts is not None else None,
+            "decision": decision,
+            "p_defect": p,
+            "threshold": self.threshold,
+            "reason": reason,
+            "model": self.model_id,
+            "latency_ms": None if latency is None else round(latency, 2),
+        }

@@ -1,0 +1,316 @@
+"""The decision journal: every decision is on disk before it goes on the wire.
+
+A SQLite file in WAL mode. The inspection thread appends while the MQTT network
+thread marks PUBACKs, so one connection is shared under a lock (SQLite serialises
+writers anyway, and one connection avoids SQLITE_BUSY between our own threads).
+
+Durability: `synchronous=FULL` by default. In WAL mode NORMAL already survives a
+process crash or SIGKILL (committed transactions are in the WAL file); what FULL adds
+is survival of *power loss*, which an edge box on a line does suffer. With NORMAL a
+power cut could roll back the last appends after they were published: the gate would
+have seen a `seq` the journal no longer has, and the next boot would hand that `seq`
+to another part. One fsync per decision is cheap at line rates (parts per second),
+so FULL is the default; pass synchronous="NORMAL" only on storage where fsync hurts.
+
+Rows: pending -> delivered (PUBACK for /decision) or pending -> late (PUBACK for
+/decision/late). `seq` is AUTOINCREMENT, so it never goes back, even after pruning
+or a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+PENDING, DELIVERED, LATE = "pending", "delivered", "late"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    part_id     TEXT    NOT NULL,
+    created_ts  REAL    NOT NULL,
+    deadline_ts REAL    NOT NULL,
+    state       TEXT    NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'late')),
+    done_ts     REAL,
+    payload     TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_state_seq ON decisions (state, seq);
+CREATE INDEX IF NOT EXISTS decisions_created ON decisions (created_ts);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class JournalError(RuntimeError):
+    """The journal cannot be opened or written; the daemon must fail safe."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One journaled decision; `payload` is the exact JSON text that is published."""
+
+    seq: int
+    part_id: str
+    created_ts: float
+    deadline_ts: float
+    state: str
+    done_ts: float | None
+    payload: str
+
+    @property
+    def decision(self) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads(self.payload)
+        return out
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    removed_done: int
+    removed_pending: int
+
+
+class Journal:
+    """Thread-safe, crash-safe decision journal with bounded size.
+
+    retention_days: delivered/late rows older than this are deleted; a *pending* row
+    older than this is deleted too, with an ERROR log (it has been undeliverable for
+    that long, and keeping it forever would make the file unbounded).
+    max_rows: above this, the oldest delivered/late rows go first; only if pending
+    rows alone exceed it are the oldest pending rows dropped, again with an ERROR log
+    and counted in counts()["dropped_undelivered"].
+    """
+
+    def __init__(self, path: str | Path, retention_days: float | None = 30.0, max_rows: int | None = 1_000_000,
+                 *, synchronous: Literal["FULL", "NORMAL"] = "FULL", prune_every: int = 1000,
+                 clock: Callable[[], float] = time.time) -> None:
+        if retention_days is not None and retention_days <= 0:
+            raise ValueError(f"retention_days must be > 0, got {retention_days}")
+        if max_rows is not None and max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
+        self.path = Path(path)
+        self.retention_days = retention_days
+        self.max_rows = max_rows
+        self.prune_every = max(1, prune_every)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._appends_since_prune = 0
+        self._create_private(self.path)
+        try:
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise JournalError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"{self.path}: cannot open journal: {exc}") from exc
+        self._closed = False
+        c = self.counts()
+        log.info("journal opened", extra={"path": str(self.path), "synchronous": synchronous, **c,
+                                          "last_seq": self.last_seq})
+        self.prune()
+
+    @staticmethod
+    def _create_private(path: Path) -> None:
+        """Create the file 0600 before SQLite touches it; SQLite gives -wal/-shm the same mode."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            if mode & 0o077:
+                os.fchmod(fd, 0o600)
+                log.warning("journal file was readable by others; set to 0600",
+                            extra={"path": str(path), "was": oct(mode)})
+        finally:
+            os.close(fd)
+        for suffix in ("-wal", "-shm"):
+            side = Path(str(path) + suffix)
+            if side.exists() and stat.S_IMODE(side.stat().st_mode) & 0o077:
+                side.chmod(0o600)
+
+    # -- writes ----------------------------------------------------------------------
+    def append(self, decision: Mapping[str, Any], deadline_ts: float) -> int:
+        """Journal a decision (durably) and return its seq; call before publishing."""
+        return self.append_row(decision, deadline_ts).seq
+
+    def append_row(self, decision: Mapping[str, Any], deadline_ts: float) -> Row:
+        """Like append(), returning the whole row so the caller publishes exactly `payload`."""
+        part_id = decision.get("part_id")
+        if not isinstance(part_id, str) or not part_id:
+            raise ValueError("a decision needs a non-empty string part_id")
+        now = self._clock()
+        body = {k: v for k, v in decision.items() if k != "seq"}
+        with self._lock:
+            self._check_open()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    cur = self._db.execute(
+                        "INSERT INTO decisions (part_id, created_ts, deadline_ts, payload) VALUES (?, ?, ?, '')",
+                        (part_id, now, float(deadline_ts)))
+                    seq = int(cur.lastrowid)  # type: ignore[arg-type]
+                    payload = json.dumps({"seq": seq, **body}, separators=(",", ":"), allow_nan=False,
+                                         ensure_ascii=False)
+                    self._db.execute("UPDATE decisions SET payload = ? WHERE seq = ?", (payload, seq))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.DatabaseError as exc:
+                raise JournalError(f"{self.path}: cannot append decision for part {part_id!r}: {exc}") from exc
+            self._appends_since_prune += 1
+            if self._appends_since_prune >= self.prune_every:
+                self.prune()
+        return Row(seq, part_id, now, float(deadline_ts), PENDING, None, payload)
+
+    def mark_delivered(self, seq: int) -> bool:
+        """PUBACK for /decision: True if the row moved from pending to delivered."""
+        return self._finish(seq, DELIVERED)
+
+    def mark_late(self, seq: int) -> bool:
+        """PUBACK for /decision/late: True if the row moved from pending to late."""
+        return self._finish(seq, LATE)
+
+    def _finish(self, seq: int, state: str) -> bool:
+        with self._lock:
+            self._check_open()
+            try:
+                cur = self._db.execute(
+                    "UPDATE decisions SET state = ?, done_ts = ? WHERE seq = ? AND state = 'pending'",
+                    (state, self._clock(), seq))
+            except sqlite3.DatabaseError as exc:
+                raise JournalError(f"{self.path}: cannot mark seq {seq} {state}: {exc}") from exc
+            changed = cur.rowcount == 1
+        if not changed:
+            log.debug("journal row not pending; mark ignored", extra={"seq": seq, "state": state})
+        return changed
+
+    def prune(self) -> PruneResult:
+        """Apply retention; delivered/late rows go first, pending ones only with an ERROR log."""
+        with self._lock:
+            self._check_open()
+            self._appends_since_prune = 0
+            removed_done = removed_pending = 0
+            dropped: list[tuple[int, str]] = []
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    if self.retention_days is not None:
+                        cutoff = self._clock() - self.retention_days * 86400.0
+                        removed_done += self._db.execute(
+                            "DELETE FROM decisions WHERE state != 'pending' AND created_ts < ?", (cutoff,)).rowcount
+                        dropped += self._db.execute(
+                            "SELECT seq, part_id FROM decisions WHERE state = 'pending' AND created_ts < ? "
+                            "ORDER BY seq", (cutoff,)).fetchall()
+                        self._db.execute("DELETE FROM decisions WHERE state = 'pending' AND created_ts < ?", (cutoff,))
+                    if self.max_rows is not None:
+                        over = self._db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] - self.max_rows
+                        if over > 0:
+                            removed_done += self._db.execute(
+                                "DELETE FROM decisions WHERE seq IN (SELECT seq FROM decisions "
+                                "WHERE state != 'pending' ORDER BY seq LIMIT ?)", (over,)).rowcount
+                            over = self._db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] - self.max_rows
+                        if over > 0:
+                            rows = self._db.execute("SELECT seq, part_id FROM decisions WHERE state = 'pending' "
+                                                    "ORDER BY seq LIMIT ?", (over,)).fetchall()
+                            self._db.executemany("DELETE FROM decisions WHERE seq = ?", [(r[0],) for r in rows])
+                            dropped += rows
+                    removed_pending = len(dropped)
+                    if removed_pending:
+                        self._db.execute(
+                            "INSERT INTO meta (key, value) VALUES ('dropped_undelivered', ?) "
+                            "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value", (removed_pending,))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.DatabaseError as exc:
+                raise JournalError(f"{self.path}: prune failed: {exc}") from exc
+        if removed_pending:
+            log.error("journal retention dropped UNDELIVERED decisions (never sent to the gate nor reported late)",
+                      extra={"count": removed_pending, "first_seq": dropped[0][0], "last_seq": dropped[-1][0],
+                             "part_ids": ",".join(p for _, p in dropped[:10]) + (",..." if len(dropped) > 10 else ""),
+                             "retention_days": self.retention_days, "max_rows": self.max_rows})
+        if removed_done:
+            log.info("journal pruned", extra={"removed": removed_done})
+        return PruneResult(removed_done, removed_pending)
+
+    # -- reads -----------------------------------------------------------------------
+    def undelivered(self, limit: int | None = None, after_seq: int = 0) -> list[Row]:
+        """Pending rows in seq order (paged with after_seq/limit so a big backlog stays out of memory)."""
+        with self._lock:
+            self._check_open()
+            cur = self._db.execute(
+                "SELECT seq, part_id, created_ts, deadline_ts, state, done_ts, payload FROM decisions "
+                "WHERE state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, -1 if limit is None else limit))
+            return [Row(*r) for r in cur.fetchall()]
+
+    def get(self, seq: int) -> Row | None:
+        with self._lock:
+            self._check_open()
+            r = self._db.execute("SELECT seq, part_id, created_ts, deadline_ts, state, done_ts, payload "
+                                 "FROM decisions WHERE seq = ?", (seq,)).fetchone()
+        return Row(*r) if r else None
+
+    def is_pending(self, seq: int) -> bool:
+        with self._lock:
+            self._check_open()
+            r = self._db.execute("SELECT 1 FROM decisions WHERE seq = ? AND state = 'pending'", (seq,)).fetchone()
+        return r is not None
+
+    def counts(self) -> dict[str, int]:
+        """total, pending, delivered, late (rows present) and dropped_undelivered (ever)."""
+        with self._lock:
+            self._check_open()
+            by_state = dict(self._db.execute("SELECT state, COUNT(*) FROM decisions GROUP BY state").fetchall())
+            dropped = self._db.execute("SELECT value FROM meta WHERE key = 'dropped_undelivered'").fetchone()
+        out = {s: int(by_state.get(s, 0)) for s in (PENDING, DELIVERED, LATE)}
+        return {"total": sum(out.values()), **out, "dropped_undelivered": int(dropped[0]) if dropped else 0}
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq ever assigned (survives pruning and restarts)."""
+        with self._lock:
+            self._check_open()
+            r = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'decisions'").fetchone()
+        return int(r[0]) if r else 0
+
+    # -- lifecycle -------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if getattr(self, "_closed", False):
+            raise JournalError(f"{self.path}: journal is closed")
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the main file and close; safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.DatabaseError as exc:  # pragma: no cover - the data is in the WAL anyway
+                log.warning("journal checkpoint failed", extra={"path": str(self.path), "error": str(exc)})
+            self._db.close()
+            self._closed = True
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

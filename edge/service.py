@@ -1,0 +1,136 @@
+"""Wire a Config into a running daemon: bundle, camera, broker, journal, publisher.
+
+The adapters live here so `edge.daemon` stays testable without any of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge import bundle as bundle_fmt
+from edge.camera import Camera, IterSource, Source, open_source
+from edge.config import Config
+from edge.daemon import Daemon
+from edge.dataset import default_data_root, is_labelled, list_labelled, list_unlabelled, load_samples
+from edge.inspector import Inspector
+from edge.journal import Journal
+from edge.publish import MqttSettings, Publisher
+from edge.simulate import SimulatedLine
+
+log = logging.getLogger(__name__)
+
+
+class StartError(RuntimeError):
+    """The daemon cannot start (no broker binary for the demo, camera source invalid...)."""
+
+
+def sim_parts(cfg: Config) -> tuple[list[np.ndarray], list[str | None]]:
+    """Part images for the simulated line: sim.images, else the dataset's test split, else drawn."""
+    folder = cfg.sim.images
+    if folder is None and (default_data_root() / "test").is_dir():
+        folder = default_data_root() / "test"
+    if folder is not None:
+        samples = list_labelled(folder, require_both=False) if is_labelled(folder) else list_unlabelled(folder)
+        rng = np.random.default_rng(cfg.sim.seed)
+        picked = [samples[i] for i in rng.permutation(len(samples))[:200]]
+        loaded = load_samples(picked)
+        if len(loaded.paths):
+            names = {0: "ok_front", 1: "def_front"}
+            return list(loaded.images), [names.get(int(v)) for v in loaded.labels]
+    from edge.simulate import synthetic_part  # noqa: PLC0415
+
+    return [synthetic_part(i, defect=i % 3 == 0) for i in range(12)], [
+        "def_front" if i % 3 == 0 else "ok_front" for i in range(12)]
+
+
+def build_source(cfg: Config) -> Source:
+    c = cfg.camera
+    if c.source == "sim":
+        images, labels = sim_parts(cfg)
+        s = cfg.sim
+
+        def frames() -> Iterator[np.ndarray]:
+            line = SimulatedLine(images, labels, width=s.width, height=s.height, speed_px=s.speed_px,
+                                 spacing_px=s.spacing_px, diameter_px=s.part_diameter_px, seed=s.seed)
+            for frame, _truth in line:
+                yield frame
+
+        return IterSource("sim", frames, fps=s.fps)
+    return open_source(c.source, loop=c.loop, fps=c.fps, open_timeout_s=c.open_timeout_s,
+                       read_timeout_s=c.read_timeout_s, width=c.width, height=c.height)
+
+
+def mqtt_settings(cfg: Config, host: str, port: int) -> MqttSettings:
+    m = cfg.mqtt
+    tls = m.tls
+    return MqttSettings(
+        host=host, port=port, prefix=m.prefix, client_id=m.client_id, protocol=m.protocol,
+        keepalive=m.keepalive_s, username=m.username,
+        password_file=str(m.password_file) if m.password_file else None, password_env=m.password_env,
+        tls_ca=str(tls.ca_file) if tls and tls.ca_file else None,
+        tls_cert=str(tls.cert_file) if tls and tls.cert_file else None,
+        tls_key=str(tls.key_file) if tls and tls.key_file else None,
+        tls_insecure=bool(tls and tls.insecure), tls=tls is not None,
+        decision_deadline_s=m.decision_deadline_s,
+    )
+
+
+def run(cfg: Config, duration_s: float | None = None,
+        on_decision: Callable[[dict[str, Any]], None] | None = None,
+        ready: Callable[[Daemon], None] | None = None) -> Daemon:
+    """Run until SIGTERM/SIGINT (or duration_s); returns the stopped daemon for its counters."""
+    with ExitStack() as stack:
+        b = bundle_fmt.load(cfg.model.bundle)
+        inspector = Inspector.load(b, cfg.model.threshold, cfg.model.threads)
+        host, port = cfg.mqtt.host, cfg.mqtt.port
+        if host is None:
+            from edge.broker import LocalBroker  # noqa: PLC0415
+
+            broker = LocalBroker()
+            broker.start()
+            stack.callback(broker.stop)
+            host, port = "127.0.0.1", broker.port
+            log.info("no broker configured: started a local mosquitto", extra={"port": port})
+        Path(cfg.journal.path).parent.mkdir(parents=True, exist_ok=True)
+        journal = Journal(cfg.journal.path, retention_days=cfg.journal.retention_days, max_rows=cfg.journal.max_rows)
+        stack.callback(journal.close)
+        camera = Camera(build_source(cfg), stale_after_s=cfg.camera.stale_after_s,
+                        frozen_after=cfg.camera.frozen_after, reconnect_min_s=cfg.camera.reconnect_min_s,
+                        reconnect_max_s=cfg.camera.reconnect_max_s)
+        daemon_ref: list[Daemon] = []
+        publisher = Publisher(mqtt_settings(cfg, host, port), journal,
+                              status_fn=lambda: daemon_ref[0].status() if daemon_ref else {})
+        daemon = Daemon(cfg, camera, publisher, inspector, on_decision=on_decision)
+        daemon_ref.append(daemon)
+        if cfg.inspect.mode == "trigger":
+            publisher.on_trigger(lambda t: daemon.trigger(t.part_id, t.received_mono))
+        publisher.start()
+        stack.callback(publisher.stop)
+        camera.start()
+        stack.callback(camera.stop)
+        _install_signals(daemon.stop_event)
+        if ready:
+            ready(daemon)
+        daemon.run(duration_s)
+        log.info("stopping", extra={"parts": daemon.counters.parts})
+    return daemon
+
+
+def _install_signals(stop: threading.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("signal received: stopping", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,206 @@
+"""Follow parts across frames of a moving line and hand each one over exactly once.
+
+A part is seen in many consecutive frames; it must be classified once, on the frame
+that shows it best: fully in view and nearest the inspection line (where lighting and
+optics are set up). The tracker is fed each frame's detections and returns the parts
+that are ready. Pure and deterministic: no clock, no threads, no image copies.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.locate import PartBox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Track:
+    """A part handed over for inspection: its best observation and its history."""
+
+    track_id: int
+    frame_index: int  # frame of the best observation: crop `box` from this frame
+    box: PartBox
+    payload: Any  # what the caller passed with that frame (e.g. the frame itself)
+    first_frame: int
+    last_frame: int
+    hits: int  # frames in which the part was detected
+    reason: str  # "crossed": passed the inspection line; "exit": left or lost; "flush"
+
+
+@dataclass
+class _Live:
+    track_id: int
+    first_frame: int
+    last_frame: int
+    box: PartBox  # latest observation
+    hits: int = 1
+    velocity: tuple[float, float] = (0.0, 0.0)  # pixels per frame, from the last two hits
+    crossed: bool = False
+    emitted: bool = False
+    best: tuple[float, int, PartBox, Any] | None = field(default=None)  # (|dx|, frame, box, payload)
+
+
+class PartTracker:
+    """Associates detections frame to frame and emits each part once.
+
+    A part is emitted on the frame where its centre has reached the inspection line
+    (inspection_x, a fraction of the frame width, crossed in `direction`), with the
+    observation nearest the line among those where it was fully in view. If it was not
+    fully in view when crossing, the first later fully-in-view observation is used; a
+    part that leaves (or is lost) without that is emitted at exit if it was ever fully
+    in view. A track survives `max_missing` frames without detection, and longer (up to
+    `max_coast`) while its predicted position is still in view, so a part the detector
+    misses for a while is picked up again by the same track instead of being emitted
+    twice. Detections are matched to the nearest predicted centre (last velocity, or
+    `expected_speed` for a new track) within `gate` radii; parts on the belt do not
+    overlap, so centres of different parts are at least two radii apart.
+    """
+
+    def __init__(
+        self,
+        inspection_x: float = 0.5,
+        *,
+        frame_width: int | None = None,
+        direction: int = 1,  # +1: parts move left to right, -1: right to left
+        max_missing: int = 3,
+        max_coast: int = 10,
+        gate: float = 1.0,  # max association distance from the predicted centre, in radii
+        expected_speed: float = 0.0,  # belt speed in px/frame, if known: first prediction
+        min_hits: int = 2,  # detections needed before a track may be emitted
+    ) -> None:
+        if not 0.0 <= inspection_x <= 1.0:
+            raise ValueError(f"inspection_x is a fraction of the frame width, got {inspection_x}")
+        if direction not in (1, -1):
+            raise ValueError("direction must be +1 or -1")
+        self.inspection_x = inspection_x
+        self.frame_width = frame_width
+        self.direction = direction
+        self.max_missing = max_missing
+        self.max_coast = max(max_coast, max_missing)
+        self.gate = gate
+        self.expected_speed = expected_speed
+        self.min_hits = min_hits
+        self._live: list[_Live] = []
+        self._next_id = 0
+        self._last_frame: int | None = None
+
+    @property
+    def active(self) -> int:
+        """Tracks currently followed."""
+        return len(self._live)
+
+    def update(
+        self,
+        frame_index: int,
+        boxes: Sequence[PartBox],
+        frame_width: int | None = None,
+        payload: Any = None,
+    ) -> list[Track]:
+        """Feed one frame's detections; returns the parts ready for inspection, in order.
+
+        `payload` (e.g. the frame) is kept only for each part's best observation and
+        handed back with it, so the caller need not buffer frames to crop the part.
+        """
+        if frame_width is not None:
+            self.frame_width = frame_width
+        if self.frame_width is None:
+            raise ValueError("frame_width unknown: pass it to PartTracker or update()")
+        if self._last_frame is not None and frame_index <= self._last_frame:
+            raise ValueError(f"frame_index must increase ({frame_index} after {self._last_frame})")
+        self._last_frame = frame_index
+        line = self.inspection_x * self.frame_width
+        ready: list[Track] = []
+        matched = self._associate(frame_index, boxes)
+        for tr, bi in matched:
+            box = boxes[bi]
+            gap = frame_index - tr.last_frame
+            tr.velocity = ((box.cx - tr.box.cx) / gap, (box.cy - tr.box.cy) / gap)
+            tr.box, tr.last_frame, tr.hits = box, frame_index, tr.hits + 1
+            self._observe(tr, frame_index, box, payload, line)
+        taken = {bi for _, bi in matched}
+        for bi, box in enumerate(boxes):
+            if bi not in taken:
+                v0 = (self.direction * self.expected_speed, 0.0)
+                tr = _Live(self._next_id, frame_index, frame_index, box, velocity=v0)
+                self._next_id += 1
+                self._live.append(tr)
+                self._observe(tr, frame_index, box, payload, line)
+        for tr in self._live:
+            if tr.crossed and self._eligible(tr):
+                ready.append(self._emit(tr, "crossed"))
+        keep = []
+        for tr in self._live:
+            if self._closed(tr, frame_index):
+                if self._eligible(tr):
+                    ready.append(self._emit(tr, "exit"))
+                log.debug("track closed", extra={"track": tr.track_id, "hits": tr.hits, "emitted": tr.emitted})
+            else:
+                keep.append(tr)
+        self._live = keep
+        ready.sort(key=lambda t: (t.frame_index, t.track_id))
+        return ready
+
+    def flush(self) -> list[Track]:
+        """End of stream: emit every pending part that was ever fully in view."""
+        ready = [self._emit(tr, "flush") for tr in self._live if self._eligible(tr)]
+        self._live = []
+        ready.sort(key=lambda t: (t.frame_index, t.track_id))
+        return ready
+
+    def _eligible(self, tr: _Live) -> bool:
+        """Not yet emitted, seen often enough, and fully in view at least once."""
+        return not tr.emitted and tr.best is not None and tr.hits >= self.min_hits
+
+    def _closed(self, tr: _Live, frame_index: int) -> bool:
+        missing = frame_index - tr.last_frame
+        if missing <= self.max_missing:
+            return False
+        if missing > self.max_coast:
+            return True
+        px = tr.box.cx + tr.velocity[0] * missing
+        return px + tr.box.radius < 0 or px - tr.box.radius > (self.frame_width or 0) - 1  # left the view
+
+    def _observe(self, tr: _Live, frame_index: int, box: PartBox, payload: Any, line: float) -> None:
+        tr.crossed = tr.crossed or (box.cx - line) * self.direction >= 0
+        if box.fully_in_view and not tr.emitted:
+            dist = abs(box.cx - line)
+            # Past the line the part only moves away: the nearest so far stays the best.
+            if tr.best is None or dist < tr.best[0]:
+                tr.best = (dist, frame_index, box, payload)
+
+    def _associate(self, frame_index: int, boxes: Sequence[PartBox]) -> list[tuple[_Live, int]]:
+        """Greedy nearest-centre matching against each track's predicted position:
+        (track, index into boxes) pairs, closest first."""
+        pairs = []
+        for ti, tr in enumerate(self._live):
+            gap = frame_index - tr.last_frame
+            px, py = tr.box.cx + tr.velocity[0] * gap, tr.box.cy + tr.velocity[1] * gap
+            for bi, box in enumerate(boxes):
+                d = math.hypot(box.cx - px, box.cy - py)
+                if d <= self.gate * max(tr.box.radius, box.radius):
+                    pairs.append((d, ti, bi))
+        pairs.sort()
+        used_t: set[int] = set()
+        used_b: set[int] = set()
+        out = []
+        for _, ti, bi in pairs:
+            if ti in used_t or bi in used_b:
+                continue
+            used_t.add(ti)
+            used_b.add(bi)
+            out.append((self._live[ti], bi))
+        return out
+
+    def _emit(self, tr: _Live, reason: str) -> Track:
+        assert tr.best is not None
+        tr.emitted = True
+        _, frame, box, payload = tr.best
+        tr.best = None  # drop the payload reference early
+        log.debug("part ready", extra={"track": tr.track_id, "frame": frame, "reason": reason})
+        return Track(tr.track_id, frame, box, payload, tr.first_frame, tr.last_frame, tr.hits, reason)

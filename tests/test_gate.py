@@ -1,0 +1,234 @@
+"""The reference gate: reject by default, first decision wins, offline and link loss reject."""
+
+from __future__ import annotations
+
+import io
+import logging
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from broker import Mosquitto
+from conftest_mqtt import decision, mosquitto, prefix, settings  # noqa: F401 - fixtures
+
+from edge import gate as gate_mod
+from edge.contract import Topics
+from edge.gate import Gate, GateAction, GateClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def msg(part_id: str, verdict: str = "accept", seq: int = 1) -> dict:
+    return {**decision(part_id, verdict), "seq": seq, "ts": "2025-06-01T12:00:00.000Z"}
+
+
+ONLINE = {"state": "online", "version": "0.1.0"}
+OFFLINE = {"state": "offline", "reason": "connection lost"}
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def acted() -> list[GateAction]:
+    return []
+
+
+@pytest.fixture
+def gate(clock: Clock, acted: list[GateAction]) -> Gate:
+    g = Gate(2.0, clock=clock, actuate=acted.append)
+    g.on_status(ONLINE)
+    return g
+
+
+def test_accepts_on_time_and_rejects_when_no_decision_by_the_deadline(gate: Gate, clock: Clock,
+                                                                     acted: list[GateAction]) -> None:
+    assert gate.expect("p1") is None and gate.expect("p2") is None
+    clock.t += 1.0
+    a = gate.on_decision(msg("p1", "accept", seq=7))
+    assert a is not None and (a.part_id, a.action, a.reason, a.seq) == ("p1", "accept", "decision", 7)
+    assert gate.tick() == [] and gate.pending == ["p2"]
+    clock.t += 1.0  # p2's deadline
+    (r,) = gate.tick()
+    assert (r.part_id, r.action, r.reason) == ("p2", "reject", "timeout")
+    assert [(x.part_id, x.action) for x in acted] == [("p1", "accept"), ("p2", "reject")]
+    assert gate.next_deadline() is None
+
+
+def test_first_decision_wins_and_duplicates_or_late_ones_are_ignored(gate: Gate, clock: Clock,
+                                                                    acted: list[GateAction]) -> None:
+    gate.expect("p1")
+    assert gate.on_decision(msg("p1", "reject", seq=3)).action == "reject"  # type: ignore[union-attr]
+    assert gate.on_decision(msg("p1", "reject", seq=3)) is None  # at-least-once re-delivery
+    assert gate.on_decision(msg("p1", "accept", seq=4)) is None  # a contradicting one never flips it
+    gate.expect("p2")
+    clock.t += 2.5
+    gate.tick()
+    assert gate.on_decision(msg("p2", "accept", seq=5)) is None  # after the timeout reject
+    assert [(x.part_id, x.action, x.reason) for x in acted] == [("p1", "reject", "decision"),
+                                                                ("p2", "reject", "timeout")]
+    assert gate.counters["duplicates"] == 2 and gate.counters["late_decisions"] == 1
+
+
+def test_offline_status_rejects_pending_and_new_parts_until_online(gate: Gate, acted: list[GateAction]) -> None:
+    gate.expect("p1")
+    gate.expect("p2")
+    rejected = gate.on_status(OFFLINE)
+    assert [(a.part_id, a.action, a.reason) for a in rejected] == [("p1", "reject", "offline"),
+                                                                   ("p2", "reject", "offline")]
+    a = gate.expect("p3")
+    assert a is not None and (a.action, a.reason) == ("reject", "offline")
+    assert gate.on_decision(msg("p1", "accept")) is None  # too late: p1 is gone
+    gate.on_status(ONLINE)
+    gate.expect("p4")
+    assert gate.on_decision(msg("p4", "accept")).action == "accept"  # type: ignore[union-attr]
+
+
+def test_no_status_yet_garbage_status_or_own_link_down_all_reject(clock: Clock) -> None:
+    g = Gate(2.0, clock=clock)
+    assert g.expect("p0").reason == "offline"  # type: ignore[union-attr]  # status unknown = not online
+    g.on_status(ONLINE)
+    g.expect("p1")
+    assert [a.reason for a in g.on_status(b"{not json")] == ["offline"]
+    g.on_status(ONLINE)
+    g.expect("p2")
+    assert [(a.part_id, a.reason) for a in g.link(False)] == [("p2", "link_down")]
+    assert g.expect("p3").reason == "link_down"  # type: ignore[union-attr]
+    g.link(True)
+    assert g.expect("p4").reason == "offline"  # type: ignore[union-attr]  # must hear `online` again
+    g.on_status(ONLINE)
+    assert g.expect("p5") is None
+
+
+def test_invalid_decision_is_ignored_and_the_part_times_out(gate: Gate, clock: Clock) -> None:
+    gate.expect("p1")
+    for bad in (b"garbage", b'{"part_id": "p1", "decision": "accept"}', {**msg("p1"), "decision": "yes"},
+                {**msg("p1"), "seq": 0}, {**msg("p1"), "p_defect": "0.1"}):
+        assert gate.on_decision(bad) is None
+    clock.t += 2.0
+    assert [(a.part_id, a.reason) for a in gate.tick()] == [("p1", "timeout")]
+    assert gate.counters["invalid_decisions"] == 5
+
+
+def test_decision_before_the_part_is_announced_is_used_within_the_deadline(gate: Gate, clock: Clock) -> None:
+    assert gate.on_decision(msg("early", "accept", seq=9)) is None
+    clock.t += 1.0
+    a = gate.expect("early")
+    assert a is not None and (a.action, a.seq) == ("accept", 9)
+    gate.on_decision(msg("stale", "accept"))
+    clock.t += 3.0
+    gate.tick()  # forgets decisions nobody announced in time
+    assert gate.expect("stale") is None and gate.pending == ["stale"]
+
+
+def test_repeated_part_ids(gate: Gate) -> None:
+    gate.expect("p1")
+    assert gate.expect("p1") is None and gate.pending == ["p1"]  # same part announced twice: one deadline
+    gate.on_decision(msg("p1", "accept"))
+    a = gate.expect("p1")  # id reused after it was handled: cannot trust any decision for it
+    assert a is not None and (a.action, a.reason) == ("reject", "repeated_part_id")
+
+
+def test_actuator_failure_does_not_break_the_gate(clock: Clock) -> None:
+    def broken(a: GateAction) -> None:
+        raise RuntimeError("relay stuck")
+
+    g = Gate(1.0, clock=clock, actuate=broken)
+    g.on_status(ONLINE)
+    g.expect("p1")
+    assert g.on_decision(msg("p1")).action == "accept"  # type: ignore[union-attr]
+
+
+def test_gate_end_to_end_with_a_daemon_that_gets_killed(mosquitto: Mosquitto, prefix: str, tmp_path: Path) -> None:
+    """Trigger mode over a real broker: accept, reject, timeout, then SIGKILL -> offline rejects."""
+    acted: list[GateAction] = []
+    cond = threading.Condition()
+
+    def actuate(a: GateAction) -> None:
+        with cond:
+            acted.append(a)
+            cond.notify_all()
+
+    def wait_for(part_id: str, timeout: float = 5.0) -> GateAction:
+        with cond:
+            assert cond.wait_for(lambda: any(a.part_id == part_id for a in acted), timeout), f"no action for {part_id}"
+            return next(a for a in acted if a.part_id == part_id)
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "daemon_proc.py"), str(mosquitto.port), prefix,
+                             str(tmp_path / "j.db")], stdout=subprocess.PIPE, text=True)
+    g = Gate(1.0, actuate=actuate)
+    client = GateClient(settings(mosquitto.port, prefix, protocol="auto"), g, client_id="gate-under-test")
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
+        client.start()
+        assert client.connected.wait(5)
+        assert g.wait_online(5)  # the retained `online` status
+        client.expect("good-1", send_trigger=True)
+        client.expect("bad-1", send_trigger=True)
+        client.expect("silent-1", send_trigger=True)  # the daemon never answers this one
+        assert (wait_for("good-1").action, wait_for("good-1").reason) == ("accept", "decision")
+        assert (wait_for("bad-1").action, wait_for("bad-1").reason) == ("reject", "decision")
+        assert (wait_for("silent-1").action, wait_for("silent-1").reason) == ("reject", "timeout")
+        g.deadline_s = 30.0
+        client.expect("silent-2", send_trigger=True)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(5)
+        assert (wait_for("silent-2").action, wait_for("silent-2").reason) == ("reject", "offline")  # the LWT
+        a = client.expect("after-death", send_trigger=True)
+        assert a is not None and (a.action, a.reason) == ("reject", "offline")
+    finally:
+        client.stop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+@pytest.fixture
+def keep_logging() -> Iterator[None]:
+    """main() installs its own log handler on the root logger; put pytest's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_cli_rejects_every_part_when_no_daemon_is_there(mosquitto: Mosquitto, prefix: str,
+                                                        monkeypatch: pytest.MonkeyPatch, keep_logging: None,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("part-1\n\npart-2\n"))
+    rc = gate_mod.main(["--host", "127.0.0.1", "--port", str(mosquitto.port), "--prefix", prefix,
+                        "--deadline", "0.3", "--send-triggers", "--wait-online", "0.2"])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    assert out.splitlines() == ["REJECT part=part-1 reason=offline", "REJECT part=part-2 reason=offline"]
+    assert "parts=2" in err and "reject_offline=2" in err
+
+
+def test_cli_bad_settings_exit_2(keep_logging: None) -> None:
+    assert gate_mod.main(["--prefix", "a/#"]) == 2
+    assert gate_mod.main(["--username", "u", "--password-env", "EDGE_GATE_NO_SUCH_VAR"]) == 2
+
+
+def test_topics_helper() -> None:
+    t = Topics("casting/line1/cam1")
+    assert (t.decision, t.late, t.status, t.trigger) == (
+        "casting/line1/cam1/decision", "casting/line1/cam1/decision/late", "casting/line1/cam1/status",
+        "casting/line1/cam1/trigger")
+

@@ -1,0 +1,206 @@
+"""The decision journal: seq, durability across SIGKILL and reopen, 0600, retention, threads."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from edge.journal import Journal, JournalError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def d(part_id: str, **kw: object) -> dict:
+    return {"part_id": part_id, "decision": "accept", **kw}
+
+
+def test_append_assigns_seq_and_stores_exact_payload(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.db") as j:
+        seqs = [j.append(d(f"p{i}", seq=999), deadline_ts=100.0 + i) for i in range(3)]
+        assert seqs == [1, 2, 3]
+        rows = j.undelivered()
+        assert [r.seq for r in rows] == [1, 2, 3]
+        assert rows[0].decision == {"seq": 1, "part_id": "p0", "decision": "accept"}  # caller's seq is ignored
+        assert json.loads(rows[2].payload)["seq"] == 3 and rows[2].deadline_ts == 102.0
+        assert j.counts() == {"total": 3, "pending": 3, "delivered": 0, "late": 0, "dropped_undelivered": 0}
+
+
+def test_mark_delivered_and_late_only_from_pending(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.db") as j:
+        for i in range(4):
+            j.append(d(f"p{i}"), 0.0)
+        assert j.mark_delivered(1) and j.mark_late(2)
+        assert not j.mark_delivered(1) and not j.mark_late(1) and not j.mark_delivered(2)
+        assert not j.mark_delivered(99)
+        assert j.counts() == {"total": 4, "pending": 2, "delivered": 1, "late": 1, "dropped_undelivered": 0}
+        assert [r.seq for r in j.undelivered()] == [3, 4]
+        assert [r.seq for r in j.undelivered(limit=1)] == [3]
+        assert [r.seq for r in j.undelivered(after_seq=3)] == [4]
+        assert j.is_pending(3) and not j.is_pending(1)
+        assert j.get(2).state == "late" and j.get(1).done_ts is not None and j.get(42) is None
+
+
+def test_reopen_keeps_rows_and_seq_continues_even_after_pruning_the_newest(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    with Journal(path) as j:
+        for i in range(5):
+            j.append(d(f"p{i}"), 0.0)
+        for s in range(1, 6):
+            j.mark_delivered(s)
+    with Journal(path, max_rows=1) as j:  # prunes rows 1-4 on open
+        assert j.counts()["total"] == 1
+        assert j.last_seq == 5
+    with sqlite3.connect(path) as db:  # even with every row gone, seq must not restart
+        db.execute("DELETE FROM decisions")
+    with Journal(path) as j:
+        assert j.append(d("next"), 0.0) == 6
+
+
+def test_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "j.db"
+    old = os.umask(0o022)
+    try:
+        with Journal(path) as j:
+            j.append(d("p"), 0.0)
+            for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+            mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
+            assert mode == "wal"
+    finally:
+        os.umask(old)
+
+
+def test_existing_world_readable_file_is_tightened(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "j.db"
+    Journal(path).close()
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING, "edge.journal"), Journal(path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "0600" in caplog.text
+
+
+def test_retention_deletes_done_rows_first_and_logs_dropped_pending(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    now = [1_000_000.0]
+    with Journal(tmp_path / "j.db", retention_days=1, max_rows=4, clock=lambda: now[0]) as j:
+        for i in range(6):
+            j.append(d(f"p{i}"), 0.0)
+        for s in (1, 3, 4):
+            j.mark_delivered(s)
+        r = j.prune()  # 6 rows > 4: the two oldest done rows (1, 3) go, pending 2 stays
+        assert (r.removed_done, r.removed_pending) == (2, 0)
+        assert [r.seq for r in j.undelivered()] == [2, 5, 6]
+        for i in range(3):  # 7 rows, only one of them done: two pending rows must go, loudly
+            j.append(d(f"q{i}"), 0.0)
+        with caplog.at_level(logging.ERROR, "edge.journal"):
+            r = j.prune()
+        assert r.removed_done == 1 and r.removed_pending == 2
+        rec = next(r for r in caplog.records if "UNDELIVERED" in r.getMessage())
+        ctx = vars(rec)
+        assert (ctx["count"], ctx["first_seq"], ctx["last_seq"], ctx["part_ids"]) == (2, 2, 5, "p1,p4")
+        assert j.counts()["dropped_undelivered"] == 2 and j.counts()["total"] == 4
+        caplog.clear()
+        now[0] += 2 * 86400  # everything is now past retention_days
+        j.mark_delivered(9)
+        with caplog.at_level(logging.ERROR, "edge.journal"):
+            r = j.prune()
+        assert r.removed_done == 1 and r.removed_pending == 3 and j.counts()["total"] == 0
+        assert j.counts()["dropped_undelivered"] == 5 and "UNDELIVERED" in caplog.text
+
+
+def test_concurrent_appends_and_marks(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.db", synchronous="NORMAL") as j:
+        seqs: list[int] = []
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def writer(k: int) -> None:
+            for i in range(100):
+                s = j.append(d(f"w{k}-{i}"), 0.0)
+                with lock:
+                    seqs.append(s)
+
+        def marker() -> None:  # the "network thread" acknowledging as it goes
+            while not stop.is_set():
+                for row in j.undelivered(limit=50):
+                    j.mark_delivered(row.seq)
+                stop.wait(0.005)
+
+        m = threading.Thread(target=marker)
+        m.start()
+        writers = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+        for t in writers:
+            t.start()
+        for t in writers:
+            t.join()
+        stop.set()
+        m.join()
+        for row in j.undelivered():
+            j.mark_delivered(row.seq)
+        assert sorted(seqs) == list(range(1, 401))
+        assert j.counts() == {"total": 400, "pending": 0, "delivered": 400, "late": 0, "dropped_undelivered": 0}
+
+
+def test_every_acknowledged_append_survives_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from edge.journal import Journal
+        j = Journal({str(path)!r})
+        i = 0
+        while True:
+            i += 1
+            seq = j.append({{"part_id": f"p{{i}}", "decision": "reject"}}, 0.0)
+            if i % 3 == 0:
+                j.mark_delivered(seq)
+            print(seq, flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    printed = []
+    for line in proc.stdout:  # killed mid-run, with appends in progress
+        printed.append(int(line))
+        if len(printed) >= 60:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    printed += [int(x) for x in proc.stdout.read().split()]
+    proc.stdout.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with Journal(path) as j:
+        assert all(j.get(s) is not None for s in printed), "a seq reported as journaled was lost"
+        assert {r.seq for r in j.undelivered()} >= {s for s in printed if s % 3}
+        assert j.append(d("after-restart"), 0.0) > max(printed)
+
+
+def test_bad_arguments_and_closed_journal(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        Journal(tmp_path / "a.db", retention_days=0)
+    with pytest.raises(ValueError):
+        Journal(tmp_path / "b.db", max_rows=0)
+    j = Journal(tmp_path / "c.db")
+    with pytest.raises(ValueError, match="part_id"):
+        j.append({"decision": "accept"}, 0.0)
+    with pytest.raises(ValueError):
+        j.append(d("nan", p_defect=float("nan")), 0.0)
+    assert j.counts()["total"] == 0  # failed appends leave nothing behind
+    j.close()
+    j.close()
+    with pytest.raises(JournalError, match="closed"):
+        j.append(d("p"), 0.0)
+    (tmp_path / "bad.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(JournalError):
+        Journal(tmp_path / "bad.db")

@@ -1,0 +1,464 @@
+"""The MQTT publisher against a real mosquitto: contract, expiry, LWT, outages, triggers, auth, TLS."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from broker import Mosquitto, V311OnlyProxy, free_port
+from conftest_mqtt import (  # noqa: F401 - fixtures
+    Collector,
+    collectors,
+    decision,
+    make_publisher,
+    mosquitto,
+    prefix,
+    require_mosquitto,
+    retained,
+    settings,
+)
+
+from edge.contract import ContractError, Topics
+from edge.journal import Journal
+from edge.publish import MqttConfigError, MqttSettings, Publisher
+
+ROOT = Path(__file__).resolve().parent.parent
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+FIELDS = {"seq", "part_id", "ts", "frame_ts", "decision", "p_defect", "threshold", "reason", "model", "latency_ms",
+          "deadline"}
+
+
+def test_decision_follows_the_contract_qos1_not_retained_with_expiry(
+        mosquitto: Mosquitto, prefix: str, make_publisher: Callable[..., Publisher],
+        collectors: Callable[..., Collector]) -> None:
+    t = Topics(prefix)
+    sub = collectors(mosquitto.port, [t.decision, t.late])
+    pub = make_publisher(mosquitto.port, prefix, decision_deadline_s=5.0)
+    assert pub.wait_connected(5) and pub.protocol == "5"
+    frame = time.time()
+    seqs = [pub.publish_decision(decision("A-1", "accept", frame)),
+            pub.publish_decision(decision("A-2", "reject", frame, p_defect=None, reason="fault:no_part",
+                                          latency_ms=None, camera="cam1"))]
+    assert seqs == [1, 2]
+    got = sub.wait_count(t.decision, 2)
+    assert pub.flush(5)
+    first, second = got[0].json, got[1].json
+    assert set(first) == FIELDS and set(second) == FIELDS | {"camera"}  # extra keys pass through
+    assert [first["seq"], second["seq"]] == seqs and first["part_id"] == "A-1"
+    assert first["decision"] == "accept" and second["decision"] == "reject" and second["p_defect"] is None
+    assert isinstance(first["p_defect"], float) and first["threshold"] == 0.5 and first["model"] == "0123456789ab"
+    for key in ("ts", "frame_ts", "deadline"):
+        assert ISO.match(first[key]), first[key]
+    deadline = datetime.fromisoformat(first["deadline"]).timestamp()
+    assert deadline == pytest.approx(frame + 5.0, abs=0.002)
+    for m in got:
+        assert m.qos == 1 and m.retain is False
+        assert m.expiry is not None and 1 <= m.expiry <= 5  # MQTT 5 MessageExpiryInterval = time left
+    assert not sub.on(t.late)
+    assert retained(mosquitto.port, t.decision, timeout=0.5) is None  # never retained
+    assert pub.journal.counts() == {"total": 2, "pending": 0, "delivered": 2, "late": 0, "dropped_undelivered": 0}
+
+
+def test_status_online_is_retained_with_version_model_uptime_counters(
+        mosquitto: Mosquitto, prefix: str, make_publisher: Callable[..., Publisher],
+        collectors: Callable[..., Collector]) -> None:
+    sub = collectors(mosquitto.port, [Topics(prefix).status])
+    pub = make_publisher(mosquitto.port, prefix, status_fn=lambda: {"model": "abc123", "counters": {"parts": 7}})
+    sub.wait_count(Topics(prefix).status, 1)  # published; now see it as a newcomer does
+    st = retained(mosquitto.port, Topics(prefix).status)
+    assert st is not None and st.retain and st.qos == 1
+    body = st.json
+    assert body["state"] == "online" and body["model"] == "abc123" and body["counters"] == {"parts": 7}
+    assert body["version"] and body["uptime_s"] >= 0 and ISO.match(body["ts"])
+    assert {"pending", "delivered", "late"} <= set(body["journal"])
+    assert pub.publish_status({"note": "reloaded"})
+    assert pub.flush(2)
+
+
+def test_stop_flushes_and_leaves_retained_offline(
+        mosquitto: Mosquitto, prefix: str, tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.db") as j:
+        pub = Publisher(settings(mosquitto.port, prefix), j)
+        pub.start()
+        assert pub.wait_connected(5)
+        for i in range(20):
+            pub.publish_decision(decision(f"S-{i}"))
+        pub.stop()
+        assert j.counts()["delivered"] == 20  # stop() waited for the PUBACKs
+    st = retained(mosquitto.port, Topics(prefix).status)
+    assert st is not None and st.json["state"] == "offline" and st.json["reason"] == "shutdown"
+
+
+def test_mqtt_311_works_without_expiry(mosquitto: Mosquitto, prefix: str, make_publisher: Callable[..., Publisher],
+                                       collectors: Callable[..., Collector]) -> None:
+    t = Topics(prefix)
+    sub = collectors(mosquitto.port, [t.decision])
+    pub = make_publisher(mosquitto.port, prefix, protocol="3.1.1")
+    assert pub.wait_connected(5) and pub.protocol == "3.1.1"
+    pub.publish_decision(decision("V3-1"))
+    (m,) = sub.wait_count(t.decision, 1)
+    assert m.json["part_id"] == "V3-1" and m.qos == 1 and not m.retain and m.expiry is None
+    assert pub.flush(3)
+
+
+def test_auto_falls_back_to_311_when_the_broker_refuses_mqtt5(
+        mosquitto: Mosquitto, prefix: str, make_publisher: Callable[..., Publisher],
+        collectors: Callable[..., Collector], caplog: pytest.LogCaptureFixture) -> None:
+    t = Topics(prefix)
+    sub = collectors(mosquitto.port, [t.decision])
+    proxy = V311OnlyProxy(mosquitto.port).start()
+    try:
+        with caplog.at_level(logging.WARNING, "edge.publish"):
+            pub = make_publisher(proxy.port, prefix, protocol="auto")
+            assert pub.wait_connected(8), "auto did not fall back to 3.1.1"
+        assert pub.protocol == "3.1.1" and proxy.refused_v5 >= 1 and proxy.accepted_v311 >= 1
+        assert "falling back to MQTT 3.1.1" in caplog.text
+        pub.publish_decision(decision("AUTO-1"))
+        (m,) = sub.wait_count(t.decision, 1)
+        assert m.json["part_id"] == "AUTO-1" and m.expiry is None
+        assert pub.flush(3)
+        pub.stop()
+    finally:
+        proxy.stop()
+
+
+def test_status_goes_offline_retained_when_the_daemon_is_sigkilled(
+        mosquitto: Mosquitto, prefix: str, tmp_path: Path, collectors: Callable[..., Collector]) -> None:
+    t = Topics(prefix)
+    sub = collectors(mosquitto.port, [t.status])
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "daemon_proc.py"), str(mosquitto.port), prefix,
+                             str(tmp_path / "j.db")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
+        assert sub.wait(lambda ms: any(m.json["state"] == "online" for m in ms), 5)
+        st = retained(mosquitto.port, t.status)
+        assert st is not None and st.retain and st.json["state"] == "online" and st.json["model"] == "0123456789ab"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(5)
+        assert sub.wait(lambda ms: ms[-1].json["state"] == "offline", 5), "no Last Will after SIGKILL"
+        st = retained(mosquitto.port, t.status)
+        assert st is not None and st.retain and st.json["state"] == "offline"
+        assert st.json["reason"] == "connection lost"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def test_broker_outage_loses_nothing(tmp_path: Path, prefix: str, make_publisher: Callable[..., Publisher],
+                                     collectors: Callable[..., Collector]) -> None:
+    """Broker stopped mid-run and restarted: each decision delivered or reported late; none vanished."""
+    require_mosquitto()
+    t = Topics(prefix)
+    broker = Mosquitto(tmp_path / "broker", persistence=True).start()
+    try:
+        # A persistent-session subscriber, so it misses nothing while the broker restarts.
+        sub = collectors(broker.port, [t.decision, t.late], session=True)
+        pub = make_publisher(broker.port, prefix, decision_deadline_s=30.0)
+        assert pub.wait_connected(5)
+        for i in range(10):
+            pub.publish_decision(decision(f"before-{i}"))
+        assert pub.flush(5)
+        broker.stop()
+        t0 = time.monotonic()
+        for i in range(10):  # short deadline: these expire during the outage -> late topic
+            pub.publish_decision(decision(f"expired-{i}"), deadline_ts=time.time() + 0.2)
+        for i in range(10):  # long deadline: still useful after the outage -> decision topic
+            pub.publish_decision(decision(f"during-{i}"))
+        assert time.monotonic() - t0 < 2.0, "publish_decision blocked while the broker was down"
+        counts = pub.journal.counts()
+        assert counts["total"] == 30 and counts["pending"] >= 20
+        time.sleep(0.3)  # let the short deadlines pass while the broker is still away
+        broker.start()
+        assert pub.wait_connected(5)
+        for i in range(5):
+            pub.publish_decision(decision(f"after-{i}"))
+        assert pub.flush(10), pub.journal.counts()
+        assert sub.wait(lambda ms: len({m.json["seq"] for m in ms}) >= 35, 10)
+    finally:
+        broker.stop()
+    counts = pub.journal.counts()
+    assert counts["pending"] == 0 and counts["total"] == 35
+    on_decision = {m.json["seq"]: m.json for m in sub.on(t.decision)}
+    on_late = {m.json["seq"]: m.json for m in sub.on(t.late)}
+    with Journal(pub.journal.path) as j:
+        for seq in range(1, 36):
+            row = j.get(seq)
+            assert row is not None and row.state in ("delivered", "late")
+            if row.state == "delivered":
+                assert seq in on_decision, f"seq {seq} marked delivered but never seen on /decision"
+            else:
+                assert seq in on_late, f"seq {seq} marked late but never seen on /decision/late"
+                assert on_late[seq]["late_by_s"] >= 0 and ISO.match(on_late[seq]["reported_ts"])
+    # Nothing was in flight when the broker went away, so the publisher sent nothing twice (paho's
+    # own re-send queue is dropped; the journal is the only source of re-sends). The broker may
+    # itself re-deliver to the restored subscriber session: those copies carry the DUP flag.
+    seqs = [m.json["seq"] for m in sub.messages if not m.dup]
+    assert len(seqs) == len(set(seqs)), sorted((m.json["seq"], m.dup, m.topic[-4:]) for m in sub.messages)
+    assert {m.json["seq"] for m in sub.messages} == set(range(1, 36))
+    assert pub.stats()["resent"] >= 20
+    expired = {s for s, m in on_late.items() if m["part_id"].startswith("expired-")}
+    assert len(expired) == 10  # every expired decision was reported late ...
+    assert not any(m["part_id"].startswith("expired-") for m in on_decision.values())  # ... never sent to the gate
+    assert {m["part_id"] for m in on_decision.values()} >= {f"during-{i}" for i in range(10)}
+
+
+def test_decisions_in_flight_when_the_connection_dies_are_resent_exactly_once(
+        tmp_path: Path, prefix: str, make_publisher: Callable[..., Publisher],
+        collectors: Callable[..., Collector]) -> None:
+    require_mosquitto()
+    t = Topics(prefix)
+    broker = Mosquitto(tmp_path / "broker").start()
+    try:
+        pub = make_publisher(broker.port, prefix, reconnect_min_delay_s=1.0, reconnect_max_delay_s=1.0)
+        assert pub.wait_connected(5)
+        broker.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]  # frozen: no PUBACKs
+        for i in range(5):
+            pub.publish_decision(decision(f"inflight-{i}"))
+        assert pub.connected and pub.journal.counts()["pending"] == 5  # on the wire, unacknowledged
+        broker.kill()  # the connection dies with them
+        broker.start()
+        sub = collectors(broker.port, [t.decision, t.late])  # subscribed before the 1 s reconnect
+        assert pub.flush(8), pub.journal.counts()
+        sub.wait_count(t.decision, 5)
+        assert not sub.wait(lambda ms: len(ms) > 5, 0.5), "a decision was sent twice"
+        assert sorted(m.json["part_id"] for m in sub.messages) == [f"inflight-{i}" for i in range(5)]
+    finally:
+        broker.kill()
+
+
+def test_restarted_daemon_resends_what_the_previous_run_left_pending(
+        mosquitto: Mosquitto, prefix: str, tmp_path: Path, make_publisher: Callable[..., Publisher],
+        collectors: Callable[..., Collector]) -> None:
+    t = Topics(prefix)
+    path = tmp_path / "j.db"
+    with Journal(path) as j:  # a previous run that never reached the broker
+        j.append(decision("old-expired"), deadline_ts=time.time() - 60)
+        j.append(decision("old-live"), deadline_ts=time.time() + 60)
+        j.append(decision("old-done"), deadline_ts=time.time() + 60)
+        j.mark_delivered(3)
+    sub = collectors(mosquitto.port, [t.decision, t.late])
+    with Journal(path) as j:
+        pub = make_publisher(mosquitto.port, prefix, journal=j)
+        assert pub.wait_connected(5) and pub.flush(5)
+        sub.wait(lambda ms: len(ms) >= 2, 5)
+        assert [m.json["part_id"] for m in sub.on(t.decision)] == ["old-live"]
+        assert [m.json["part_id"] for m in sub.on(t.late)] == ["old-expired"]
+        assert j.get(1).state == "late" and j.get(2).state == "delivered"
+        assert pub.publish_decision(decision("new")) == 4
+        assert pub.flush(5)
+        pub.stop()
+
+
+def test_start_and_publish_never_block_without_a_broker(tmp_path: Path, prefix: str,
+                                                        make_publisher: Callable[..., Publisher]) -> None:
+    t0 = time.monotonic()
+    pub = make_publisher(free_port(), prefix)  # nothing listens there
+    seq = pub.publish_decision(decision("nobody-home"))
+    assert time.monotonic() - t0 < 1.0
+    assert seq == 1 and not pub.connected and not pub.wait_connected(0.3)
+    assert pub.journal.counts()["pending"] == 1 and not pub.publish_status()
+    t0 = time.monotonic()
+    pub.stop()
+    assert time.monotonic() - t0 < 3.0
+    assert pub.journal.counts()["pending"] == 1  # still owed, for the next start
+
+
+def test_invalid_decisions_raise_and_are_not_journaled(mosquitto: Mosquitto, prefix: str,
+                                                       make_publisher: Callable[..., Publisher]) -> None:
+    pub = make_publisher(mosquitto.port, prefix, start=False)
+    bad = [decision("x", verdict="maybe"), decision(""), decision("x", p_defect=1.5), decision("x", p_defect=True),
+           decision("x", reason=""), decision("x", frame_ts="yesterday"), decision("x", latency_ms=float("inf")),
+           decision("x", extra=object()), {"decision": "accept"}]
+    for d in bad:
+        with pytest.raises(ContractError):
+            pub.publish_decision(d)
+    assert pub.journal.counts()["total"] == 0
+
+
+def test_triggers_malformed_huge_retained_repeated_are_ignored_safely(
+        mosquitto: Mosquitto, prefix: str, make_publisher: Callable[..., Publisher],
+        caplog: pytest.LogCaptureFixture) -> None:
+    t = Topics(prefix)
+    got: list[str] = []
+    done = threading.Event()
+
+    def on_trigger(trig: object) -> None:
+        got.append(trig.part_id)  # type: ignore[attr-defined]
+        if trig.part_id == "boom":  # type: ignore[attr-defined]
+            raise RuntimeError("callback bug")  # must not take the network thread down
+        if trig.part_id == "last":  # type: ignore[attr-defined]
+            done.set()
+
+    pub = make_publisher(mosquitto.port, prefix)
+    pub.on_trigger(on_trigger)  # after start(): subscribes on the live connection
+    assert pub.wait_ready(5)
+    sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    sender.connect("127.0.0.1", mosquitto.port)
+    sender.loop_start()
+    payloads: list[bytes | str] = [
+        "not json", b"\xff\xfe\x00garbage", "[1, 2, 3]", "{}", '{"part_id": ""}', '{"part_id": null}',
+        '{"part_id": "x", "ts": NaN}', '{"part_id": "x", "ts": "noon"}', '{"part_id": "a\\u0000b"}',
+        json.dumps({"part_id": "H" * 10, "pad": "x" * 2_000_000}),  # 2 MB
+        "[" * 1000,  # deep nesting within the size limit
+        json.dumps({"part_id": "P-1", "ts": "2025-01-01T00:00:00Z"}), json.dumps({"part_id": "P-1"}),
+        json.dumps({"part_id": 42}), json.dumps({"part_id": "boom"}), json.dumps({"part_id": "P-2", "ts": 1.7e9}),
+        json.dumps({"part_id": "P-1"}), json.dumps({"part_id": "last"}),
+    ]
+    with caplog.at_level(logging.INFO, "edge.publish"):
+        for p in payloads:
+            sender.publish(t.trigger, p, qos=1).wait_for_publish(5)
+        assert done.wait(10), f"valid triggers did not arrive: {got}"
+    sender.disconnect()
+    sender.loop_stop()
+    assert got == ["P-1", "42", "boom", "P-2", "last"]  # each once, in order, garbage dropped
+    assert pub.connected
+    s = pub.stats()
+    assert s["triggers_repeated"] == 2 and s["triggers_ignored"] >= 11
+    assert "malformed trigger ignored" in caplog.text and "repeated trigger ignored" in caplog.text
+    assert "trigger handling failed" in caplog.text  # the callback's exception was logged
+    pub.publish_decision(decision("still-alive"))
+    assert pub.flush(3)
+
+
+def test_retained_trigger_is_not_an_event(mosquitto: Mosquitto, prefix: str,
+                                          make_publisher: Callable[..., Publisher]) -> None:
+    t = Topics(prefix)
+    sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    sender.connect("127.0.0.1", mosquitto.port)
+    sender.loop_start()
+    sender.publish(t.trigger, json.dumps({"part_id": "stale"}), qos=1, retain=True).wait_for_publish(2)
+    got: list[str] = []
+    live = threading.Event()
+
+    def on_trigger(trig: object) -> None:
+        got.append(trig.part_id)  # type: ignore[attr-defined]
+        live.set()
+
+    pub = make_publisher(mosquitto.port, prefix, start=False)
+    pub.on_trigger(on_trigger)
+    pub.start()
+    assert pub.wait_ready(5)
+    sender.publish(t.trigger, json.dumps({"part_id": "live"}), qos=1).wait_for_publish(2)
+    assert live.wait(5)  # in-order delivery: the retained one was handled before this
+    assert got == ["live"] and pub.stats()["triggers_ignored"] == 1
+    sender.publish(t.trigger, b"", qos=1, retain=True).wait_for_publish(2)  # clear it
+    sender.disconnect()
+    sender.loop_stop()
+
+
+def test_settings_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for bad in ({"prefix": "a/#"}, {"prefix": "/a"}, {"prefix": ""}, {"protocol": "4"}, {"port": 0},
+                {"username": "u", "password_file": tmp_path / "p", "password_env": "X"},
+                {"password_env": "X"}, {"tls_cert": tmp_path / "c"}, {"reconnect_min_delay_s": 5,
+                                                                      "reconnect_max_delay_s": 1}):
+        with pytest.raises(MqttConfigError):
+            MqttSettings(**bad)  # type: ignore[arg-type]
+    monkeypatch.delenv("EDGE_TEST_PW", raising=False)
+    with pytest.raises(MqttConfigError, match="EDGE_TEST_PW"):
+        MqttSettings(username="u", password_env="EDGE_TEST_PW").read_password()
+    with pytest.raises(MqttConfigError, match="password_file"):
+        MqttSettings(username="u", password_file=tmp_path / "missing").read_password()
+    (tmp_path / "pw").write_text("s3cret\n")
+    s = MqttSettings(username="u", password_file=tmp_path / "pw")
+    assert s.read_password() == "s3cret" and "s3cret" not in repr(s)
+    with Journal(tmp_path / "j.db") as j, pytest.raises(MqttConfigError, match="TLS"):
+        Publisher(MqttSettings(tls_ca=tmp_path / "no-ca.pem"), j).start()
+
+
+# -- authentication and TLS against a broker that requires both -----------------------------
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    require_mosquitto()
+    for tool in ("openssl", "mosquitto_passwd"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed: cannot set up the TLS + password broker")
+    d = tmp_path_factory.mktemp("secure")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"), "-days", "2",
+             "-subj", "/CN=edge-test-ca")
+    _openssl("req", *ec, "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"), "-subj", "/CN=localhost")
+    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
+             "-CAcreateserial", "-out", str(d / "server.pem"), "-days", "2", "-extfile", str(d / "ext.cnf"))
+    _openssl("req", "-x509", *ec, "-keyout", str(d / "other.key"), "-out", str(d / "other-ca.pem"), "-days", "2",
+             "-subj", "/CN=someone-else")
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(d / "passwd"), "edge", "correct horse"], check=True,
+                   capture_output=True)
+    b = Mosquitto(d / "broker", allow_anonymous=False, password_file=d / "passwd",
+                  tls=(d / "ca.pem", d / "server.pem", d / "server.key")).start()
+    b.files = d  # type: ignore[attr-defined]
+    yield b
+    b.stop()
+
+
+def test_tls_with_password_from_env_delivers_and_never_logs_the_password(
+        secure_broker: Mosquitto, prefix: str, make_publisher: Callable[..., Publisher],
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    files: Path = secure_broker.files  # type: ignore[attr-defined]
+    monkeypatch.setenv("EDGE_MQTT_PW", "correct horse")
+    with caplog.at_level(logging.DEBUG):
+        pub = make_publisher(secure_broker.port, prefix, host="127.0.0.1", username="edge",
+                             password_env="EDGE_MQTT_PW", tls_ca=files / "ca.pem")
+        assert pub.wait_connected(5), "TLS + password connection failed"
+        pub.publish_decision(decision("TLS-1"))
+        assert pub.flush(5)
+        pub.stop()
+    assert "correct horse" not in caplog.text
+    assert all("correct horse" not in str(vars(r)) for r in caplog.records)
+
+
+def test_wrong_password_or_untrusted_broker_never_connects(
+        secure_broker: Mosquitto, prefix: str, make_publisher: Callable[..., Publisher], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    files: Path = secure_broker.files  # type: ignore[attr-defined]
+    (tmp_path / "pw").write_text("wrong horse\n")
+    with caplog.at_level(logging.DEBUG):
+        wrong_pw = make_publisher(secure_broker.port, prefix, host="127.0.0.1", username="edge",
+                                  password_file=tmp_path / "pw", tls_ca=files / "ca.pem")
+        (tmp_path / "pw2").write_text("correct horse\n")
+        wrong_ca = make_publisher(secure_broker.port, prefix, host="127.0.0.1", username="edge",
+                                  password_file=tmp_path / "pw2", tls_ca=files / "other-ca.pem")
+        wrong_pw.publish_decision(decision("never-1"))
+        assert not wrong_pw.wait_connected(1.5) and not wrong_ca.wait_connected(0.1)
+    assert "broker refused the connection" in caplog.text  # bad credentials are an ERROR, not a silent retry
+    assert wrong_ca.stats().get("connect_failures", 0) >= 1  # certificate verification is on by default
+    causes = [getattr(r, "cause", "") for r in caplog.records if r.getMessage().startswith("cannot reach")]
+    assert any("certificate verification failed" in c for c in causes), causes
+    assert wrong_pw.journal.counts()["pending"] == 1
+    assert "wrong horse" not in caplog.text and "correct horse" not in caplog.text
+
+
+def test_trigger_parsing_rules() -> None:
+    from edge.contract import parse_trigger
+
+    t = parse_trigger(b'{"part_id": "P-9", "ts": "2025-06-01T12:00:00Z"}', 10.0, 5.0)
+    assert (t.part_id, t.ts, t.received_ts, t.received_mono) == ("P-9", 1748779200.0, 10.0, 5.0)
+    assert t["part_id"] == "P-9" and t["received_mono"] == 5.0  # dict-style access, as for the JSON payload
+    with pytest.raises(KeyError):
+        t["nope"]
+    assert parse_trigger('{"part_id": 17, "ts": 1748779200}', 0, 0).part_id == "17"
+    assert parse_trigger('{"part_id": "x", "extra": [1]}', 0, 0).ts is None
+    for bad in ('{"part_id": true}', '{"part_id": "x", "ts": -1}', '{"part_id": "' + "x" * 129 + '"}',
+                '{"part_id": "x", "ts": Infinity}', "null", '"P-1"'):
+        with pytest.raises(ContractError):
+            parse_trigger(bad, 0, 0)

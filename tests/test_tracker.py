@@ -1,0 +1,257 @@
+"""PartTracker: each part on a moving line is handed over exactly once, at its best frame.
+
+Unit tests feed hand-made detections; integration tests run a SimulatedLine (synthetic
+parts always, dataset parts when present) through find_parts and the tracker, live and
+through a video file written and read back with OpenCV.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.locate import PartBox, find_parts
+from edge.simulate import FrameTruth, SimulatedLine, synthetic_part, write_video
+from edge.tracker import PartTracker, Track
+from tests.conftest import part_image
+
+W = 1000  # frame width of the unit tests
+R = 100.0
+
+
+def box(cx: float, cy: float = 300.0, r: float = R, w: int = W) -> PartBox:
+    return PartBox(cx, cy, r, 1.0, cx - r >= 0 and cx + r <= w - 1)
+
+
+def run(tracker: PartTracker, frames: list[list[PartBox]]) -> list[Track]:
+    out: list[Track] = []
+    for i, boxes in enumerate(frames):
+        out += tracker.update(i, boxes, payload=i)
+    return out + tracker.flush()
+
+
+def test_one_part_is_emitted_once_on_the_frame_nearest_the_line() -> None:
+    xs = [-50, 30, 110, 190, 270, 350, 430, 510, 590, 670, 750, 830, 910, 990]  # line at 500
+    frames = [[box(x)] for x in xs]
+    tr = PartTracker(0.5, frame_width=W)
+    emitted = []
+    for i, boxes in enumerate(frames):
+        got = tr.update(i, boxes, payload=f"frame{i}")
+        emitted += [(i, t) for t in got]
+    assert len(emitted) == 1 and tr.flush() == []
+    when, t = emitted[0]
+    assert when == xs.index(510)  # emitted as soon as the centre has crossed the line
+    assert t.frame_index == xs.index(510) and t.box.cx == 510 and t.payload == "frame7"
+    assert t.reason == "crossed" and t.box.fully_in_view and t.hits == 8
+
+
+def test_the_best_frame_may_precede_the_crossing() -> None:
+    tr = PartTracker(0.5, frame_width=W)
+    out = run(tr, [[box(x)] for x in (300, 490, 560, 700)])
+    assert [(t.frame_index, t.box.cx) for t in out] == [(1, 490)]
+
+
+def test_a_part_missing_for_a_few_frames_keeps_its_track() -> None:
+    frames = [[box(x)] for x in (200, 260, 320)] + [[], []] + [[box(x)] for x in (500, 560, 620)]
+    out = run(PartTracker(0.5, frame_width=W, max_missing=3), frames)
+    assert len(out) == 1 and out[0].box.cx == 500 and out[0].hits == 4  # hits so far
+
+
+def test_a_part_missed_for_longer_is_picked_up_again_and_never_emitted_twice() -> None:
+    xs = [100 + 60 * i for i in range(14)]
+    frames = [[box(x)] for x in xs]
+    for i in (4, 5, 6, 7, 8, 9):  # missed around the line, for longer than max_missing
+        frames[i] = []
+    out = run(PartTracker(0.5, frame_width=W, max_missing=2, max_coast=10), frames)
+    # re-acquired at its predicted position by the same track: one emission, on the
+    # fully-in-view frame nearest the line (700 is nearer 500 than 280)
+    assert [(t.track_id, t.frame_index, t.box.cx, t.reason) for t in out] == [(0, 10, 700, "crossed")]
+
+
+def test_a_track_lost_beyond_max_coast_is_closed_and_emitted_at_exit() -> None:
+    frames = [[box(x)] for x in (200, 260, 320)] + [[]] * 6
+    out = run(PartTracker(0.5, frame_width=W, max_missing=2, max_coast=4), frames)
+    assert [(t.frame_index, t.box.cx, t.reason) for t in out] == [(2, 320, "exit")]
+
+
+def test_part_crossing_while_cut_by_the_frame_uses_its_first_full_view() -> None:
+    # line at 5% of the width: the centre crosses it while the part is still entering
+    tr = PartTracker(0.05, frame_width=W)
+    out = run(tr, [[box(x)] for x in (20, 60, 100, 140, 180)])
+    assert [(t.frame_index, t.box.cx, t.reason) for t in out] == [(2, 100, "crossed")]
+
+
+def test_part_that_is_never_fully_in_view_is_never_emitted() -> None:
+    out = run(PartTracker(0.5, frame_width=W), [[box(x, r=600)] for x in range(0, 1000, 100)])
+    assert out == []
+
+
+def test_part_leaving_before_the_line_is_emitted_at_exit_if_ever_fully_in_view() -> None:
+    # moving right to left, line at 10%: the part turns off the belt before reaching it
+    tr = PartTracker(0.1, frame_width=W, direction=-1, max_missing=2, max_coast=3)
+    frames = [[box(x)] for x in (850, 780, 700)] + [[]] * 4
+    out = run(tr, frames)
+    assert [(t.frame_index, t.box.cx, t.reason) for t in out] == [(2, 700, "exit")]
+
+
+def test_stream_end_flushes_pending_parts() -> None:
+    tr = PartTracker(0.9, frame_width=W)
+    out = run(tr, [[box(x)] for x in (200, 300, 400)])
+    assert [(t.frame_index, t.box.cx, t.reason) for t in out] == [(2, 400, "flush")]
+
+
+def test_fast_belt_needs_the_expected_speed_for_the_first_match() -> None:
+    frames = [[box(x)] for x in (150, 300, 450, 600, 750)]  # 150 px/frame, radius 100
+    assert len(run(PartTracker(0.5, frame_width=W), frames)) == 0  # never matched: 5 one-hit tracks
+    out = run(PartTracker(0.5, frame_width=W, expected_speed=150), frames)
+    assert [(t.frame_index, t.box.cx, t.hits) for t in out] == [(2, 450, 4)]
+
+
+def test_single_frame_false_detection_is_not_emitted() -> None:
+    frames = [[], [box(600)], [], [], [], [], []]
+    assert run(PartTracker(0.5, frame_width=W), frames) == []
+
+
+def test_two_parts_in_one_frame_are_kept_apart_and_emitted_in_order() -> None:
+    frames = [[box(x), box(x - 400)] for x in range(300, 1300, 60)]
+    frames = [[b for b in f if b.cx + b.radius > 0 and b.cx - b.radius < W] for f in frames]
+    out = run(PartTracker(0.5, frame_width=W), frames)
+    assert [t.track_id for t in out] == sorted(t.track_id for t in out)
+    assert len(out) == 2 and [abs(t.box.cx - 500) <= 30 for t in out] == [True, True]
+    assert out[0].frame_index < out[1].frame_index
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError):
+        PartTracker(1.5)
+    with pytest.raises(ValueError):
+        PartTracker(0.5).update(0, [])  # frame width unknown
+    tr = PartTracker(0.5)
+    tr.update(3, [], W)  # the frame width may come with the first frame
+    with pytest.raises(ValueError):
+        tr.update(3, [])
+
+
+# --- a whole simulated line ---------------------------------------------------------------
+
+
+def track_line(frames, width: int) -> list[tuple[Track, int]]:
+    """(track, frame index) for every emitted part, frames as (index, image) pairs."""
+    tracker = PartTracker(0.5, frame_width=width)
+    out = []
+    for i, img in frames:
+        out += tracker.update(i, find_parts(img))
+    return out + tracker.flush()
+
+
+def check_line(emitted: list[Track], truths: dict[int, FrameTruth], labels: list[str]) -> None:
+    matched = []
+    for t in emitted:
+        parts = truths[t.frame_index].parts
+        p = min(parts, key=lambda q: np.hypot(q.cx - t.box.cx, q.cy - t.box.cy))
+        assert np.hypot(p.cx - t.box.cx, p.cy - t.box.cy) <= 0.05 * p.diameter
+        assert p.fully_in_view and t.box.fully_in_view
+        matched.append((p.index, p.label))
+    assert [i for i, _ in matched] == list(range(len(labels)))  # each part once, in order
+    assert [lab for _, lab in matched] == labels
+
+
+def test_synthetic_line_yields_each_part_once_in_order() -> None:
+    labels = ["ok_front", "def_front", "ok_front", "def_front"]
+    parts = [part_image(i, defect=lab == "def_front") for i, lab in enumerate(labels)]
+    line = SimulatedLine(
+        parts, labels, width=960, height=540, diameter_px=220, diameter_jitter=0.1, y_jitter=30, speed_px=35, seed=1
+    )
+    truths = {}
+
+    def frames():
+        for img, truth in line:
+            truths[truth.frame_index] = truth
+            yield truth.frame_index, img
+
+    emitted = track_line(frames(), 960)
+    check_line(emitted, truths, labels)
+    assert all(t.reason == "crossed" for t in emitted)
+
+
+def test_simulated_line_is_deterministic() -> None:
+    parts = [part_image(0), part_image(1, defect=True)]
+    a = SimulatedLine(parts, ["ok_front", "def_front"], width=640, height=360, diameter_px=200, seed=4)
+    b = SimulatedLine(parts, ["ok_front", "def_front"], width=640, height=360, diameter_px=200, seed=4)
+    assert len(a) == len(b) > 0
+    k = len(a) // 2
+    fa, ta = a.render(k)
+    fb, tb = b.render(k)
+    np.testing.assert_array_equal(fa, fb)
+    assert ta == tb
+    # every part is fully in view in some frame and gone at the end
+    seen_full = {p.index for i in range(len(a)) for p in a.truth(i).parts if p.fully_in_view}
+    assert seen_full == {0, 1} and a.truth(len(a) - 1).parts == ()
+
+
+@pytest.fixture(scope="module")
+def synthetic_line() -> tuple[SimulatedLine, list[str]]:
+    labels = ["def_front", "ok_front", "def_front"]
+    parts = [synthetic_part(10 + i, defect=lab == "def_front") for i, lab in enumerate(labels)]
+    line = SimulatedLine(parts, labels, width=960, height=540, diameter_px=200, y_jitter=20, speed_px=40, seed=5)
+    return line, labels
+
+
+@pytest.fixture(scope="module")
+def dataset_line(casting_data: Path) -> tuple[SimulatedLine, list[str]]:
+    rng = np.random.default_rng(3)
+    labels = ["def_front", "ok_front", "ok_front", "def_front", "ok_front"]
+    files = {c: sorted((casting_data / "test" / c).glob("*.jpeg")) for c in ("def_front", "ok_front")}
+    parts = [cv2.imread(str(rng.choice(files[c])), cv2.IMREAD_GRAYSCALE) for c in labels]
+    line = SimulatedLine(parts, labels, diameter_px=300, diameter_jitter=0.1, y_jitter=40, speed_px=45, seed=2)
+    return line, labels
+
+
+def test_dataset_line_yields_each_part_once_in_order(dataset_line) -> None:
+    line, labels = dataset_line
+    truths = {}
+
+    def frames():
+        for img, truth in line:
+            truths[truth.frame_index] = truth
+            yield truth.frame_index, img
+
+    check_line(track_line(frames(), line.width), truths, labels)
+
+
+@pytest.mark.parametrize(
+    "which, suffix", [("synthetic_line", ".avi"), ("synthetic_line", ".mp4"), ("dataset_line", ".avi")]
+)
+def test_line_through_a_video_file_gives_the_same_parts(which: str, suffix: str, request, tmp_path: Path) -> None:
+    line, labels = request.getfixturevalue(which)
+    truths = {k: line.truth(k) for k in range(len(line))}
+    path = tmp_path / f"line{suffix}"
+    assert write_video(path, (img for img, _ in line), line.fps) == len(line)
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened()
+    assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (line.width, line.height)
+
+    def frames():
+        i = 0
+        while True:
+            ok, img = cap.read()
+            if not ok:
+                break
+            yield i, cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+            i += 1
+
+    try:
+        emitted = track_line(frames(), line.width)
+        n_read = int(cap.get(cv2.CAP_PROP_POS_FRAMES))
+    finally:
+        cap.release()
+    assert n_read == len(line)
+    check_line(emitted, truths, labels)
+
+
+def test_write_video_refuses_unknown_suffix(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        write_video(tmp_path / "x.mkv", [np.zeros((8, 8), np.uint8)], 10)
