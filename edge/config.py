@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge.bundle import DEFAULT_BUNDLE
+from edge.contract import check_prefix
 
 
 class ConfigError(ValueError):
@@ -120,9 +121,7 @@ class MqttSection(_Strict):
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
-        if not v or any(c in v for c in "#+\0") or v.startswith("/") or v.endswith("/"):
-            raise ValueError(f"{v!r} is not a valid topic prefix (no wildcards, no leading/trailing '/')")
-        return v
+        return check_prefix(v)  # the MQTT contract's own rule; its ContractError is a ValueError
 
     @field_validator("protocol", mode="before")
     @classmethod

@@ -8,20 +8,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
 from edge.bundle import Bundle
+from edge.contract import iso
 from edge.model import Classifier, decide
 
 log = logging.getLogger(__name__)
-
-
-def iso(ts: float) -> str:
-    """UTC ISO 8601 with milliseconds, as the MQTT contract specifies."""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
