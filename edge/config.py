@@ -75,6 +75,8 @@ class SimSection(_Strict):
     speed_px: float = Field(16.0, gt=0, description="belt speed in pixels per frame")
     spacing_px: int = Field(520, gt=0, description="distance between part centres")
     part_diameter_px: int = Field(300, ge=60)
+    belt_level: float = Field(162.0, ge=0, le=255, description="belt grey level; 162 matches the dataset backdrop")
+    context: float = Field(1.2, ge=1.0, le=1.23, description="pasted radius around each part, in rim radii")
     seed: int = 0
 
 
@@ -135,6 +137,12 @@ class JournalSection(_Strict):
     max_rows: int = Field(1_000_000, ge=100)
 
 
+class AuditSection(_Strict):
+    dir: Path | None = Field(Path("state/audit"), description="crops + decision JSON of audited parts; null = off")
+    sample_accepted: float = Field(0.0, ge=0, le=1, description="fraction of accepted parts saved too")
+    max_mb: float = Field(500.0, gt=0, description="disk budget; oldest evidence is deleted first")
+
+
 class Config(_Strict):
     model: ModelSection = ModelSection()
     camera: CameraSection = CameraSection()
@@ -142,6 +150,7 @@ class Config(_Strict):
     inspect: InspectSection = InspectSection()
     mqtt: MqttSection = MqttSection()
     journal: JournalSection = JournalSection()
+    audit: AuditSection = AuditSection()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
@@ -173,6 +182,7 @@ def _resolve(cfg: Config, base: Path) -> Config:
         "sim": cfg.sim.model_copy(update={"images": fix(cfg.sim.images)}),
         "mqtt": cfg.mqtt.model_copy(update={"password_file": fix(cfg.mqtt.password_file), "tls": mqtt_tls}),
         "journal": cfg.journal.model_copy(update={"path": fix(cfg.journal.path)}),
+        "audit": cfg.audit.model_copy(update={"dir": fix(cfg.audit.dir)}),
     })
 
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edge.audit import AuditTrail
 from edge.camera import Camera, Frame
 from edge.config import Config
 from edge.inspector import Inspector
@@ -51,8 +52,10 @@ class Counters:
 
 class Daemon:
     def __init__(self, cfg: Config, camera: Camera, sink: DecisionSink, inspector: Inspector,
-                 on_decision: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_decision: Callable[[dict[str, Any]], None] | None = None,
+                 audit: AuditTrail | None = None) -> None:
         self.cfg = cfg
+        self.audit = audit
         self.camera = camera
         self.sink = sink
         self.inspector = inspector
@@ -115,7 +118,7 @@ class Daemon:
         if crop is None:
             self._emit(self.inspector.fault(part_id, "no_part", frame.ts, frame.mono))
             return
-        self._emit(self.inspector.decide(part_id, crop, frame.ts, frame.mono))
+        self._emit(self.inspector.decide(part_id, crop, frame.ts, frame.mono), crop)
 
     def _crop_for_trigger(self, frame: Frame) -> np.ndarray | None:
         if self.cfg.inspect.locate == "roi" and self.cfg.inspect.roi:
@@ -144,13 +147,15 @@ class Daemon:
             self._serial += 1
             part_id = f"{self._run_id}-{self._serial:06d}"
             crop = crop_part(best_frame.gray, done.box, self.inspector.image_size)
-            self._emit(self.inspector.decide(part_id, crop, best_frame.ts, best_frame.mono))
+            self._emit(self.inspector.decide(part_id, crop, best_frame.ts, best_frame.mono), crop)
 
     # -- shared ----------------------------------------------------------------------
-    def _emit(self, decision: dict[str, Any]) -> None:
+    def _emit(self, decision: dict[str, Any], crop: np.ndarray | None = None) -> None:
         self.counters.count(decision)
         seq = self.sink.publish_decision(decision)
         decision["seq"] = seq
+        if self.audit is not None:
+            self.audit.record(decision, crop)
         log.info("decision", extra={k: decision[k] for k in ("part_id", "decision", "p_defect", "reason")})
         if self.on_decision:
             self.on_decision(decision)

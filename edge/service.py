@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edge import bundle as bundle_fmt
+from edge.audit import AuditSettings, AuditTrail
 from edge.camera import Camera, IterSource, Source, open_source
 from edge.config import Config
 from edge.daemon import Daemon
@@ -59,7 +60,8 @@ def build_source(cfg: Config) -> Source:
 
         def frames() -> Iterator[np.ndarray]:
             line = SimulatedLine(images, labels, width=s.width, height=s.height, speed_px=s.speed_px,
-                                 spacing_px=s.spacing_px, diameter_px=s.part_diameter_px, seed=s.seed)
+                                 spacing_px=s.spacing_px, diameter_px=s.part_diameter_px,
+                                 belt_level=s.belt_level, context=s.context, seed=s.seed)
             for frame, _truth in line:
                 yield frame
 
@@ -108,7 +110,12 @@ def run(cfg: Config, duration_s: float | None = None,
         daemon_ref: list[Daemon] = []
         publisher = Publisher(mqtt_settings(cfg, host, port), journal,
                               status_fn=lambda: daemon_ref[0].status() if daemon_ref else {})
-        daemon = Daemon(cfg, camera, publisher, inspector, on_decision=on_decision)
+        audit = None
+        if cfg.audit.dir is not None:
+            audit = AuditTrail(AuditSettings(Path(cfg.audit.dir), cfg.audit.sample_accepted,
+                                             int(cfg.audit.max_mb * 2**20)))
+            stack.callback(audit.close)
+        daemon = Daemon(cfg, camera, publisher, inspector, on_decision=on_decision, audit=audit)
         daemon_ref.append(daemon)
         if cfg.inspect.mode == "trigger":
             publisher.on_trigger(lambda t: daemon.trigger(t.part_id, t.received_mono))

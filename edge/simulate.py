@@ -24,6 +24,12 @@ log = logging.getLogger(__name__)
 
 FRAME_SIZE = (1280, 720)  # (width, height) of the default line camera
 BELT_LEVEL = 70.0  # dark rubber belt: the bright metal rim stands out against it
+# The dataset's light backdrop: median grey of the corners of casting_data test images
+# (every 20th of the 715: 5%..95% = 149..189, median 162). The demo line uses a belt of
+# this level and pastes each part with its surrounding backdrop (DEMO_CONTEXT), so the
+# crops look like the images the model was trained on.
+DATASET_BACKDROP_LEVEL = 162.0
+DEMO_CONTEXT = 1.2  # pasted radius / rim radius; the crop's inscribed circle is 1.23
 FOURCC = {".avi": "MJPG", ".mp4": "mp4v"}  # both verified to write and read back here
 
 
@@ -116,13 +122,16 @@ def place_part(
     diameter_px: float,
     angle_deg: float,
     rim: Rim | None = None,
+    context: float = 1.0,
 ) -> np.ndarray:
     """A copy of `background` with `part` composited so its rim is centred at (cx, cy)
     with diameter `diameter_px`, rotated by `angle_deg` (counter-clockwise).
 
     Only the disc inside the rim is pasted, through a mask feathered across the rim's
     edge, so neither the part image's square nor its light backdrop shows. `rim` is the
-    rim in the part image (located with `part_rim` when not given).
+    rim in the part image (located with `part_rim` when not given). With `context` > 1
+    the disc reaches that many rim radii and fades out over its outer sixth, keeping the
+    part's own backdrop and shadow around the rim without a hard seam.
     """
     frame = to_gray_u8(background).copy()
     src = to_gray_u8(part)
@@ -139,9 +148,14 @@ def place_part(
     hh, ww = src.shape
     yy, xx = np.mgrid[0:hh, 0:ww].astype(np.float32)
     dist = np.sqrt((xx - rcx) ** 2 + (yy - rcy) ** 2)
-    alpha = np.clip((rr + 0.5 - dist) / 2.0 + 0.5, 0, 1).astype(np.float32)
+    if context > 1.0:
+        outer = rr * context
+        ramp = max(2.0, (outer - rr) * 0.85)
+        alpha = np.clip((outer - dist) / ramp, 0, 1).astype(np.float32)
+    else:
+        alpha = np.clip((rr + 0.5 - dist) / 2.0 + 0.5, 0, 1).astype(np.float32)
     # Destination window: the disc's bounding square, clipped to the frame.
-    R = diameter_px / 2 + 3
+    R = diameter_px / 2 * max(1.0, context) + 3
     H, W = frame.shape
     x0, y0 = max(0, math.floor(cx - R)), max(0, math.floor(cy - R))
     x1, y1 = min(W, math.ceil(cx + R) + 1), min(H, math.ceil(cy + R) + 1)
@@ -211,6 +225,8 @@ class SimulatedLine:
         diameter_jitter: float = 0.0,  # relative, uniform +-
         y_jitter: float = 0.0,  # pixels, uniform +-
         noise_sigma: float = 2.0,
+        belt_level: float = BELT_LEVEL,
+        context: float = 1.0,  # see place_part
         seed: int = 0,
     ) -> None:
         if len(parts) != len(labels):
@@ -228,7 +244,8 @@ class SimulatedLine:
         self.ys = height / 2 + rng.uniform(-y_jitter, y_jitter, n)
         self.spacing = float(spacing_px) if spacing_px is not None else 1.5 * diameter_px
         self.x_start = -float(self.diameters.max()) / 2 - 1
-        self.background = belt(width, height, seed)
+        self.context = float(context)
+        self.background = belt(width, height, seed, level=belt_level)
         # A few fixed sensor-noise fields, cycled: cheap and deterministic.
         n_fields = 3 if noise_sigma > 0 else 0
         self.noise = [rng.normal(0, noise_sigma, (height, width)).astype(np.float32) for _ in range(n_fields)]
@@ -263,7 +280,8 @@ class SimulatedLine:
         truth = self.truth(k)
         frame = self.background
         for p in truth.parts:
-            frame = place_part(frame, self.parts[p.index], p.cx, p.cy, p.diameter, p.angle, self.rim(p.index))
+            frame = place_part(frame, self.parts[p.index], p.cx, p.cy, p.diameter, p.angle, self.rim(p.index),
+                               self.context)
         noise = self.noise[k % len(self.noise)] if self.noise else None
         return camera(frame, noise=noise), truth
 

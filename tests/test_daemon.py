@@ -1,0 +1,263 @@
+"""The real daemon, end to end: video files written here with OpenCV -> `edge-inspect`
+(a subprocess) -> a real Mosquitto on loopback -> a subscriber.
+
+The videos show dataset test images on a conveyor at varying heights, sizes and
+rotations, so the ground truth (order and label of every part) is known.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from broker import Mosquitto
+from conftest import ROOT
+from conftest_mqtt import Collector, require_mosquitto, retained
+
+from edge import bundle as bundle_fmt
+from edge.contract import Topics
+from edge.journal import Journal
+from edge.replay import replay
+from edge.simulate import DATASET_BACKDROP_LEVEL, SimulatedLine, belt, write_video
+
+BUNDLE = bundle_fmt.DEFAULT_BUNDLE
+FIELDS = {"part_id", "seq", "ts", "frame_ts", "decision", "p_defect", "threshold", "reason", "model", "latency_ms"}
+DEADLINE_S = 30.0  # generous: this machine may be training in the background
+
+
+@dataclass(frozen=True)
+class Line:
+    video: Path
+    labels: list[str]  # in the order the parts reach the inspection line
+
+
+@pytest.fixture(scope="module")
+def line(tmp_path_factory: pytest.TempPathFactory, casting_data: Path) -> Line:
+    """8 test images (4 defective, 4 ok, interleaved) passing a 1280x720 camera at 25 fps."""
+    picks = []
+    for cls in ("def_front", "ok_front"):
+        files = sorted((casting_data / "test" / cls).glob("*.jpeg"))
+        picks.append([files[i] for i in np.linspace(0, len(files) - 1, 4).astype(int)])
+    paths = [p for pair in zip(*picks) for p in pair]
+    labels = [p.parent.name for p in paths]
+    parts = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in paths]
+    sim = SimulatedLine(parts, labels, speed_px=40, diameter_px=280, diameter_jitter=0.08, y_jitter=50,
+                        belt_level=DATASET_BACKDROP_LEVEL, context=1.2, seed=3)
+    video = tmp_path_factory.mktemp("line") / "line.avi"
+    write_video(video, (frame for frame, _truth in sim), fps=25)
+    return Line(video, labels)
+
+
+@pytest.fixture(scope="module")
+def empty_belt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A belt with no part on it, for faults in trigger mode."""
+    video = tmp_path_factory.mktemp("belt") / "belt.avi"
+    base = belt(level=DATASET_BACKDROP_LEVEL)
+    rng = np.random.default_rng(0)
+    write_video(video, (np.clip(base + rng.normal(0, 2, base.shape), 0, 255).astype(np.uint8) for _ in range(50)),
+                fps=25)
+    return video
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    require_mosquitto()
+    if not (BUNDLE / "model.tflite").is_file():
+        pytest.skip(f"no bundle at {BUNDLE}")
+    # Persistent sessions, so a subscriber misses nothing across a broker restart.
+    b = Mosquitto(tmp_path_factory.mktemp("mosquitto"), persistence=True).start()
+    yield b
+    b.stop()
+
+
+def write_config(tmp: Path, port: int, prefix: str, source: Path, **over: Any) -> Path:
+    cfg: dict[str, Any] = {
+        "model": {"bundle": str(BUNDLE)},
+        "camera": {"source": str(source), "loop": False},
+        "inspect": {"mode": "continuous"},
+        "mqtt": {"host": "127.0.0.1", "port": port, "prefix": prefix, "client_id": f"daemon-{tmp.name}",
+                 "keepalive_s": 5, "decision_deadline_s": DEADLINE_S},
+        "journal": {"path": str(tmp / "journal.sqlite")},
+        "audit": {"dir": str(tmp / "audit"), "sample_accepted": 1.0},
+    }
+    for section, values in over.items():
+        cfg[section] = {**cfg.get(section, {}), **values}
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def start_daemon(config: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "edge.cli", "--config", str(config), "--quiet", *args],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 90) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"daemon did not stop within {timeout}s:\n{out[-3000:]}")
+    return out
+
+
+def iso_ok(text: str) -> bool:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).tzinfo is not None
+
+
+def test_continuous_one_decision_per_part_matching_replay(broker: Mosquitto, line: Line, tmp_path: Path) -> None:
+    prefix = f"test/{tmp_path.name[-10:]}/cam1"
+    t = Topics(prefix)
+    sub = Collector(broker.port, [t.decision, t.status])
+    try:
+        assert sub.subscribed.wait(5)
+        proc = start_daemon(write_config(tmp_path, broker.port, prefix, line.video))
+        out = finish(proc)
+        assert proc.returncode == 0, out[-3000:]
+        assert sub.wait(lambda ms: sum(m.topic == t.decision for m in ms) >= len(line.labels), 10), out[-3000:]
+        time.sleep(0.5)  # nothing more may arrive
+        decisions = sub.on(t.decision)
+        statuses = [m.json for m in sub.on(t.status)]
+    finally:
+        sub.close()
+    got = [m.json for m in decisions]
+    assert len(got) == len(line.labels), [d["part_id"] for d in got]
+    assert len({d["part_id"] for d in got}) == len(got)
+    assert [d["seq"] for d in got] == sorted(d["seq"] for d in got)
+    model_id = bundle_fmt.load(BUNDLE).short_id
+    for m, d in zip(decisions, got):
+        assert m.qos == 1 and not m.retain and m.expiry == int(DEADLINE_S)
+        assert set(d) >= FIELDS, FIELDS - set(d)
+        assert d["decision"] in ("accept", "reject") and d["reason"] == "model"
+        assert 0.0 <= d["p_defect"] <= 1.0 and d["model"] == model_id
+        assert d["decision"] == ("reject" if d["p_defect"] >= d["threshold"] else "accept")
+        assert iso_ok(d["ts"]) and iso_ok(d["frame_ts"]) and d["latency_ms"] >= 0
+    # The line's truth: parts arrive in order; the model may miss at most one of eight.
+    truth = ["reject" if label == "def_front" else "accept" for label in line.labels]
+    assert sum(d["decision"] == want for d, want in zip(got, truth)) >= len(truth) - 1, (
+        [(d["decision"], d["p_defect"]) for d in got], truth)
+    # Status: retained online while running (with counters), offline after a clean stop.
+    assert any(s["state"] == "online" and "uptime_s" in s for s in statuses), statuses
+    last = retained(broker.port, t.status)
+    assert last is not None and last.json["state"] == "offline"
+    # The audited crops are exactly what the model saw: replay gives the same answers.
+    run = replay(tmp_path / "audit", bundle_fmt.load(BUNDLE))
+    by_part = {Path(r.path).stem: r for r in run.results}
+    assert set(by_part) == {d["part_id"] for d in got}
+    for d in got:
+        r = by_part[d["part_id"]]
+        assert r.error is None and r.decision == d["decision"]
+        assert r.p_defect == pytest.approx(d["p_defect"], abs=1e-6)
+        saved = json.loads((tmp_path / "audit" / f"{d['part_id']}.json").read_text())
+        assert saved["seq"] == d["seq"] and saved["p_defect"] == d["p_defect"]
+
+
+def test_sigkill_leaves_offline_retained(broker: Mosquitto, line: Line, tmp_path: Path) -> None:
+    prefix = f"test/{tmp_path.name[-10:]}/cam1"
+    t = Topics(prefix)
+    sub = Collector(broker.port, [t.decision, t.status])
+    proc = start_daemon(write_config(tmp_path, broker.port, prefix, line.video, camera={"loop": True}))
+    try:
+        assert sub.wait(lambda ms: any(m.topic == t.decision for m in ms), 60), "no decision from the daemon"
+        st = retained(broker.port, t.status)
+        assert st is not None and st.json["state"] == "online"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert sub.wait(lambda ms: ms[-1].topic == t.status and ms[-1].json["state"] == "offline", 10)
+        st = retained(broker.port, t.status)
+        assert st is not None and st.retain and st.json["state"] == "offline"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        finish(proc)
+        sub.close()
+    # Every decision the daemon acknowledged to itself is in its journal, even after SIGKILL.
+    with Journal(tmp_path / "journal.sqlite") as j:
+        assert j.counts()["total"] >= 1
+
+
+def test_trigger_answers_each_part_once_and_faults_reject(broker: Mosquitto, empty_belt: Path,
+                                                          tmp_path: Path) -> None:
+    prefix = f"test/{tmp_path.name[-10:]}/cam1"
+    t = Topics(prefix)
+    sub = Collector(broker.port, [t.decision, t.status])
+    cfg = write_config(tmp_path, broker.port, prefix, empty_belt, camera={"loop": True},
+                       inspect={"mode": "trigger", "trigger_wait_s": 1.0})
+    proc = start_daemon(cfg)
+    try:
+        assert sub.wait(lambda ms: any(m.topic == t.status and m.json["state"] == "online" for m in ms), 30)
+        for part_id in ("A-1", "A-2", "A-1", "A-3", "A-2"):
+            sub.client.publish(t.trigger, json.dumps({"part_id": part_id}), qos=1)
+        assert sub.wait(lambda ms: sum(m.topic == t.decision for m in ms) >= 3, 30)
+        time.sleep(1.5)  # a duplicate would be answered within trigger_wait_s
+        got = [m.json for m in sub.on(t.decision)]
+        proc.send_signal(signal.SIGTERM)
+        out = finish(proc, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            finish(proc)
+        sub.close()
+    assert proc.returncode == 0, out[-3000:]
+    assert sorted(d["part_id"] for d in got) == ["A-1", "A-2", "A-3"]
+    for d in got:  # nothing on the belt: never silence, never accept
+        assert d["decision"] == "reject" and d["reason"] == "fault:no_part" and d["p_defect"] is None
+    # A reject is evidence: each has its decision JSON in the audit folder.
+    assert {p.stem for p in (tmp_path / "audit").glob("*.json")} == {"A-1", "A-2", "A-3"}
+
+
+def test_broker_restart_mid_run_loses_no_decision(line: Line, tmp_path: Path) -> None:
+    require_mosquitto()
+    if not (BUNDLE / "model.tflite").is_file():
+        pytest.skip(f"no bundle at {BUNDLE}")
+    prefix = f"test/{tmp_path.name[-10:]}/cam1"
+    t = Topics(prefix)
+    broker = Mosquitto(tmp_path / "broker", persistence=True).start()
+    sub = Collector(broker.port, [t.decision, t.late], session=True)
+    proc = start_daemon(write_config(tmp_path, broker.port, prefix, line.video, camera={"loop": True}))
+    try:
+        assert sub.wait(lambda ms: any(m.topic == t.decision for m in ms), 60), "no decision before the outage"
+        broker.stop()
+        with Journal(tmp_path / "journal.sqlite") as j:  # the daemon keeps inspecting without a broker
+            before = j.counts()["total"]
+            deadline = time.monotonic() + 30
+            while j.counts()["total"] < before + 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert j.counts()["total"] >= before + 2, "no decisions journaled during the outage"
+        broker.start()
+        assert sub.wait(lambda ms: len(ms) > 0 and ms[-1].json["seq"] >= before + 3, 60)
+        proc.send_signal(signal.SIGTERM)
+        out = finish(proc, 30)
+        assert proc.returncode == 0, out[-3000:]
+        with Journal(tmp_path / "journal.sqlite") as j:
+            total = j.counts()["total"]
+            rows = [j.get(seq) for seq in range(1, total + 1)]
+        assert sub.wait(lambda ms: {m.json["seq"] for m in ms} >= set(range(1, total + 1)), 10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            finish(proc)
+        sub.close()
+        broker.stop()
+    seen = {m.topic: set() for m in sub.messages}
+    for m in sub.messages:
+        seen[m.topic].add(m.json["seq"])
+    for row in rows:
+        assert row is not None and row.state in ("delivered", "late"), row
+        topic = t.decision if row.state == "delivered" else t.late
+        assert row.seq in seen.get(topic, set()), f"seq {row.seq} is {row.state} but never seen on {topic}"
