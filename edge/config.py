@@ -119,6 +119,7 @@ class MqttSection(_Strict):
     password_env: str | None = None
     tls: TlsSection | None = None
     decision_deadline_s: float = Field(2.0, gt=0, le=3600)
+    status_interval_s: float = Field(10.0, ge=0.5, le=3600, description="re-publish the retained online status")
 
     @field_validator("prefix")
     @classmethod

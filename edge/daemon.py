@@ -41,6 +41,8 @@ class Counters:
     triggers: int = 0
     duplicate_triggers: int = 0
     faults: int = 0
+    frames: int = 0  # frames inspected (continuous mode)
+    frame_age_max_ms: float = 0.0  # oldest frame at the moment it was picked up: the latest-frame guarantee
 
     def count(self, d: dict[str, Any]) -> None:
         self.parts += 1
@@ -180,6 +182,9 @@ class Daemon:
                     break
                 continue
             self.last_frame_index = frame.index
+            c = self.counters
+            c.frames += 1
+            c.frame_age_max_ms = max(c.frame_age_max_ms, (time.monotonic() - frame.mono) * 1000)
             self._continuous_step(frame)
 
     def status(self) -> dict[str, Any]:
@@ -192,6 +197,8 @@ class Daemon:
             "accept": c.decisions.get("accept", 0),
             "reject": c.decisions.get("reject", 0),
             "faults": c.faults,
+            "frames_inspected": c.frames,
+            "frame_age_max_ms": round(c.frame_age_max_ms, 2),
             "camera": {"connected": self.camera.connected, "fps": round(self.camera.fps(), 1),
                        "frames": self.camera.frames, "dropped": self.camera.dropped,
                        "reconnects": self.camera.reconnects, "fault": self.camera.fault()},

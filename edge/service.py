@@ -124,11 +124,19 @@ def run(cfg: Config, duration_s: float | None = None,
         camera.start()
         stack.callback(camera.stop)
         _install_signals(daemon.stop_event)
+        threading.Thread(target=_status_loop, args=(publisher, daemon.stop_event, cfg.mqtt.status_interval_s),
+                         name="status", daemon=True).start()
         if ready:
             ready(daemon)
         daemon.run(duration_s)
         log.info("stopping", extra={"parts": daemon.counters.parts})
     return daemon
+
+
+def _status_loop(publisher: Publisher, stop: threading.Event, interval_s: float) -> None:
+    """Counters on the retained status topic for dashboards; `online` itself is sent on connect."""
+    while not stop.wait(interval_s):
+        publisher.publish_status()
 
 
 def _install_signals(stop: threading.Event) -> None:

@@ -107,7 +107,7 @@ def test_fast_belt_needs_the_expected_speed_for_the_first_match() -> None:
     frames = [[box(x)] for x in (150, 300, 450, 600, 750)]  # 150 px/frame, radius 100
     assert len(run(PartTracker(0.5, frame_width=W), frames)) == 0  # never matched: 5 one-hit tracks
     out = run(PartTracker(0.5, frame_width=W, expected_speed=150), frames)
-    assert [(t.frame_index, t.box.cx, t.hits) for t in out] == [(2, 450, 4)]
+    assert [(t.frame_index, t.box.cx, t.hits, t.reason) for t in out] == [(2, 450, 3, "nearest")]  # no wait
 
 
 def test_single_frame_false_detection_is_not_emitted() -> None:
@@ -174,7 +174,7 @@ def test_synthetic_line_yields_each_part_once_in_order() -> None:
 
     emitted = track_line(frames(), 960)
     check_line(emitted, truths, labels)
-    assert all(t.reason == "crossed" for t in emitted)
+    assert all(t.reason in ("nearest", "crossed") for t in emitted)  # handed over in passing, not at exit
 
 
 def test_simulated_line_is_deterministic() -> None:
@@ -255,3 +255,12 @@ def test_line_through_a_video_file_gives_the_same_parts(which: str, suffix: str,
 def test_write_video_refuses_unknown_suffix(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         write_video(tmp_path / "x.mkv", [np.zeros((8, 8), np.uint8)], 10)
+
+
+def test_handed_over_on_the_nearest_frame_without_waiting_for_the_next() -> None:
+    """At a steady speed the frame nearest the line is known when it arrives: no frame of latency."""
+    tr = PartTracker(0.5, frame_width=W)  # line at x = 500
+    xs = [180, 260, 340, 420, 480, 560, 640]
+    when = [(i, t.frame_index, t.box.cx, t.reason) for i, x in enumerate(xs) for t in tr.update(i, [box(x)])]
+    assert when == [(4, 4, 480, "nearest")]
+    assert tr.flush() == []
