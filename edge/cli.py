@@ -94,7 +94,8 @@ def run_daemon(args: argparse.Namespace) -> int:
         return 2
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else cfg.log_level)
     try:
-        daemon = service.run(cfg, args.duration, on_decision=None if args.quiet else _print_decision)
+        daemon = service.run(cfg, args.duration, on_decision=None if args.quiet else _print_decision,
+                             config_path=args.config)
     except (BundleError, DatasetError) as exc:
         log.error(str(exc))
         return 2

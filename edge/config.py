@@ -144,6 +144,11 @@ class AuditSection(_Strict):
     max_mb: float = Field(500.0, gt=0, description="disk budget; oldest evidence is deleted first")
 
 
+class ServiceSection(_Strict):
+    ready_timeout_s: float = Field(10.0, ge=0, le=600, description="wait this long for broker and camera "
+                                   "before reporting READY degraded")
+
+
 class Config(_Strict):
     model: ModelSection = ModelSection()
     camera: CameraSection = CameraSection()
@@ -152,6 +157,7 @@ class Config(_Strict):
     mqtt: MqttSection = MqttSection()
     journal: JournalSection = JournalSection()
     audit: AuditSection = AuditSection()
+    service: ServiceSection = ServiceSection()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 

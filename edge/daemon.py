@@ -73,6 +73,9 @@ class Daemon:
         self._serial = 0
         self._run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         self.stop_event = threading.Event()
+        self.reload_requested = threading.Event()  # set by SIGHUP; carried out between two frames
+        self.reloader: Callable[[], None] | None = None
+        self.on_tick: Callable[[], None] | None = None  # every loop pass: the systemd watchdog
         self.last_frame_index = 0
 
     # -- trigger mode --------------------------------------------------------------
@@ -168,6 +171,12 @@ class Daemon:
         mode = self.cfg.inspect.mode
         log.info("inspecting", extra={"mode": mode, "model": self.inspector.model_id})
         while not self.stop_event.is_set() and (end is None or time.monotonic() < end):
+            if self.on_tick is not None:
+                self.on_tick()
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                if self.reloader is not None:
+                    self.reloader()
             if mode == "trigger":
                 try:
                     part_id, t = self._triggers.get(timeout=0.1)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.bundle import Bundle
+from edge.bundle import Bundle, BundleError
 from edge.contract import iso
 from edge.model import Classifier, decide
 
@@ -31,6 +31,22 @@ class Inspector:
     def load(cls, bundle: Bundle, threshold: float | None = None, threads: int = 1) -> Inspector:
         clf = Classifier.from_bundle(bundle, num_threads=threads)
         return cls(bundle, clf, bundle.threshold if threshold is None else threshold)
+
+    def self_check(self) -> None:
+        """Refuse a model that loads but cannot answer: before it replaces a working one.
+
+        A flat grey and a noise image must both give a finite p_defect in [0, 1].
+        """
+        h, w = self.image_size
+        probes = {"grey": np.full((h, w), 128, np.uint8),
+                  "noise": np.random.default_rng(0).integers(0, 256, (h, w), dtype=np.uint8)}
+        for name, img in probes.items():
+            try:
+                p = self.classifier.p_defect(img)
+            except Exception as exc:  # noqa: BLE001 - any failure means: do not switch
+                raise BundleError(f"{self.bundle.path}: self-check on a {name} image failed: {exc!r}") from exc
+            if not (np.isfinite(p) and 0.0 <= p <= 1.0):
+                raise BundleError(f"{self.bundle.path}: self-check on a {name} image gave p_defect={p!r}")
 
     @property
     def model_id(self) -> str:

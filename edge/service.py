@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -23,6 +24,7 @@ from edge.daemon import Daemon
 from edge.dataset import default_data_root, is_labelled, list_labelled, list_unlabelled, load_samples
 from edge.inspector import Inspector
 from edge.journal import Journal
+from edge.lifecycle import Lifecycle, reload_model
 from edge.publish import MqttSettings, Publisher
 from edge.simulate import SimulatedLine
 
@@ -87,8 +89,13 @@ def mqtt_settings(cfg: Config, host: str, port: int) -> MqttSettings:
 
 def run(cfg: Config, duration_s: float | None = None,
         on_decision: Callable[[dict[str, Any]], None] | None = None,
-        ready: Callable[[Daemon], None] | None = None) -> Daemon:
-    """Run until SIGTERM/SIGINT (or duration_s); returns the stopped daemon for its counters."""
+        ready: Callable[[Daemon], None] | None = None, config_path: Path | None = None,
+        lifecycle: Lifecycle | None = None) -> Daemon:
+    """Run until SIGTERM/SIGINT (or duration_s); returns the stopped daemon for its counters.
+
+    SIGHUP reloads the model from `config_path` (when given) without stopping the line.
+    """
+    life = lifecycle or Lifecycle()
     with ExitStack() as stack:
         b = bundle_fmt.load(cfg.model.bundle)
         inspector = Inspector.load(b, cfg.model.threshold, cfg.model.threads)
@@ -123,7 +130,17 @@ def run(cfg: Config, duration_s: float | None = None,
         stack.callback(publisher.stop)
         camera.start()
         stack.callback(camera.stop)
-        _install_signals(daemon.stop_event)
+        _install_signals(daemon)
+        daemon.on_tick = lambda: life.tick(daemon)
+        if config_path is not None:
+            state = {"cfg": cfg}
+
+            def reload() -> None:
+                state["cfg"] = reload_model(daemon, config_path, state["cfg"], life.notifier)
+
+            daemon.reloader = reload
+        life.ready(_startup(cfg, publisher, camera, daemon))
+        stack.callback(life.stopping)
         threading.Thread(target=_status_loop, args=(publisher, daemon.stop_event, cfg.mqtt.status_interval_s),
                          name="status", daemon=True).start()
         if ready:
@@ -139,13 +156,37 @@ def _status_loop(publisher: Publisher, stop: threading.Event, interval_s: float)
         publisher.publish_status()
 
 
-def _install_signals(stop: threading.Event) -> None:
+def _startup(cfg: Config, publisher: Publisher, camera: Camera, daemon: Daemon) -> str:
+    """Wait (up to service.ready_timeout_s) for the broker and a first frame.
+
+    Either may be missing at boot; the daemon then runs degraded rather than not at all:
+    without a broker it journals every decision for later delivery, without a camera
+    it answers triggers with fail-safe rejects. The status line says which.
+    """
+    deadline = time.monotonic() + cfg.service.ready_timeout_s
+    broker_ok = publisher.wait_ready(cfg.service.ready_timeout_s)
+    frame = camera.next_frame(0, max(0.0, deadline - time.monotonic()))
+    missing = [what for what, ok in (("broker", broker_ok), ("camera", frame is not None)) if not ok]
+    status = f"inspecting ({cfg.inspect.mode}), model {daemon.inspector.model_id}"
+    if missing:
+        status = f"degraded: no {' and no '.join(missing)} yet; {status}"
+        log.warning("starting degraded", extra={"missing": missing})
+    return status
+
+
+def _install_signals(daemon: Daemon) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
+    stop = daemon.stop_event
 
     def handler(signum: int, _frame: object) -> None:
         log.info("signal received: stopping", extra={"signal": signal.Signals(signum).name})
         stop.set()
 
+    def hup(_signum: int, _frame: object) -> None:
+        log.info("SIGHUP: reload requested")
+        daemon.reload_requested.set()
+
+    signal.signal(signal.SIGHUP, hup)
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

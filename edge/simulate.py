@@ -297,7 +297,7 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float) -> i
     if fourcc is None:
         raise ValueError(f"unsupported video suffix {path.suffix!r} (use {', '.join(FOURCC)})")
     writer: cv2.VideoWriter | None = None
-    count = 0
+    count = h = w = 0
     try:
         for f in frames:
             bgr = cv2.cvtColor(f, cv2.COLOR_GRAY2BGR) if f.ndim == 2 else f

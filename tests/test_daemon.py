@@ -8,24 +8,19 @@ rotations, so the ground truth (order and label of every part) is known.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 import pytest
-import yaml
 from broker import Mosquitto
-from conftest import ROOT
 from conftest_mqtt import Collector, require_mosquitto, retained
+from daemon_run import BUNDLE, DEADLINE_S, finish, start_daemon, write_config
 
 from edge import bundle as bundle_fmt
 from edge.contract import Topics
@@ -33,9 +28,7 @@ from edge.journal import Journal
 from edge.replay import replay
 from edge.simulate import DATASET_BACKDROP_LEVEL, SimulatedLine, belt, write_video
 
-BUNDLE = bundle_fmt.DEFAULT_BUNDLE
 FIELDS = {"part_id", "seq", "ts", "frame_ts", "decision", "p_defect", "threshold", "reason", "model", "latency_ms"}
-DEADLINE_S = 30.0  # generous: this machine may be training in the background
 
 
 @dataclass(frozen=True)
@@ -81,39 +74,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     b = Mosquitto(tmp_path_factory.mktemp("mosquitto"), persistence=True).start()
     yield b
     b.stop()
-
-
-def write_config(tmp: Path, port: int, prefix: str, source: Path, **over: Any) -> Path:
-    cfg: dict[str, Any] = {
-        "model": {"bundle": str(BUNDLE)},
-        "camera": {"source": str(source), "loop": False},
-        "inspect": {"mode": "continuous"},
-        "mqtt": {"host": "127.0.0.1", "port": port, "prefix": prefix, "client_id": f"daemon-{tmp.name}",
-                 "keepalive_s": 5, "decision_deadline_s": DEADLINE_S},
-        "journal": {"path": str(tmp / "journal.sqlite")},
-        "audit": {"dir": str(tmp / "audit"), "sample_accepted": 1.0},
-    }
-    for section, values in over.items():
-        cfg[section] = {**cfg.get(section, {}), **values}
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def start_daemon(config: Path, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "edge.cli", "--config", str(config), "--quiet", *args],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 90) -> str:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        pytest.fail(f"daemon did not stop within {timeout}s:\n{out[-3000:]}")
-    return out
 
 
 def iso_ok(text: str) -> bool:

@@ -1,0 +1,51 @@
+"""Run the real daemon (`python -m edge.cli`) as a subprocess on a config written for a test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from edge import bundle as bundle_fmt
+
+BUNDLE = bundle_fmt.DEFAULT_BUNDLE
+DEADLINE_S = 30.0  # generous: this machine may be training in the background
+
+
+def write_config(tmp: Path, port: int, prefix: str, source: Path, **over: Any) -> Path:
+    cfg: dict[str, Any] = {
+        "model": {"bundle": str(BUNDLE)},
+        "camera": {"source": str(source), "loop": False},
+        "inspect": {"mode": "continuous"},
+        "mqtt": {"host": "127.0.0.1", "port": port, "prefix": prefix, "client_id": f"daemon-{tmp.name}",
+                 "keepalive_s": 5, "decision_deadline_s": DEADLINE_S},
+        "journal": {"path": str(tmp / "journal.sqlite")},
+        "audit": {"dir": str(tmp / "audit"), "sample_accepted": 1.0},
+    }
+    for section, values in over.items():
+        cfg[section] = {**cfg.get(section, {}), **values}
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def start_daemon(config: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "edge.cli", "--config", str(config), "--quiet", *args],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 90) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"daemon did not stop within {timeout}s:\n{out[-3000:]}")
+    return out
