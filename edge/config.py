@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge.bundle import DEFAULT_BUNDLE
 from edge.contract import check_prefix
@@ -147,6 +154,17 @@ class AuditSection(_Strict):
 class ServiceSection(_Strict):
     ready_timeout_s: float = Field(10.0, ge=0, le=600, description="wait this long for broker and camera "
                                    "before reporting READY degraded")
+    metrics_listen: str | None = Field(None, description="host:port of the Prometheus endpoint; null = off")
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{v!r}: expected host:port, e.g. 127.0.0.1:9108")
+        return v
 
 
 class Config(_Strict):

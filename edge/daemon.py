@@ -22,6 +22,7 @@ from edge.camera import Camera, Frame
 from edge.config import Config
 from edge.inspector import Inspector
 from edge.locate import LocateConfig, crop_part, crop_roi, find_parts
+from edge.telemetry import Telemetry
 from edge.tracker import PartTracker
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class Daemon:
                  audit: AuditTrail | None = None) -> None:
         self.cfg = cfg
         self.audit = audit
+        self.telemetry: Telemetry | None = None
         self.camera = camera
         self.sink = sink
         self.inspector = inspector
@@ -161,6 +163,8 @@ class Daemon:
         decision["seq"] = seq
         if self.audit is not None:
             self.audit.record(decision, crop)
+        if self.telemetry is not None:
+            self.telemetry.observe(decision, self.inspector.last_inference_s if decision["reason"] == "model" else None)
         log.info("decision", extra={k: decision[k] for k in ("part_id", "decision", "p_defect", "reason")})
         if self.on_decision:
             self.on_decision(decision)

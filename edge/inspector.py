@@ -26,6 +26,7 @@ class Inspector:
     bundle: Bundle
     classifier: Classifier
     threshold: float
+    last_inference_s: float | None = None  # for the metrics; not part of the published decision
 
     @classmethod
     def load(cls, bundle: Bundle, threshold: float | None = None, threads: int = 1) -> Inspector:
@@ -59,7 +60,9 @@ class Inspector:
     def decide(self, part_id: str, crop: np.ndarray, frame_ts: float, frame_mono: float) -> dict[str, Any]:
         """Decision for one crop; a model error becomes a fail-safe reject, never silence."""
         try:
+            t0 = time.perf_counter()
             p = self.classifier.p_defect(crop)
+            self.last_inference_s = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - any model failure must still answer the gate
             log.error("model error: rejecting", extra={"part_id": part_id, "error": repr(exc)})
             return self.fault(part_id, "model_error", frame_ts, frame_mono)

@@ -23,7 +23,13 @@ from typing import Any, TextIO
 import numpy as np
 
 from edge.bundle import Bundle
-from edge.dataset import CLASS_NAMES, Sample, is_labelled, list_labelled, list_unlabelled
+from edge.dataset import (
+    CLASS_NAMES,
+    Sample,
+    is_labelled,
+    list_labelled,
+    list_unlabelled,
+)
 from edge.metrics import summarize
 from edge.model import Classifier, decide
 from edge.preprocess import ImageError, load_image

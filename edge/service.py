@@ -21,12 +21,19 @@ from edge.audit import AuditSettings, AuditTrail
 from edge.camera import Camera, IterSource, Source, open_source
 from edge.config import Config
 from edge.daemon import Daemon
-from edge.dataset import default_data_root, is_labelled, list_labelled, list_unlabelled, load_samples
+from edge.dataset import (
+    default_data_root,
+    is_labelled,
+    list_labelled,
+    list_unlabelled,
+    load_samples,
+)
 from edge.inspector import Inspector
 from edge.journal import Journal
 from edge.lifecycle import Lifecycle, reload_model
 from edge.publish import MqttSettings, Publisher
 from edge.simulate import SimulatedLine
+from edge.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +138,15 @@ def run(cfg: Config, duration_s: float | None = None,
         camera.start()
         stack.callback(camera.stop)
         _install_signals(daemon)
+        if cfg.service.metrics_listen:
+            host, _, port = cfg.service.metrics_listen.rpartition(":")
+            telemetry = Telemetry(lambda: _state(daemon, publisher, journal))
+            try:
+                telemetry.serve(host.strip("[]"), int(port))
+            except OSError as exc:
+                raise StartError(f"service.metrics_listen {cfg.service.metrics_listen}: {exc}") from exc
+            stack.callback(telemetry.close)
+            daemon.telemetry = telemetry
         daemon.on_tick = lambda: life.tick(daemon)
         if config_path is not None:
             state = {"cfg": cfg}
@@ -154,6 +170,14 @@ def _status_loop(publisher: Publisher, stop: threading.Event, interval_s: float)
     """Counters on the retained status topic for dashboards; `online` itself is sent on connect."""
     while not stop.wait(interval_s):
         publisher.publish_status()
+
+
+def _state(daemon: Daemon, publisher: Publisher, journal: Journal) -> dict[str, Any]:
+    """What a metrics scrape reports besides the decision counters."""
+    s = daemon.status()
+    s.update(broker_connected=publisher.connected, journal_pending=journal.counts()["pending"],
+             model_sha=daemon.inspector.bundle.sha256, threshold=daemon.inspector.threshold)
+    return s
 
 
 def _startup(cfg: Config, publisher: Publisher, camera: Camera, daemon: Daemon) -> str:

@@ -17,7 +17,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.locate import DATASET_CONFIG, RIM_CENTRE_OFFSET, RIM_DIAMETER_FRACTION, find_parts
+from edge.locate import (
+    DATASET_CONFIG,
+    RIM_CENTRE_OFFSET,
+    RIM_DIAMETER_FRACTION,
+    find_parts,
+)
 from edge.preprocess import to_gray_u8
 
 log = logging.getLogger(__name__)

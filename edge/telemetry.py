@@ -1,0 +1,92 @@
+"""Prometheus metrics for the line's monitoring.
+
+Event metrics (decisions, p_defect, latencies) are observed as decisions are made;
+state (camera, broker, journal, model) is read from the running daemon at scrape time,
+so a scrape always shows the present and never a stale copy. Own registry: nothing
+from other libraries leaks in, and tests can run several daemons in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
+P_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+
+
+class _State(Collector):
+    def __init__(self, state_fn: Callable[[], dict[str, Any]]) -> None:
+        self.state_fn = state_fn
+
+    def collect(self) -> Iterator[Any]:
+        s = self.state_fn()
+        cam = s.get("camera", {})
+        yield CounterMetricFamily("edge_frames_captured", "Frames read from the camera", value=cam.get("frames", 0))
+        yield CounterMetricFamily("edge_frames_dropped", "Frames never inspected (the loop takes the newest)",
+                                  value=cam.get("dropped", 0))
+        yield CounterMetricFamily("edge_camera_reconnects", "Camera re-opens", value=cam.get("reconnects", 0))
+        yield GaugeMetricFamily("edge_camera_fps", "Frames per second over the last 2 s", value=cam.get("fps", 0.0))
+        yield GaugeMetricFamily("edge_camera_connected", "1 while the camera delivers",
+                                value=1.0 if cam.get("connected") else 0.0)
+        fault = GaugeMetricFamily("edge_camera_fault", "1 for the camera's current fault", labels=["fault"])
+        if cam.get("fault"):
+            fault.add_metric([str(cam["fault"])], 1.0)
+        yield fault
+        yield CounterMetricFamily("edge_parts_inspected", "Parts decided (model or fault)", value=s.get("parts", 0))
+        yield GaugeMetricFamily("edge_broker_connected", "1 while connected to the MQTT broker",
+                                value=1.0 if s.get("broker_connected") else 0.0)
+        yield GaugeMetricFamily("edge_journal_backlog", "Decisions journaled but not yet acknowledged by the broker",
+                                value=s.get("journal_pending", 0))
+        drift = GaugeMetricFamily("edge_drift", "1 while a monitored statistic is off its baseline", labels=["signal"])
+        for name, on in (s.get("drift") or {}).items():
+            drift.add_metric([name], 1.0 if on else 0.0)
+        yield drift
+        info = InfoMetricFamily("edge_model", "The model in use")
+        info.add_metric([], {"sha": str(s.get("model_sha", "")), "id": str(s.get("model", "")),
+                             "threshold": str(s.get("threshold", ""))})
+        yield info
+
+
+class Telemetry:
+    def __init__(self, state_fn: Callable[[], dict[str, Any]]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.decisions = Counter("edge_decisions", "Decisions by outcome and reason", ["decision", "reason"],
+                                 registry=r)
+        self.p_defect = Histogram("edge_p_defect", "Model output per inspected part", buckets=P_BUCKETS, registry=r)
+        self.inference = Histogram("edge_inference_seconds", "Model invoke time", buckets=LATENCY_BUCKETS, registry=r)
+        self.latency = Histogram("edge_decision_latency_seconds", "Frame capture to decision published",
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        r.register(_State(state_fn))
+        self._server: Any = None
+
+    def observe(self, decision: dict[str, Any], inference_s: float | None) -> None:
+        self.decisions.labels(decision["decision"], decision["reason"]).inc()
+        if decision.get("p_defect") is not None:
+            self.p_defect.observe(decision["p_defect"])
+        if inference_s is not None:
+            self.inference.observe(inference_s)
+        if decision.get("latency_ms") is not None:
+            self.latency.observe(decision["latency_ms"] / 1000)
+
+    def serve(self, host: str, port: int) -> None:
+        self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        log.info("metrics endpoint up", extra={"url": f"http://{host}:{port}/metrics"})
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
