@@ -151,6 +151,14 @@ class AuditSection(_Strict):
     max_mb: float = Field(500.0, gt=0, description="disk budget; oldest evidence is deleted first")
 
 
+class DriftSection(_Strict):
+    enabled: bool = True
+    window: int = Field(100, ge=10, description="parts in the rolling window compared with the baseline")
+    baseline_parts: int = Field(200, ge=10, description="first parts after start that set the line's own baseline")
+    k: float = Field(2.0, gt=0, description="baseline standard deviations the window mean may move")
+    reject_z: float = Field(4.0, gt=0, description="binomial z-score of the reject rate that counts as drift")
+
+
 class ServiceSection(_Strict):
     ready_timeout_s: float = Field(10.0, ge=0, le=600, description="wait this long for broker and camera "
                                    "before reporting READY degraded")
@@ -175,6 +183,7 @@ class Config(_Strict):
     mqtt: MqttSection = MqttSection()
     journal: JournalSection = JournalSection()
     audit: AuditSection = AuditSection()
+    drift: DriftSection = DriftSection()
     service: ServiceSection = ServiceSection()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -22,6 +22,7 @@ from edge.camera import Camera, Frame
 from edge.config import Config
 from edge.inspector import Inspector
 from edge.locate import LocateConfig, crop_part, crop_roi, find_parts
+from edge.drift import DriftWatch
 from edge.telemetry import Telemetry
 from edge.tracker import PartTracker
 
@@ -60,6 +61,7 @@ class Daemon:
         self.cfg = cfg
         self.audit = audit
         self.telemetry: Telemetry | None = None
+        self.drift: DriftWatch | None = None
         self.camera = camera
         self.sink = sink
         self.inspector = inspector
@@ -121,22 +123,24 @@ class Daemon:
         if self.camera.fault() == "frozen_frame":
             self._emit(self.inspector.fault(part_id, "frozen_frame", frame.ts, frame.mono))
             return
-        crop = self._crop_for_trigger(frame)
-        if crop is None:
+        found = self._crop_for_trigger(frame)
+        if found is None:
             self._emit(self.inspector.fault(part_id, "no_part", frame.ts, frame.mono))
             return
-        self._emit(self.inspector.decide(part_id, crop, frame.ts, frame.mono), crop)
+        crop, diameter = found
+        self._emit(self.inspector.decide(part_id, crop, frame.ts, frame.mono), crop, diameter)
 
-    def _crop_for_trigger(self, frame: Frame) -> np.ndarray | None:
+    def _crop_for_trigger(self, frame: Frame) -> tuple[np.ndarray, float | None] | None:
+        """(crop, rim diameter in the frame) of the part nearest the inspection line."""
         if self.cfg.inspect.locate == "roi" and self.cfg.inspect.roi:
-            return crop_roi(frame.gray, self.cfg.inspect.roi, self.inspector.image_size)
+            return crop_roi(frame.gray, self.cfg.inspect.roi, self.inspector.image_size), None
         boxes = [b for b in find_parts(frame.gray, self._locate) if b.fully_in_view]
         if not boxes:
             return None
         w = frame.gray.shape[1]
         line_x = self.cfg.inspect.inspection_line * w
         best = min(boxes, key=lambda b: abs(b.cx - line_x))
-        return crop_part(frame.gray, best, self.inspector.image_size)
+        return crop_part(frame.gray, best, self.inspector.image_size), 2 * best.radius
 
     # -- continuous mode -------------------------------------------------------------
     def _continuous_step(self, frame: Frame) -> None:
@@ -154,15 +158,17 @@ class Daemon:
             self._serial += 1
             part_id = f"{self._run_id}-{self._serial:06d}"
             crop = crop_part(best_frame.gray, done.box, self.inspector.image_size)
-            self._emit(self.inspector.decide(part_id, crop, best_frame.ts, best_frame.mono), crop)
+            self._emit(self.inspector.decide(part_id, crop, best_frame.ts, best_frame.mono), crop, 2 * done.box.radius)
 
     # -- shared ----------------------------------------------------------------------
-    def _emit(self, decision: dict[str, Any], crop: np.ndarray | None = None) -> None:
+    def _emit(self, decision: dict[str, Any], crop: np.ndarray | None = None, diameter: float | None = None) -> None:
         self.counters.count(decision)
         seq = self.sink.publish_decision(decision)
         decision["seq"] = seq
         if self.audit is not None:
             self.audit.record(decision, crop)
+        if self.drift is not None:
+            self.drift.observe(crop, diameter, decision)
         if self.telemetry is not None:
             self.telemetry.observe(decision, self.inspector.last_inference_s if decision["reason"] == "model" else None)
         log.info("decision", extra={k: decision[k] for k in ("part_id", "decision", "p_defect", "reason")})
@@ -211,6 +217,7 @@ class Daemon:
             "reject": c.decisions.get("reject", 0),
             "faults": c.faults,
             "frames_inspected": c.frames,
+            "drift": self.drift.state() if self.drift is not None else {},
             "frame_age_max_ms": round(c.frame_age_max_ms, 2),
             "camera": {"connected": self.camera.connected, "fps": round(self.camera.fps(), 1),
                        "frames": self.camera.frames, "dropped": self.camera.dropped,

@@ -29,6 +29,7 @@ from edge.dataset import (
     load_samples,
 )
 from edge.inspector import Inspector
+from edge.drift import DriftSettings, DriftWatch
 from edge.journal import Journal
 from edge.lifecycle import Lifecycle, reload_model
 from edge.publish import MqttSettings, Publisher
@@ -131,6 +132,10 @@ def run(cfg: Config, duration_s: float | None = None,
             stack.callback(audit.close)
         daemon = Daemon(cfg, camera, publisher, inspector, on_decision=on_decision, audit=audit)
         daemon_ref.append(daemon)
+        if cfg.drift.enabled:
+            d = cfg.drift
+            daemon.drift = DriftWatch(DriftSettings(d.window, d.baseline_parts, d.k, d.reject_z),
+                                      b.meta.get("image_stats"))
         if cfg.inspect.mode == "trigger":
             publisher.on_trigger(lambda t: daemon.trigger(t.part_id, t.received_mono))
         publisher.start()

@@ -1,0 +1,127 @@
+"""Drift watch: is the line still showing the model what it was trained on?
+
+Lighting ages, a camera gets knocked, a new casting batch looks different: the model
+then keeps answering, confidently and wrongly. Each inspected part feeds simple
+statistics; their mean over the last `window` parts is compared with a baseline:
+- brightness and contrast of the crop (mean and std of its pixels) against the
+  training crops' per-image distribution the bundle recorded;
+- part diameter in the frame, mean p_defect and the reject rate against the line's own
+  first `baseline_parts` parts (no training-time equivalent: the dataset is not the line).
+A signal is "drifting" while the window mean is more than `k` baseline standard
+deviations off (for the reject rate: a binomial z-score above `reject_z`). Warnings are
+logged on each change and exposed in the status and metrics; nothing is rejected for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Spread of per-image brightness / contrast in casting_data/train (every 10th image),
+# for bundles made before the trainer recorded them.
+FALLBACK_BRIGHTNESS_STD = 8.0
+FALLBACK_CONTRAST_STD = 3.4
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    window: int = 100
+    baseline_parts: int = 200
+    k: float = 2.0  # baseline standard deviations a window mean may move
+    reject_z: float = 4.0
+    size_rel_std: float = 0.03  # floor on the part-size spread, relative to its mean
+
+
+class _Stat:
+    """Baseline (mean, std) and a rolling window of observations."""
+
+    def __init__(self, window: int, mean: float | None = None, std: float | None = None) -> None:
+        self.values: deque[float] = deque(maxlen=window)
+        self.mean, self.std = mean, std
+        self.learning: list[float] = []
+
+    def add(self, v: float, baseline_parts: int, std_floor: float = 0.0) -> None:
+        self.values.append(v)
+        if self.mean is None:
+            self.learning.append(v)
+            if len(self.learning) >= baseline_parts:
+                a = np.asarray(self.learning)
+                self.mean, self.std = float(a.mean()), max(float(a.std()), std_floor * abs(float(a.mean())))
+                self.learning = []
+
+    def window_mean(self) -> float | None:
+        return float(np.mean(self.values)) if self.values else None
+
+
+class DriftWatch:
+    SIGNALS = ("brightness", "contrast", "part_size", "p_defect", "reject_rate")
+
+    def __init__(self, settings: DriftSettings, image_stats: dict[str, Any] | None = None) -> None:
+        self.s = settings
+        st = image_stats or {}
+        b = st.get("brightness") or {"mean": st.get("fit_mean"), "std": FALLBACK_BRIGHTNESS_STD}
+        c = st.get("contrast") or {"mean": st.get("fit_std"), "std": FALLBACK_CONTRAST_STD}
+        w = settings.window
+        self.stats = {
+            "brightness": _Stat(w, b["mean"], b["std"]),
+            "contrast": _Stat(w, c["mean"], c["std"]),
+            "part_size": _Stat(w),
+            "p_defect": _Stat(w),
+            "reject_rate": _Stat(w),
+        }
+        self.drifting: dict[str, bool] = dict.fromkeys(self.SIGNALS, False)
+
+    def observe(self, crop: np.ndarray | None, diameter_px: float | None, decision: dict[str, Any]) -> None:
+        """One part the model judged (faults say nothing about the images and are skipped)."""
+        if decision.get("p_defect") is None:
+            return
+        bp = self.s.baseline_parts
+        if crop is not None:
+            self.stats["brightness"].add(float(crop.mean()), bp)
+            self.stats["contrast"].add(float(crop.std()), bp)
+        if diameter_px is not None:
+            self.stats["part_size"].add(float(diameter_px), bp, self.s.size_rel_std)
+        self.stats["p_defect"].add(float(decision["p_defect"]), bp, 0.01)
+        self.stats["reject_rate"].add(1.0 if decision["decision"] == "reject" else 0.0, bp)
+        self._update()
+
+    def _update(self) -> None:
+        for name, st in self.stats.items():
+            now = self._off(name, st)
+            if now != self.drifting[name]:
+                self.drifting[name] = now
+                extra = {"signal": name, "window_mean": _r(st.window_mean()), "baseline": _r(st.mean),
+                         "baseline_std": _r(st.std), "window": len(st.values)}
+                if now:
+                    log.warning("drift: the line no longer looks like the baseline", extra=extra)
+                else:
+                    log.info("drift cleared", extra=extra)
+
+    def _off(self, name: str, st: _Stat) -> bool:
+        if st.mean is None or st.std is None or len(st.values) < self.s.window:
+            return False
+        m = st.window_mean()
+        assert m is not None
+        if name == "reject_rate":
+            p = min(max(st.mean, 1.0 / self.s.baseline_parts), 1 - 1.0 / self.s.baseline_parts)
+            z = (m - p) / math.sqrt(p * (1 - p) / len(st.values))
+            return abs(z) > self.s.reject_z
+        return abs(m - st.mean) > self.s.k * max(st.std, 1e-9)
+
+    def state(self) -> dict[str, bool]:
+        return dict(self.drifting)
+
+    def summary(self) -> dict[str, Any]:
+        return {name: {"drifting": self.drifting[name], "window_mean": _r(st.window_mean()),
+                       "baseline": _r(st.mean)} for name, st in self.stats.items()}
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)

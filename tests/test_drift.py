@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from edge.drift import DriftSettings, DriftWatch
+
+STATS = {"brightness": {"mean": 144.0, "std": 8.0}, "contrast": {"mean": 60.0, "std": 3.4}}
+
+
+def crop(rng: np.random.Generator, level: float, contrast: float = 60.0) -> np.ndarray:
+    return np.clip(rng.normal(level, contrast, (64, 64)), 0, 255).astype(np.uint8)
+
+
+def feed(w: DriftWatch, rng: np.random.Generator, n: int, level: float = 144.0, size: float = 300.0,
+         reject_p: float = 0.1) -> None:
+    for _ in range(n):
+        rej = rng.random() < reject_p
+        p = float(rng.uniform(0.6, 1.0) if rej else rng.uniform(0.0, 0.2))
+        w.observe(crop(rng, level + rng.normal(0, 4)), size + rng.normal(0, 3),
+                  {"decision": "reject" if rej else "accept", "p_defect": p})
+
+
+def test_a_steady_line_raises_nothing() -> None:
+    rng = np.random.default_rng(0)
+    w = DriftWatch(DriftSettings(window=50, baseline_parts=100), STATS)
+    feed(w, rng, 600)
+    assert w.state() == dict.fromkeys(DriftWatch.SIGNALS, False)
+
+
+def test_darker_lighting_is_flagged_and_cleared(caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(1)
+    w = DriftWatch(DriftSettings(window=50, baseline_parts=100), STATS)
+    feed(w, rng, 150)
+    with caplog.at_level(logging.WARNING, logger="edge.drift"):
+        feed(w, rng, 60, level=115.0)  # lamp ageing: -20%
+    assert w.state()["brightness"] and not w.state()["part_size"]
+    assert any(r.getMessage().startswith("drift:") and r.__dict__["signal"] == "brightness" for r in caplog.records)
+    feed(w, rng, 60)
+    assert not w.state()["brightness"]
+
+
+def test_camera_moved_and_reject_rate_jump_against_the_lines_own_baseline() -> None:
+    rng = np.random.default_rng(2)
+    w = DriftWatch(DriftSettings(window=50, baseline_parts=100), STATS)
+    feed(w, rng, 100, size=300.0, reject_p=0.05)  # baseline learned here
+    feed(w, rng, 60, size=330.0, reject_p=0.05)  # camera 10% closer
+    assert w.state()["part_size"] and not w.state()["reject_rate"]
+    feed(w, rng, 60, size=300.0, reject_p=0.5)  # a bad batch, or a model gone wrong
+    assert w.state()["reject_rate"] and w.state()["p_defect"] and not w.state()["part_size"]
+
+
+def test_faults_are_not_image_statistics() -> None:
+    w = DriftWatch(DriftSettings(window=10, baseline_parts=10), STATS)
+    for _ in range(50):
+        w.observe(None, None, {"decision": "reject", "p_defect": None, "reason": "fault:no_part"})
+    assert all(len(s.values) == 0 for s in w.stats.values())
+
+
+def test_old_bundles_without_per_image_stats_use_their_pixel_mean() -> None:
+    w = DriftWatch(DriftSettings(), {"fit_mean": 143.9, "fit_std": 60.8})
+    assert w.stats["brightness"].mean == 143.9 and w.stats["contrast"].mean == 60.8
