@@ -10,6 +10,11 @@ import time
 from pathlib import Path
 
 
+def mosquitto_path() -> str | None:
+    """The mosquitto binary (Debian installs it in /usr/sbin, often not on a user's PATH)."""
+    return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+
+
 class LocalBroker:
     def __init__(self) -> None:
         self.port = 0
@@ -19,7 +24,7 @@ class LocalBroker:
     def start(self, timeout_s: float = 5.0) -> None:
         from edge.service import StartError  # noqa: PLC0415
 
-        exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        exe = mosquitto_path()
         if exe is None:
             raise StartError("no broker configured (mqtt.host) and mosquitto is not installed: "
                              "apt-get install mosquitto, or set mqtt.host")

@@ -171,7 +171,7 @@ class Daemon:
             self.drift.observe(crop, diameter, decision)
         if self.telemetry is not None:
             self.telemetry.observe(decision, self.inspector.last_inference_s if decision["reason"] == "model" else None)
-        log.info("decision", extra={k: decision[k] for k in ("part_id", "decision", "p_defect", "reason")})
+        log.debug("decision", extra={k: decision[k] for k in ("part_id", "decision", "p_defect", "reason")})
         if self.on_decision:
             self.on_decision(decision)
 

@@ -255,6 +255,10 @@ class Publisher:
 
     # -- public API ------------------------------------------------------------------
     @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
     def connected(self) -> bool:
         """True between a successful CONNACK (after the re-send set-up) and the next disconnect."""
         return self._connected

@@ -109,13 +109,7 @@ def run(cfg: Config, duration_s: float | None = None,
         inspector = Inspector.load(b, cfg.model.threshold, cfg.model.threads)
         host, port = cfg.mqtt.host, cfg.mqtt.port
         if host is None:
-            from edge.broker import LocalBroker  # noqa: PLC0415
-
-            broker = LocalBroker()
-            broker.start()
-            stack.callback(broker.stop)
-            host, port = "127.0.0.1", broker.port
-            log.info("no broker configured: started a local mosquitto", extra={"port": port})
+            host, port = _local_broker(stack)
         Path(cfg.journal.path).parent.mkdir(parents=True, exist_ok=True)
         journal = Journal(cfg.journal.path, retention_days=cfg.journal.retention_days, max_rows=cfg.journal.max_rows)
         stack.callback(journal.close)
@@ -123,7 +117,7 @@ def run(cfg: Config, duration_s: float | None = None,
                         frozen_after=cfg.camera.frozen_after, reconnect_min_s=cfg.camera.reconnect_min_s,
                         reconnect_max_s=cfg.camera.reconnect_max_s)
         daemon_ref: list[Daemon] = []
-        publisher = Publisher(mqtt_settings(cfg, host, port), journal,
+        publisher = Publisher(mqtt_settings(cfg, host or "127.0.0.1", port), journal,
                               status_fn=lambda: daemon_ref[0].status() if daemon_ref else {})
         audit = None
         if cfg.audit.dir is not None:
@@ -138,8 +132,9 @@ def run(cfg: Config, duration_s: float | None = None,
                                       b.meta.get("image_stats"))
         if cfg.inspect.mode == "trigger":
             publisher.on_trigger(lambda t: daemon.trigger(t.part_id, t.received_mono))
-        publisher.start()
-        stack.callback(publisher.stop)
+        if host is not None:
+            publisher.start()
+            stack.callback(publisher.stop)
         camera.start()
         stack.callback(camera.stop)
         _install_signals(daemon)
@@ -177,6 +172,22 @@ def _status_loop(publisher: Publisher, stop: threading.Event, interval_s: float)
         publisher.publish_status()
 
 
+def _local_broker(stack: ExitStack) -> tuple[str | None, int]:
+    """The demo's broker: a local mosquitto, or none at all where it is not installed
+    (decisions are then journaled and printed, so the demo still runs on a bare machine)."""
+    from edge.broker import LocalBroker, mosquitto_path  # noqa: PLC0415
+
+    if mosquitto_path() is None:
+        log.warning("no broker configured (mqtt.host) and mosquitto is not installed: decisions are journaled "
+                    "but not published (apt-get install mosquitto, or set mqtt.host)")
+        return None, 1883  # unused: the publisher is never started
+    broker = LocalBroker()
+    broker.start()
+    stack.callback(broker.stop)
+    log.info("no broker configured: started a local mosquitto", extra={"port": broker.port})
+    return "127.0.0.1", broker.port
+
+
 def _state(daemon: Daemon, publisher: Publisher, journal: Journal) -> dict[str, Any]:
     """What a metrics scrape reports besides the decision counters."""
     s = daemon.status()
@@ -193,7 +204,7 @@ def _startup(cfg: Config, publisher: Publisher, camera: Camera, daemon: Daemon) 
     it answers triggers with fail-safe rejects. The status line says which.
     """
     deadline = time.monotonic() + cfg.service.ready_timeout_s
-    broker_ok = publisher.wait_ready(cfg.service.ready_timeout_s)
+    broker_ok = publisher.started and publisher.wait_ready(cfg.service.ready_timeout_s)
     frame = camera.next_frame(0, max(0.0, deadline - time.monotonic()))
     missing = [what for what, ok in (("broker", broker_ok), ("camera", frame is not None)) if not ok]
     status = f"inspecting ({cfg.inspect.mode}), model {daemon.inspector.model_id}"
