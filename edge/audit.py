@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import random
 import threading
@@ -38,7 +39,7 @@ class AuditTrail:
     def __init__(self, settings: AuditSettings, seed: int | None = None) -> None:
         self.settings = settings
         self.dir = Path(settings.dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # crops are production evidence
         self._rng = random.Random(seed)
         self._queue: queue.Queue[tuple[dict[str, Any], np.ndarray | None] | threading.Event | None] = queue.Queue(
             settings.queue_size)
@@ -141,6 +142,9 @@ def _safe_stem(part_id: str) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    """Write-then-rename (a crash never leaves half a file), private to the service user."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
     tmp.replace(path)

@@ -27,6 +27,7 @@ def test_rejects_saved_losslessly_accepts_sampled(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f1.json", "r1.json", "r1.png"]
     assert np.array_equal(cv2.imread(str(tmp_path / "r1.png"), cv2.IMREAD_UNCHANGED), crop(1))
     assert json.loads((tmp_path / "r1.json").read_text())["p_defect"] == 0.9
+    assert {p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {0o600}  # evidence is private
 
     all_accepts = AuditTrail(AuditSettings(tmp_path / "all", sample_accepted=1.0))
     assert all(all_accepts.record(decision(f"a{i}", "accept"), crop(i)) for i in range(5))
@@ -56,6 +57,7 @@ def test_budget_evicts_oldest_first_and_holds_across_restarts(tmp_path: Path) ->
 
 def test_part_ids_never_escape_the_folder(tmp_path: Path) -> None:
     trail = AuditTrail(AuditSettings(tmp_path / "audit"))
+    assert (tmp_path / "audit").stat().st_mode & 0o777 == 0o700
     trail.record(decision("../../etc/passwd", "reject"), crop(0))
     trail.close()
     assert [p.name for p in (tmp_path / "audit").iterdir() if p.suffix == ".png"] == ["_.._etc_passwd.png"]
