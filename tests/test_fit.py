@@ -70,6 +70,8 @@ def test_fit_skips_and_lists_bad_files_and_converts_odd_images(tmp_path: Path) -
     assert "truncated" in skipped["cut.jpg"] and "zero-byte" in skipped["zero.jpg"]
     assert bundle.load(out).meta["training"]["data"]["train_images"] == 26  # 24 + colour + 16-bit
     assert "cut.jpg" in (out / "skipped.txt").read_text() and "## Skipped files" in (out / "report.md").read_text()
+    bn = metrics["batchnorm_recalibration"]  # the default architecture has batch norm
+    assert set(bn) == {"validation_before", "validation_after"} and "loss" in bn["validation_after"]
 
 
 @pytest.mark.parametrize("case", ["missing_class", "empty_class", "no_test"])
@@ -102,3 +104,27 @@ def test_int8_gate_refuses_a_model_that_lost_accuracy() -> None:
     assert check_int8_accuracy(0.995, 0.993, 0.5) == pytest.approx(0.2)
     with pytest.raises(ExportError, match="0.9860 is 0.90 points below float 0.9950"):
         check_int8_accuracy(0.995, 0.986, 0.5)
+
+
+def test_recalibrated_batchnorm_holds_the_exact_statistics_of_its_inputs() -> None:
+    import keras
+
+    from trainer.fit import recalibrate_batchnorm
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 1))
+    conv = keras.layers.Conv2D(4, 3)(inp)
+    bn = keras.layers.BatchNormalization()
+    x = keras.layers.BatchNormalization()(keras.layers.ReLU()(bn(conv)))
+    model = keras.Model(inp, x)
+    images = np.random.default_rng(0).uniform(0, 255, (50, 16, 16, 1)).astype(np.float32)
+    assert recalibrate_batchnorm(model, images, batch_size=8) == 2
+    feats = np.asarray(keras.Model(inp, conv)(images), np.float64)
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), feats.mean(axis=(0, 1, 2)), rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(bn.moving_variance), feats.var(axis=(0, 1, 2)), rtol=1e-3)
+    # The second layer saw the first one's new statistics: its output is standardized.
+    out = np.asarray(model(images, training=False), np.float64)
+    second = model.layers[-1]
+    np.testing.assert_allclose(np.asarray(second.moving_mean), np.asarray(
+        keras.Model(inp, second.input)(images)).mean(axis=(0, 1, 2)), rtol=1e-4)
+    assert np.abs(out.mean(axis=(0, 1, 2))).max() < 1e-3

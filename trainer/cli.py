@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--augment", choices=("auto", "notebook", "line"), default="auto",
                    help="augmentation set: notebook's, or line (adds scale/blur); auto picks by --arch")
     f.add_argument("--limit", type=int, default=None, help="use only the first N images per class and split")
+    f.add_argument("--no-recalibrate-bn", dest="recalibrate_bn", action="store_false",
+                   help="keep batch norm's moving averages from training instead of exact statistics")
     f.add_argument("--max-int8-drop", type=float, default=0.5,
                    help="fail when int8 test accuracy is this many points below float (default 0.5)")
     g = f.add_mutually_exclusive_group()
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size, seed=args.seed, val_fraction=args.val_fraction,
         learning_rate=args.learning_rate, threshold_policy=args.threshold_policy, augment=args.augment,
         resume=args.resume, force=args.force, limit=args.limit, max_int8_drop=args.max_int8_drop,
+        recalibrate_bn=args.recalibrate_bn,
         command=shlex.join(["edge-train", *argv]),
     )
     try:

@@ -69,6 +69,7 @@ class FitOptions:
     max_int8_drop: float = 0.5  # accuracy points int8 may lose against float
     robustness_seed: int = 0
     calibration_images: int = 300
+    recalibrate_bn: bool = True  # exact batch-norm statistics after training (see recalibrate_batchnorm)
     command: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -214,11 +215,48 @@ def train(opts: FitOptions, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndar
         verbose=0,
     )
     best = keras.models.load_model(ckpt / "best.keras")
+    has_bn = any(isinstance(layer, keras.layers.BatchNormalization) for layer in best.layers)
+    if opts.recalibrate_bn and has_bn:
+        def val() -> dict[str, float]:
+            r = best.evaluate(eval_dataset(val_x, val_y, opts.batch_size), verbose=0, return_dict=True)
+            return {k: round(float(v), 5) for k, v in r.items()}
+
+        info = {"validation_before": val()}
+        recalibrate_batchnorm(best, fit_x, opts.batch_size)
+        info["validation_after"] = val()
+        opts.extra["batchnorm_recalibration"] = info
+        log.info("batch-norm statistics recalibrated on the un-augmented fit images", extra=info)
     # The float model without optimizer state, for audits and float-vs-int8 comparisons.
     plain = ARCHITECTURES[opts.arch](IMAGE_SIZE)
     plain.set_weights(best.get_weights())
     plain.save(out / FLOAT_MODEL)
     return best, report.read_history(out / "history.csv")
+
+
+def recalibrate_batchnorm(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> int:
+    """Replace each batch-norm layer's moving statistics by the exact statistics of its
+    inputs over `images`, with the final weights ("precise BN").
+
+    During training the moving averages trail weights that keep changing, and they are
+    averaged over augmented batches; the model is then evaluated and quantized with
+    statistics that belong to neither. Layers are done in order, each seeing its
+    predecessors already recalibrated. Returns the number of layers updated.
+    """
+    layers_bn = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for bn in layers_bn:
+        features = keras.Model(model.inputs, bn.input)
+        s1 = s2 = 0.0
+        n = 0
+        for i in range(0, len(images), batch_size):
+            f = np.asarray(features(images[i:i + batch_size].astype(np.float32), training=False), np.float64)
+            axes = tuple(range(f.ndim - 1))
+            s1 = s1 + f.sum(axis=axes)
+            s2 = s2 + np.square(f).sum(axis=axes)
+            n += f.size // f.shape[-1]
+        mean = s1 / n
+        bn.moving_mean.assign(mean.astype(np.float32))
+        bn.moving_variance.assign(np.maximum(s2 / n - mean**2, 0.0).astype(np.float32))
+    return len(layers_bn)
 
 
 def _int8_latency_ms(tflite: bytes, image: np.ndarray) -> float:
@@ -292,6 +330,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
             "max_abs_diff": round(float(np.max(np.abs(float_test - int8_test))), 4),
             "mean_abs_diff": round(float(np.mean(np.abs(float_test - int8_test))), 5),
         },
+        "batchnorm_recalibration": opts.extra.get("batchnorm_recalibration"),
         "robustness": {"perturbation": perturb_cfg.to_dict(), "seed": opts.robustness_seed,
                        "int8": summarize(y, int8_perturbed, threshold)},
         "int8_latency_ms_1_thread": _int8_latency_ms(tflite, test_set.images[0]),
