@@ -1,0 +1,133 @@
+"""Faults injected into the real daemon (subprocess), real Mosquitto, real video files:
+each asserts the exact outcome the gate sees."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from broker import Mosquitto, free_port
+from conftest_mqtt import Collector, mosquitto, require_mosquitto  # noqa: F401 - fixture
+from daemon_run import BUNDLE, finish, start_daemon, write_config
+
+from edge.contract import Topics
+from edge.journal import Journal
+from edge.simulate import DATASET_BACKDROP_LEVEL, belt, write_video
+
+
+@pytest.fixture(autouse=True)
+def need_bundle() -> None:
+    if not (BUNDLE / "model.tflite").is_file():
+        pytest.skip(f"no bundle at {BUNDLE}")
+
+
+def video(path: Path, frames: list[np.ndarray], fps: float = 25) -> Path:
+    write_video(path, frames, fps=fps)
+    return path
+
+
+def trigger_and_collect(sub: Collector, t: Topics, ids: list[str], n_expected: int) -> list[dict]:
+    for part_id in ids:
+        sub.client.publish(t.trigger, json.dumps({"part_id": part_id}), qos=1)
+        time.sleep(0.1)
+    assert sub.wait(lambda ms: sum(m.topic == t.decision for m in ms) >= n_expected, 30)
+    return [m.json for m in sub.on(t.decision)]
+
+
+@pytest.mark.parametrize("case", ["frozen", "black", "ended"])
+def test_camera_faults_give_fail_safe_rejects(mosquitto: Mosquitto, tmp_path: Path,  # noqa: F811
+                                              case: str) -> None:
+    prefix = f"test/{tmp_path.name[-10:]}/cam1"
+    t = Topics(prefix)
+    base = belt(level=DATASET_BACKDROP_LEVEL)
+    if case == "frozen":  # the same frame forever: a hung capture pipeline
+        src = video(tmp_path / "frozen.avi", [base] * 60)
+        camera, expected = {"loop": True, "frozen_after": 10}, "fault:frozen_frame"
+    elif case == "black":  # lens cap, lamp off: frames come but show nothing
+        src = video(tmp_path / "black.avi", [np.zeros_like(base) + np.uint8(i % 2) for i in range(60)])
+        camera, expected = {"loop": True}, "fault:no_part"
+    else:  # the stream ends and does not come back
+        src = video(tmp_path / "short.avi", [np.clip(base.astype(int) + i, 0, 255).astype(np.uint8) for i in range(5)])
+        camera, expected = {"loop": False, "stale_after_s": 0.3}, None
+    cfg = write_config(tmp_path, mosquitto.port, prefix, src, camera=camera,
+                       inspect={"mode": "trigger", "trigger_wait_s": 0.5})
+    sub = Collector(mosquitto.port, [t.decision, t.status])
+    proc = start_daemon(cfg)
+    try:
+        assert sub.wait(lambda ms: any(m.topic == t.status and m.json["state"] == "online" for m in ms), 30)
+        time.sleep(1.0)  # frozen: enough repeats; ended: the stream is over
+        got = trigger_and_collect(sub, t, ["F-1", "F-2"], 2)
+        proc.send_signal(signal.SIGTERM)
+        out = finish(proc, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            finish(proc)
+        sub.close()
+    assert proc.returncode == 0, out[-2000:]
+    assert sorted(d["part_id"] for d in got) == ["F-1", "F-2"]
+    for d in got:
+        assert d["decision"] == "reject" and d["p_defect"] is None
+        if expected:
+            assert d["reason"] == expected, d
+        else:
+            assert d["reason"] in ("fault:stale_frame", "fault:no_frame_after_trigger"), d
+
+
+def test_broker_unreachable_at_start_then_everything_is_delivered(tmp_path: Path) -> None:
+    require_mosquitto()
+    prefix = f"test/{tmp_path.name[-10:]}/cam1"
+    t = Topics(prefix)
+    port = free_port()
+    parts = belt(level=DATASET_BACKDROP_LEVEL)
+    src = video(tmp_path / "belt.avi", [np.clip(parts.astype(int) + i % 3, 0, 255).astype(np.uint8) for i in range(30)])
+    cfg = write_config(tmp_path, port, prefix, src, camera={"loop": True},
+                       inspect={"mode": "trigger"}, service={"ready_timeout_s": 1.0})
+    proc = start_daemon(cfg, "-v")
+    broker = Mosquitto(tmp_path / "broker", port=port, persistence=True)
+    try:
+        time.sleep(4)  # the daemon is up and degraded, retrying the broker
+        assert proc.poll() is None
+        broker.start()
+        sub = Collector(port, [t.decision, t.status])
+        try:
+            assert sub.wait(lambda ms: any(m.topic == t.status and m.json["state"] == "online" for m in ms), 30)
+            got = trigger_and_collect(sub, t, ["U-1"], 1)
+        finally:
+            sub.close()
+        proc.send_signal(signal.SIGTERM)
+        out = finish(proc, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            finish(proc)
+        broker.stop()
+    assert proc.returncode == 0
+    assert "starting degraded" in out and "broker" in out
+    assert [d["part_id"] for d in got] == ["U-1"]
+    with Journal(tmp_path / "journal.sqlite") as j:
+        assert j.counts()["pending"] == 0
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing"])
+def test_damaged_model_refuses_to_start_with_the_file_named(tmp_path: Path, damage: str) -> None:
+    bad = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, bad, ignore=shutil.ignore_patterns("checkpoints", "figures", "model.keras"))
+    model = bad / "model.tflite"
+    if damage == "truncated":
+        model.write_bytes(model.read_bytes()[:1000])
+    elif damage == "garbage":
+        model.write_bytes(np.random.default_rng(0).bytes(model.stat().st_size))
+    else:
+        model.unlink()
+    cfg = write_config(tmp_path, 1883, "test/x/cam1", tmp_path, model={"bundle": str(bad)})
+    proc = start_daemon(cfg)
+    out = finish(proc, 30)
+    assert proc.returncode == 2 and "Traceback" not in out, out
+    assert str(model) in out or "model.tflite" in out, out
+    assert ("sha256" in out or "missing" in out or "not found" in out), out
