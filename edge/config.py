@@ -95,6 +95,8 @@ class InspectSection(_Strict):
     min_diameter_px: int = Field(120, gt=0)
     max_diameter_px: int = Field(700, gt=0)
     trigger_wait_s: float = Field(0.5, gt=0, le=10, description="wait this long for a fresh frame after a trigger")
+    max_trigger_age_s: float = Field(2.0, gt=0, description="a trigger whose ts is older than this on arrival is "
+                                     "answered with reject (fault:stale_trigger)")
 
     @model_validator(mode="after")
     def _roi_when_needed(self) -> InspectSection:

@@ -71,7 +71,7 @@ class Daemon:
         self._locate = LocateConfig(min_diameter=cfg.inspect.min_diameter_px,
                                     max_diameter=cfg.inspect.max_diameter_px)
         self._tracker: PartTracker | None = None
-        self._triggers: queue.Queue[tuple[str, float]] = queue.Queue(maxsize=1000)
+        self._triggers: queue.Queue[tuple[str, float, float | None]] = queue.Queue(maxsize=1000)
         self._seen_parts: OrderedDict[str, None] = OrderedDict()
         self._recent: OrderedDict[int, Frame] = OrderedDict()
         self._serial = 0
@@ -83,8 +83,13 @@ class Daemon:
         self.last_frame_index = 0
 
     # -- trigger mode --------------------------------------------------------------
-    def trigger(self, part_id: str, received_mono: float | None = None) -> bool:
-        """Queue a trigger (called from the MQTT thread); False if part_id was already answered."""
+    def trigger(self, part_id: str, received_mono: float | None = None, sent_ts: float | None = None) -> bool:
+        """Queue a trigger (called from the MQTT thread); False if part_id was already answered.
+
+        A trigger that carries its sender's time and arrives older than
+        inspect.max_trigger_age_s (a stalled network, a queued backlog) is answered with a
+        fail-safe reject: the part it announced has long left the camera's view.
+        """
         if part_id in self._seen_parts:
             self.counters.duplicate_triggers += 1
             log.warning("duplicate trigger ignored", extra={"part_id": part_id})
@@ -94,13 +99,17 @@ class Daemon:
             self._seen_parts.popitem(last=False)
         self.counters.triggers += 1
         try:
-            self._triggers.put_nowait((part_id, received_mono or time.monotonic()))
+            self._triggers.put_nowait((part_id, received_mono or time.monotonic(), sent_ts))
         except queue.Full:
             # Never silent: an answer is owed for every part the gate announced.
             self._emit(self.inspector.fault(part_id, "overloaded", None, None))
         return True
 
-    def _handle_trigger(self, part_id: str, t_mono: float) -> None:
+    def _handle_trigger(self, part_id: str, t_mono: float, sent_ts: float | None = None) -> None:
+        if sent_ts is not None and time.time() - sent_ts > self.cfg.inspect.max_trigger_age_s:
+            log.warning("stale trigger: rejecting", extra={"part_id": part_id, "age_s": round(time.time() - sent_ts, 3)})
+            self._emit(self.inspector.fault(part_id, "stale_trigger", None, None))
+            return
         wait = self.cfg.inspect.trigger_wait_s
         # The freshest frame captured after the trigger, not one from before it.
         deadline = t_mono + wait
@@ -189,10 +198,10 @@ class Daemon:
                     self.reloader()
             if mode == "trigger":
                 try:
-                    part_id, t = self._triggers.get(timeout=0.1)
+                    part_id, t, sent_ts = self._triggers.get(timeout=0.1)
                 except queue.Empty:
                     continue
-                self._handle_trigger(part_id, t)
+                self._handle_trigger(part_id, t, sent_ts)
                 continue
             frame = self.camera.next_frame(self.last_frame_index, 0.2)
             if frame is None:

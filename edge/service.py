@@ -131,7 +131,7 @@ def run(cfg: Config, duration_s: float | None = None,
             daemon.drift = DriftWatch(DriftSettings(d.window, d.baseline_parts, d.k, d.reject_z),
                                       b.meta.get("image_stats"))
         if cfg.inspect.mode == "trigger":
-            publisher.on_trigger(lambda t: daemon.trigger(t.part_id, t.received_mono))
+            publisher.on_trigger(lambda t: daemon.trigger(t.part_id, t.received_mono, t.ts))
         if host is not None:
             publisher.start()
             stack.callback(publisher.stop)

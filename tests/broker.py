@@ -228,3 +228,71 @@ class V311OnlyProxy:
             conn.close()
             if up is not None:
                 up.close()
+
+
+class StallProxy:
+    """TCP proxy whose forwarding can be frozen: the network stalls without a disconnect
+    (a switch dropping packets, a saturated link). Sockets stay open; bytes are held."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.connections = 0
+        self._lsock = socket.create_server(("127.0.0.1", self.port))
+        self._lsock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._accept = threading.Thread(target=self._serve, daemon=True)
+
+    def start(self) -> StallProxy:
+        self._accept.start()
+        return self
+
+    def stall(self) -> None:
+        self.flowing.clear()
+
+    def resume(self) -> None:
+        self.flowing.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.flowing.set()
+        self._accept.join(2)
+        self._lsock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._lsock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        try:
+            up = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+        except OSError:
+            conn.close()
+            return
+        sel = selectors.DefaultSelector()
+        sel.register(conn, selectors.EVENT_READ, up)
+        sel.register(up, selectors.EVENT_READ, conn)
+        try:
+            while not self._stop.is_set():
+                if not self.flowing.is_set():  # hold everything; the peers see silence
+                    self.flowing.wait(0.2)
+                    continue
+                for key, _ in sel.select(timeout=0.2):
+                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                    if not data:
+                        return
+                    key.data.sendall(data)
+        except OSError:
+            return
+        finally:
+            conn.close()
+            up.close()

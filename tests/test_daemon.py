@@ -163,7 +163,9 @@ def test_trigger_answers_each_part_once_and_faults_reject(broker: Mosquitto, emp
         assert sub.wait(lambda ms: any(m.topic == t.status and m.json["state"] == "online" for m in ms), 30)
         for part_id in ("A-1", "A-2", "A-1", "A-3", "A-2"):
             sub.client.publish(t.trigger, json.dumps({"part_id": part_id}), qos=1)
-        assert sub.wait(lambda ms: sum(m.topic == t.decision for m in ms) >= 3, 30)
+        # Sent 10 s ago (a stalled network, a backlog): the part is long gone.
+        sub.client.publish(t.trigger, json.dumps({"part_id": "OLD-1", "ts": time.time() - 10}), qos=1)
+        assert sub.wait(lambda ms: sum(m.topic == t.decision for m in ms) >= 4, 30)
         time.sleep(1.5)  # a duplicate would be answered within trigger_wait_s
         got = [m.json for m in sub.on(t.decision)]
         proc.send_signal(signal.SIGTERM)
@@ -174,11 +176,12 @@ def test_trigger_answers_each_part_once_and_faults_reject(broker: Mosquitto, emp
             finish(proc)
         sub.close()
     assert proc.returncode == 0, out[-3000:]
-    assert sorted(d["part_id"] for d in got) == ["A-1", "A-2", "A-3"]
+    assert sorted(d["part_id"] for d in got) == ["A-1", "A-2", "A-3", "OLD-1"]
     for d in got:  # nothing on the belt: never silence, never accept
-        assert d["decision"] == "reject" and d["reason"] == "fault:no_part" and d["p_defect"] is None
+        want = "fault:stale_trigger" if d["part_id"] == "OLD-1" else "fault:no_part"
+        assert d["decision"] == "reject" and d["reason"] == want and d["p_defect"] is None
     # A reject is evidence: each has its decision JSON in the audit folder.
-    assert {p.stem for p in (tmp_path / "audit").glob("*.json")} == {"A-1", "A-2", "A-3"}
+    assert {p.stem for p in (tmp_path / "audit").glob("*.json")} == {"A-1", "A-2", "A-3", "OLD-1"}
 
 
 def test_broker_restart_mid_run_loses_no_decision(line: Line, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from broker import Mosquitto, free_port
+from broker import Mosquitto, StallProxy, free_port
 from conftest_mqtt import Collector, mosquitto, require_mosquitto  # noqa: F401 - fixture
 from daemon_run import BUNDLE, finish, start_daemon, write_config
 
@@ -131,3 +131,44 @@ def test_damaged_model_refuses_to_start_with_the_file_named(tmp_path: Path, dama
     assert proc.returncode == 2 and "Traceback" not in out, out
     assert str(model) in out or "model.tflite" in out, out
     assert ("sha256" in out or "missing" in out or "not found" in out), out
+
+
+def test_network_stall_without_disconnect_loses_nothing(tmp_path: Path) -> None:
+    """The link freezes (no FIN, no RST): keepalive notices, decisions wait in the journal,
+    and after the stall each one is delivered or reported late."""
+    require_mosquitto()
+    prefix = f"test/{tmp_path.name[-10:]}/cam1"
+    t = Topics(prefix)
+    broker = Mosquitto(tmp_path / "broker", persistence=True).start()
+    proxy = StallProxy(broker.port).start()
+    base = belt(level=DATASET_BACKDROP_LEVEL)
+    src = video(tmp_path / "belt.avi", [np.clip(base.astype(int) + i % 3, 0, 255).astype(np.uint8) for i in range(30)])
+    cfg = write_config(tmp_path, proxy.port, prefix, src, camera={"loop": True},
+                       inspect={"mode": "trigger"}, mqtt={"keepalive_s": 2, "decision_deadline_s": 60.0})
+    sub = Collector(broker.port, [t.decision, t.late, t.status], session=True)  # direct to the broker
+    proc = start_daemon(cfg)
+    try:
+        assert sub.wait(lambda ms: any(m.topic == t.status and m.json["state"] == "online" for m in ms), 30)
+        trigger_and_collect(sub, t, ["S-1"], 1)
+        proxy.stall()
+        for i in range(2, 5):  # triggers go straight to the broker; the daemon cannot hear them now,
+            sub.client.publish(t.trigger, json.dumps({"part_id": f"S-{i}"}), qos=1)  # broker queues them
+        time.sleep(8)  # several keepalive periods
+        proxy.resume()
+        assert sub.wait(lambda ms: sum(m.topic == t.decision for m in ms) >= 4, 60), [m.json for m in sub.messages]
+        proc.send_signal(signal.SIGTERM)
+        out = finish(proc, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            finish(proc)
+        sub.close()
+        proxy.stop()
+        broker.stop()
+    assert proc.returncode == 0, out[-2000:]
+    assert proxy.connections >= 2, "the stalled connection was never given up"
+    got = sorted(m.json["part_id"] for m in sub.on(t.decision))
+    assert got == ["S-1", "S-2", "S-3", "S-4"], got
+    with Journal(tmp_path / "journal.sqlite") as j:
+        counts = j.counts()
+    assert counts["total"] == 4 and counts["pending"] == 0
