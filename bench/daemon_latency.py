@@ -63,10 +63,11 @@ def ms(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def peak_rss_mb(pid: int) -> float | None:
+def proc_mb(pid: int, field: str = "VmHWM") -> float | None:
+    """A memory figure of a live process from /proc (VmHWM: peak RSS, VmRSS: current), MB."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
@@ -124,7 +125,7 @@ def main() -> int:
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     rss = 0.0
     while proc.poll() is None:
-        rss = max(rss, peak_rss_mb(proc.pid) or 0.0)
+        rss = max(rss, proc_mb(proc.pid) or 0.0)
         time.sleep(0.1)
     out = proc.stdout.read() if proc.stdout else ""
     time.sleep(0.5)

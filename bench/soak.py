@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 import yaml
-from daemon_latency import PREFIX, parts, peak_rss_mb
+from daemon_latency import PREFIX, parts, proc_mb
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -42,16 +42,6 @@ from edge.broker import LocalBroker
 from edge.simulate import DATASET_BACKDROP_LEVEL, SimulatedLine, write_video
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 class Subscriber:
@@ -111,7 +101,7 @@ def main() -> int:
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     t0 = time.monotonic()
     time.sleep(5)
-    rss_start = rss_mb(proc.pid) or float("nan")
+    rss_start = proc_mb(proc.pid, "VmRSS") or float("nan")
     outages = 0
     next_outage = t0 + args.outage_every if args.outage_every > 0 else float("inf")
     while time.monotonic() - t0 < args.duration and proc.poll() is None:
@@ -122,8 +112,8 @@ def main() -> int:
             outages += 1
             next_outage = time.monotonic() + args.outage_every
         time.sleep(0.2)
-    rss_end = rss_mb(proc.pid) or float("nan")
-    peak = peak_rss_mb(proc.pid) or float("nan")
+    rss_end = proc_mb(proc.pid, "VmRSS") or float("nan")
+    peak = proc_mb(proc.pid) or float("nan")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     time.sleep(2)  # let the last acknowledgements reach the subscriber

@@ -26,7 +26,8 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -148,6 +149,21 @@ class Journal:
         """Journal a decision (durably) and return its seq; call before publishing."""
         return self.append_row(decision, deadline_ts).seq
 
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[None]:
+        """BEGIN IMMEDIATE .. COMMIT, rolled back on any error; SQLite errors become a
+        JournalError that names the file and what was being done. Call with _lock held."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"{self.path}: {what}: {exc}") from exc
+
     def append_row(self, decision: Mapping[str, Any], deadline_ts: float) -> Row:
         """Like append(), returning the whole row so the caller publishes exactly `payload`."""
         part_id = decision.get("part_id")
@@ -157,22 +173,14 @@ class Journal:
         body = {k: v for k, v in decision.items() if k != "seq"}
         with self._lock:
             self._check_open()
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    cur = self._db.execute(
-                        "INSERT INTO decisions (part_id, created_ts, deadline_ts, payload) VALUES (?, ?, ?, '')",
-                        (part_id, now, float(deadline_ts)))
-                    seq = int(cur.lastrowid)  # type: ignore[arg-type]
-                    payload = json.dumps({"seq": seq, **body}, separators=(",", ":"), allow_nan=False,
-                                         ensure_ascii=False)
-                    self._db.execute("UPDATE decisions SET payload = ? WHERE seq = ?", (payload, seq))
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.DatabaseError as exc:
-                raise JournalError(f"{self.path}: cannot append decision for part {part_id!r}: {exc}") from exc
+            with self._transaction(f"cannot append decision for part {part_id!r}"):
+                cur = self._db.execute(
+                    "INSERT INTO decisions (part_id, created_ts, deadline_ts, payload) VALUES (?, ?, ?, '')",
+                    (part_id, now, float(deadline_ts)))
+                seq = int(cur.lastrowid)  # type: ignore[arg-type]
+                payload = json.dumps({"seq": seq, **body}, separators=(",", ":"), allow_nan=False,
+                                     ensure_ascii=False)
+                self._db.execute("UPDATE decisions SET payload = ? WHERE seq = ?", (payload, seq))
             self._appends_since_prune += 1
             if self._appends_since_prune >= self.prune_every:
                 self.prune()
@@ -207,40 +215,32 @@ class Journal:
             self._appends_since_prune = 0
             removed_done = removed_pending = 0
             dropped: list[tuple[int, str]] = []
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    if self.retention_days is not None:
-                        cutoff = self._clock() - self.retention_days * 86400.0
+            with self._transaction("prune failed"):
+                if self.retention_days is not None:
+                    cutoff = self._clock() - self.retention_days * 86400.0
+                    removed_done += self._db.execute(
+                        "DELETE FROM decisions WHERE state != 'pending' AND created_ts < ?", (cutoff,)).rowcount
+                    dropped += self._db.execute(
+                        "SELECT seq, part_id FROM decisions WHERE state = 'pending' AND created_ts < ? "
+                        "ORDER BY seq", (cutoff,)).fetchall()
+                    self._db.execute("DELETE FROM decisions WHERE state = 'pending' AND created_ts < ?", (cutoff,))
+                if self.max_rows is not None:
+                    over = self._db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] - self.max_rows
+                    if over > 0:
                         removed_done += self._db.execute(
-                            "DELETE FROM decisions WHERE state != 'pending' AND created_ts < ?", (cutoff,)).rowcount
-                        dropped += self._db.execute(
-                            "SELECT seq, part_id FROM decisions WHERE state = 'pending' AND created_ts < ? "
-                            "ORDER BY seq", (cutoff,)).fetchall()
-                        self._db.execute("DELETE FROM decisions WHERE state = 'pending' AND created_ts < ?", (cutoff,))
-                    if self.max_rows is not None:
+                            "DELETE FROM decisions WHERE seq IN (SELECT seq FROM decisions "
+                            "WHERE state != 'pending' ORDER BY seq LIMIT ?)", (over,)).rowcount
                         over = self._db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] - self.max_rows
-                        if over > 0:
-                            removed_done += self._db.execute(
-                                "DELETE FROM decisions WHERE seq IN (SELECT seq FROM decisions "
-                                "WHERE state != 'pending' ORDER BY seq LIMIT ?)", (over,)).rowcount
-                            over = self._db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] - self.max_rows
-                        if over > 0:
-                            rows = self._db.execute("SELECT seq, part_id FROM decisions WHERE state = 'pending' "
-                                                    "ORDER BY seq LIMIT ?", (over,)).fetchall()
-                            self._db.executemany("DELETE FROM decisions WHERE seq = ?", [(r[0],) for r in rows])
-                            dropped += rows
-                    removed_pending = len(dropped)
-                    if removed_pending:
-                        self._db.execute(
-                            "INSERT INTO meta (key, value) VALUES ('dropped_undelivered', ?) "
-                            "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value", (removed_pending,))
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.DatabaseError as exc:
-                raise JournalError(f"{self.path}: prune failed: {exc}") from exc
+                    if over > 0:
+                        rows = self._db.execute("SELECT seq, part_id FROM decisions WHERE state = 'pending' "
+                                                "ORDER BY seq LIMIT ?", (over,)).fetchall()
+                        self._db.executemany("DELETE FROM decisions WHERE seq = ?", [(r[0],) for r in rows])
+                        dropped += rows
+                removed_pending = len(dropped)
+                if removed_pending:
+                    self._db.execute(
+                        "INSERT INTO meta (key, value) VALUES ('dropped_undelivered', ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value", (removed_pending,))
         if removed_pending:
             log.error("journal retention dropped UNDELIVERED decisions (never sent to the gate nor reported late)",
                       extra={"count": removed_pending, "first_seq": dropped[0][0], "last_seq": dropped[-1][0],

@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -141,21 +142,20 @@ class Mosquitto:
         self.stop()
 
 
-class V311OnlyProxy:
-    """TCP proxy in front of a broker that refuses MQTT 5 like a 3.1.1-only broker."""
+class _Proxy:
+    """A loopback TCP proxy to the broker; subclasses decide what happens to the bytes."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.port = free_port()
-        self.refused_v5 = 0
-        self.accepted_v311 = 0
+        self.connections = 0
         self._lsock = socket.create_server(("127.0.0.1", self.port))
         self._lsock.settimeout(0.2)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._accept = threading.Thread(target=self._serve, daemon=True)
 
-    def start(self) -> V311OnlyProxy:
+    def start(self) -> Self:
         self._accept.start()
         return self
 
@@ -174,9 +174,22 @@ class V311OnlyProxy:
                 continue
             except OSError:
                 return
+            self.connections += 1
             t = threading.Thread(target=self._handle, args=(conn,), daemon=True)
             self._threads.append(t)
             t.start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class V311OnlyProxy(_Proxy):
+    """TCP proxy in front of a broker that refuses MQTT 5 like a 3.1.1-only broker."""
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__(upstream_port)
+        self.refused_v5 = 0
+        self.accepted_v311 = 0
 
     @staticmethod
     def _read_exact(sock: socket.socket, n: int) -> bytes:
@@ -230,24 +243,14 @@ class V311OnlyProxy:
                 up.close()
 
 
-class StallProxy:
+class StallProxy(_Proxy):
     """TCP proxy whose forwarding can be frozen: the network stalls without a disconnect
     (a switch dropping packets, a saturated link). Sockets stay open; bytes are held."""
 
     def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.port = free_port()
+        super().__init__(upstream_port)
         self.flowing = threading.Event()
         self.flowing.set()
-        self.connections = 0
-        self._lsock = socket.create_server(("127.0.0.1", self.port))
-        self._lsock.settimeout(0.2)
-        self._stop = threading.Event()
-        self._accept = threading.Thread(target=self._serve, daemon=True)
-
-    def start(self) -> StallProxy:
-        self._accept.start()
-        return self
 
     def stall(self) -> None:
         self.flowing.clear()
@@ -256,21 +259,8 @@ class StallProxy:
         self.flowing.set()
 
     def stop(self) -> None:
-        self._stop.set()
         self.flowing.set()
-        self._accept.join(2)
-        self._lsock.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._lsock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+        super().stop()
 
     def _handle(self, conn: socket.socket) -> None:
         try:

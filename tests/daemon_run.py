@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,34 @@ def finish(proc: subprocess.Popen[str], timeout: float = 90) -> str:
         out, _ = proc.communicate()
         pytest.fail(f"daemon did not stop within {timeout}s:\n{out[-3000:]}")
     return out
+
+
+class DaemonProcess:
+    """The daemon subprocess for a `with` block: stop() sends SIGTERM and collects its
+    output; leaving the block kills it if it is still running (a failed assertion)."""
+
+    def __init__(self, config: Path, *args: str) -> None:
+        self.proc = start_daemon(config, *args)
+        self.out = ""
+
+    def __enter__(self) -> DaemonProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            self.out = finish(self.proc)
+
+    def __getattr__(self, name: str) -> Any:  # send_signal, wait, poll, returncode, pid
+        return getattr(self.proc, name)
+
+    def join(self, timeout: float = 90) -> str:
+        """Wait for the daemon to stop by itself (a non-looping video ended)."""
+        self.out = finish(self.proc, timeout)
+        return self.out
+
+    def stop(self, timeout: float = 30) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        self.out = finish(self.proc, timeout)
+        return self.out

@@ -7,7 +7,14 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.camera import Camera, FolderSource, IterSource, OpenCVSource, SourceError, open_source
+from edge.camera import (
+    Camera,
+    FolderSource,
+    IterSource,
+    OpenCVSource,
+    SourceError,
+    open_source,
+)
 
 
 def write_video(path: Path, n: int, size: tuple[int, int] = (320, 240), fps: float = 100.0) -> Path:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from broker import Mosquitto
 from conftest_mqtt import Collector, require_mosquitto, retained
-from daemon_run import BUNDLE, DEADLINE_S, finish, start_daemon, write_config
+from daemon_run import BUNDLE, DEADLINE_S, DaemonProcess, write_config
 
 from edge import bundle as bundle_fmt
 from edge.contract import Topics
@@ -86,8 +86,8 @@ def test_continuous_one_decision_per_part_matching_replay(broker: Mosquitto, lin
     sub = Collector(broker.port, [t.decision, t.status])
     try:
         assert sub.subscribed.wait(5)
-        proc = start_daemon(write_config(tmp_path, broker.port, prefix, line.video))
-        out = finish(proc)
+        with DaemonProcess(write_config(tmp_path, broker.port, prefix, line.video)) as proc:
+            out = proc.join()
         assert proc.returncode == 0, out[-3000:]
         assert sub.wait(lambda ms: sum(m.topic == t.decision for m in ms) >= len(line.labels), 10), out[-3000:]
         time.sleep(0.5)  # nothing more may arrive
@@ -131,20 +131,17 @@ def test_sigkill_leaves_offline_retained(broker: Mosquitto, line: Line, tmp_path
     prefix = f"test/{tmp_path.name[-10:]}/cam1"
     t = Topics(prefix)
     sub = Collector(broker.port, [t.decision, t.status])
-    proc = start_daemon(write_config(tmp_path, broker.port, prefix, line.video, camera={"loop": True}))
     try:
-        assert sub.wait(lambda ms: any(m.topic == t.decision for m in ms), 60), "no decision from the daemon"
-        st = retained(broker.port, t.status)
-        assert st is not None and st.json["state"] == "online"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        assert sub.wait(lambda ms: ms[-1].topic == t.status and ms[-1].json["state"] == "offline", 10)
-        st = retained(broker.port, t.status)
-        assert st is not None and st.retain and st.json["state"] == "offline"
+        with DaemonProcess(write_config(tmp_path, broker.port, prefix, line.video, camera={"loop": True})) as proc:
+            assert sub.wait(lambda ms: any(m.topic == t.decision for m in ms), 60), "no decision from the daemon"
+            st = retained(broker.port, t.status)
+            assert st is not None and st.json["state"] == "online"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            assert sub.wait(lambda ms: ms[-1].topic == t.status and ms[-1].json["state"] == "offline", 10)
+            st = retained(broker.port, t.status)
+            assert st is not None and st.retain and st.json["state"] == "offline"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        finish(proc)
         sub.close()
     # Every decision the daemon acknowledged to itself is in its journal, even after SIGKILL.
     with Journal(tmp_path / "journal.sqlite") as j:
@@ -158,22 +155,18 @@ def test_trigger_answers_each_part_once_and_faults_reject(broker: Mosquitto, emp
     sub = Collector(broker.port, [t.decision, t.status])
     cfg = write_config(tmp_path, broker.port, prefix, empty_belt, camera={"loop": True},
                        inspect={"mode": "trigger", "trigger_wait_s": 1.0})
-    proc = start_daemon(cfg)
     try:
-        assert sub.wait(lambda ms: any(m.topic == t.status and m.json["state"] == "online" for m in ms), 30)
-        for part_id in ("A-1", "A-2", "A-1", "A-3", "A-2"):
-            sub.client.publish(t.trigger, json.dumps({"part_id": part_id}), qos=1)
-        # Sent 10 s ago (a stalled network, a backlog): the part is long gone.
-        sub.client.publish(t.trigger, json.dumps({"part_id": "OLD-1", "ts": time.time() - 10}), qos=1)
-        assert sub.wait(lambda ms: sum(m.topic == t.decision for m in ms) >= 4, 30)
-        time.sleep(1.5)  # a duplicate would be answered within trigger_wait_s
-        got = [m.json for m in sub.on(t.decision)]
-        proc.send_signal(signal.SIGTERM)
-        out = finish(proc, 30)
+        with DaemonProcess(cfg) as proc:
+            assert sub.wait(lambda ms: any(m.topic == t.status and m.json["state"] == "online" for m in ms), 30)
+            for part_id in ("A-1", "A-2", "A-1", "A-3", "A-2"):
+                sub.client.publish(t.trigger, json.dumps({"part_id": part_id}), qos=1)
+            # Sent 10 s ago (a stalled network, a backlog): the part is long gone.
+            sub.client.publish(t.trigger, json.dumps({"part_id": "OLD-1", "ts": time.time() - 10}), qos=1)
+            assert sub.wait(lambda ms: sum(m.topic == t.decision for m in ms) >= 4, 30)
+            time.sleep(1.5)  # a duplicate would be answered within trigger_wait_s
+            got = [m.json for m in sub.on(t.decision)]
+            out = proc.stop()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            finish(proc)
         sub.close()
     assert proc.returncode == 0, out[-3000:]
     assert sorted(d["part_id"] for d in got) == ["A-1", "A-2", "A-3", "OLD-1"]
@@ -192,29 +185,25 @@ def test_broker_restart_mid_run_loses_no_decision(line: Line, tmp_path: Path) ->
     t = Topics(prefix)
     broker = Mosquitto(tmp_path / "broker", persistence=True).start()
     sub = Collector(broker.port, [t.decision, t.late], session=True)
-    proc = start_daemon(write_config(tmp_path, broker.port, prefix, line.video, camera={"loop": True}))
     try:
-        assert sub.wait(lambda ms: any(m.topic == t.decision for m in ms), 60), "no decision before the outage"
-        broker.stop()
-        with Journal(tmp_path / "journal.sqlite") as j:  # the daemon keeps inspecting without a broker
-            before = j.counts()["total"]
-            deadline = time.monotonic() + 30
-            while j.counts()["total"] < before + 2 and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert j.counts()["total"] >= before + 2, "no decisions journaled during the outage"
-        broker.start()
-        assert sub.wait(lambda ms: len(ms) > 0 and ms[-1].json["seq"] >= before + 3, 60)
-        proc.send_signal(signal.SIGTERM)
-        out = finish(proc, 30)
-        assert proc.returncode == 0, out[-3000:]
-        with Journal(tmp_path / "journal.sqlite") as j:
-            total = j.counts()["total"]
-            rows = [j.get(seq) for seq in range(1, total + 1)]
-        assert sub.wait(lambda ms: {m.json["seq"] for m in ms} >= set(range(1, total + 1)), 10)
+        with DaemonProcess(write_config(tmp_path, broker.port, prefix, line.video, camera={"loop": True})) as proc:
+            assert sub.wait(lambda ms: any(m.topic == t.decision for m in ms), 60), "no decision before the outage"
+            broker.stop()
+            with Journal(tmp_path / "journal.sqlite") as j:  # the daemon keeps inspecting without a broker
+                before = j.counts()["total"]
+                deadline = time.monotonic() + 30
+                while j.counts()["total"] < before + 2 and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert j.counts()["total"] >= before + 2, "no decisions journaled during the outage"
+            broker.start()
+            assert sub.wait(lambda ms: len(ms) > 0 and ms[-1].json["seq"] >= before + 3, 60)
+            out = proc.stop()
+            assert proc.returncode == 0, out[-3000:]
+            with Journal(tmp_path / "journal.sqlite") as j:
+                total = j.counts()["total"]
+                rows = [j.get(seq) for seq in range(1, total + 1)]
+            assert sub.wait(lambda ms: {m.json["seq"] for m in ms} >= set(range(1, total + 1)), 10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            finish(proc)
         sub.close()
         broker.stop()
     seen = {m.topic: set() for m in sub.messages}

@@ -3,7 +3,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.dataset import DatasetError, file_digests, fingerprint, list_labelled, load_samples, stratified_split
+from edge.dataset import (
+    DatasetError,
+    file_digests,
+    fingerprint,
+    list_labelled,
+    load_samples,
+    stratified_split,
+)
 from tests.conftest import write_split
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pytest
 from broker import Mosquitto, StallProxy, free_port
 from conftest_mqtt import Collector, mosquitto, require_mosquitto  # noqa: F401 - fixture
-from daemon_run import BUNDLE, finish, start_daemon, write_config
+from daemon_run import BUNDLE, DaemonProcess, write_config
 
 from edge.contract import Topics
 from edge.journal import Journal
@@ -57,17 +57,13 @@ def test_camera_faults_give_fail_safe_rejects(mosquitto: Mosquitto, tmp_path: Pa
     cfg = write_config(tmp_path, mosquitto.port, prefix, src, camera=camera,
                        inspect={"mode": "trigger", "trigger_wait_s": 0.5})
     sub = Collector(mosquitto.port, [t.decision, t.status])
-    proc = start_daemon(cfg)
     try:
-        assert sub.wait(lambda ms: any(m.topic == t.status and m.json["state"] == "online" for m in ms), 30)
-        time.sleep(1.0)  # frozen: enough repeats; ended: the stream is over
-        got = trigger_and_collect(sub, t, ["F-1", "F-2"], 2)
-        proc.send_signal(signal.SIGTERM)
-        out = finish(proc, 30)
+        with DaemonProcess(cfg) as proc:
+            assert sub.wait(lambda ms: any(m.topic == t.status and m.json["state"] == "online" for m in ms), 30)
+            time.sleep(1.0)  # frozen: enough repeats; ended: the stream is over
+            got = trigger_and_collect(sub, t, ["F-1", "F-2"], 2)
+            out = proc.stop()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            finish(proc)
         sub.close()
     assert proc.returncode == 0, out[-2000:]
     assert sorted(d["part_id"] for d in got) == ["F-1", "F-2"]
@@ -88,24 +84,17 @@ def test_broker_unreachable_at_start_then_everything_is_delivered(tmp_path: Path
     src = video(tmp_path / "belt.avi", [np.clip(parts.astype(int) + i % 3, 0, 255).astype(np.uint8) for i in range(30)])
     cfg = write_config(tmp_path, port, prefix, src, camera={"loop": True},
                        inspect={"mode": "trigger"}, service={"ready_timeout_s": 1.0})
-    proc = start_daemon(cfg, "-v")
     broker = Mosquitto(tmp_path / "broker", port=port, persistence=True)
     try:
-        time.sleep(4)  # the daemon is up and degraded, retrying the broker
-        assert proc.poll() is None
-        broker.start()
-        sub = Collector(port, [t.decision, t.status])
-        try:
-            assert sub.wait(lambda ms: any(m.topic == t.status and m.json["state"] == "online" for m in ms), 30)
-            got = trigger_and_collect(sub, t, ["U-1"], 1)
-        finally:
-            sub.close()
-        proc.send_signal(signal.SIGTERM)
-        out = finish(proc, 30)
+        with DaemonProcess(cfg, "-v") as proc:
+            time.sleep(4)  # the daemon is up and degraded, retrying the broker
+            assert proc.poll() is None
+            broker.start()
+            with closing(Collector(port, [t.decision, t.status])) as sub:
+                assert sub.wait(lambda ms: any(m.topic == t.status and m.json["state"] == "online" for m in ms), 30)
+                got = trigger_and_collect(sub, t, ["U-1"], 1)
+            out = proc.stop()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            finish(proc)
         broker.stop()
     assert proc.returncode == 0
     assert "starting degraded" in out and "broker" in out
@@ -126,8 +115,8 @@ def test_damaged_model_refuses_to_start_with_the_file_named(tmp_path: Path, dama
     else:
         model.unlink()
     cfg = write_config(tmp_path, 1883, "test/x/cam1", tmp_path, model={"bundle": str(bad)})
-    proc = start_daemon(cfg)
-    out = finish(proc, 30)
+    with DaemonProcess(cfg) as proc:
+        out = proc.join(30)
     assert proc.returncode == 2 and "Traceback" not in out, out
     assert str(model) in out or "model.tflite" in out, out
     assert ("sha256" in out or "missing" in out or "not found" in out), out
@@ -146,22 +135,18 @@ def test_network_stall_without_disconnect_loses_nothing(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, proxy.port, prefix, src, camera={"loop": True},
                        inspect={"mode": "trigger"}, mqtt={"keepalive_s": 2, "decision_deadline_s": 60.0})
     sub = Collector(broker.port, [t.decision, t.late, t.status], session=True)  # direct to the broker
-    proc = start_daemon(cfg)
     try:
-        assert sub.wait(lambda ms: any(m.topic == t.status and m.json["state"] == "online" for m in ms), 30)
-        trigger_and_collect(sub, t, ["S-1"], 1)
-        proxy.stall()
-        for i in range(2, 5):  # triggers go straight to the broker; the daemon cannot hear them now,
-            sub.client.publish(t.trigger, json.dumps({"part_id": f"S-{i}"}), qos=1)  # broker queues them
-        time.sleep(8)  # several keepalive periods
-        proxy.resume()
-        assert sub.wait(lambda ms: sum(m.topic == t.decision for m in ms) >= 4, 60), [m.json for m in sub.messages]
-        proc.send_signal(signal.SIGTERM)
-        out = finish(proc, 30)
+        with DaemonProcess(cfg) as proc:
+            assert sub.wait(lambda ms: any(m.topic == t.status and m.json["state"] == "online" for m in ms), 30)
+            trigger_and_collect(sub, t, ["S-1"], 1)
+            proxy.stall()
+            for i in range(2, 5):  # triggers go straight to the broker; the daemon cannot hear them now,
+                sub.client.publish(t.trigger, json.dumps({"part_id": f"S-{i}"}), qos=1)  # broker queues them
+            time.sleep(8)  # several keepalive periods
+            proxy.resume()
+            assert sub.wait(lambda ms: sum(m.topic == t.decision for m in ms) >= 4, 60), [m.json for m in sub.messages]
+            out = proc.stop()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            finish(proc)
         sub.close()
         proxy.stop()
         broker.stop()

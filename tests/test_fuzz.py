@@ -14,7 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.config import ConfigError, parse
-from edge.contract import DEFAULT_TRIGGER_MAX_BYTES, ContractError, parse_decision, parse_status, parse_trigger
+from edge.contract import (
+    DEFAULT_TRIGGER_MAX_BYTES,
+    ContractError,
+    parse_decision,
+    parse_status,
+    parse_trigger,
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=40),

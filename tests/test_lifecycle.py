@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import yaml
 from broker import Mosquitto
 from conftest import ROOT
 from conftest_mqtt import Collector, mosquitto, retained  # noqa: F401 - fixture
-from daemon_run import BUNDLE, finish, start_daemon, write_config
+from daemon_run import BUNDLE, DaemonProcess, write_config
 
 from edge.config import load
 from edge.contract import Topics
@@ -26,7 +27,12 @@ from edge.journal import Journal
 from edge.lifecycle import Lifecycle
 from edge.notify import Notifier
 from edge.service import run
-from edge.simulate import DATASET_BACKDROP_LEVEL, SimulatedLine, synthetic_part, write_video
+from edge.simulate import (
+    DATASET_BACKDROP_LEVEL,
+    SimulatedLine,
+    synthetic_part,
+    write_video,
+)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +108,6 @@ def test_sighup_switches_models_between_parts_and_refuses_a_corrupt_bundle(
 
     config = write_config(tmp_path, mosquitto.port, prefix, drawn_line, camera={"loop": True})
     sub = Collector(mosquitto.port, [t.decision, t.status])
-    proc = start_daemon(config)
 
     def thresholds() -> list[float]:
         return [m.json["threshold"] for m in sub.on(t.decision)]
@@ -112,7 +117,7 @@ def test_sighup_switches_models_between_parts_and_refuses_a_corrupt_bundle(
         doc["model"]["bundle"] = str(bundle)
         config.write_text(yaml.safe_dump(doc))
 
-    try:
+    with closing(sub), DaemonProcess(config) as proc:
         assert sub.wait(lambda ms: sum(m.topic == t.decision for m in ms) >= 2, 60)
         point_config_at(other)
         proc.send_signal(signal.SIGHUP)
@@ -121,13 +126,7 @@ def test_sighup_switches_models_between_parts_and_refuses_a_corrupt_bundle(
         n = len(thresholds())
         proc.send_signal(signal.SIGHUP)
         assert sub.wait(lambda ms: len(thresholds()) >= n + 3, 60)
-        proc.send_signal(signal.SIGTERM)
-        out = finish(proc, 30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            finish(proc)
-        sub.close()
+        out = proc.stop()
     assert proc.returncode == 0, out[-3000:]
     assert "reload refused" in out and "corrupt" in out, out[-3000:]
     got = [m.json for m in sub.on(t.decision)]

@@ -4,7 +4,13 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.preprocess import ImageError, load_image, square_pad, to_gray_u8, to_model_input
+from edge.preprocess import (
+    ImageError,
+    load_image,
+    square_pad,
+    to_gray_u8,
+    to_model_input,
+)
 from tests.conftest import part_image
 
 

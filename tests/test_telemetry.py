@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import time
 import urllib.request
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 from broker import Mosquitto, free_port
 from conftest_mqtt import Collector, mosquitto  # noqa: F401 - fixture
-from daemon_run import BUNDLE, finish, start_daemon, write_config
+from daemon_run import BUNDLE, DaemonProcess, write_config
 from prometheus_client.parser import text_string_to_metric_families
 from test_lifecycle import drawn_line  # noqa: F401 - fixture
 
@@ -44,21 +43,17 @@ def test_metrics_match_the_decisions_published(mosquitto: Mosquitto, drawn_line:
                        inspect={"mode": "trigger", "trigger_wait_s": 1.0},
                        service={"metrics_listen": f"127.0.0.1:{port}"})
     sub = Collector(mosquitto.port, [t.decision, t.status])
-    proc = start_daemon(cfg)
     try:
-        assert sub.wait(lambda ms: any(m.topic == t.status and m.json["state"] == "online" for m in ms), 30)
-        for i in range(6):  # one decision per trigger: counts are exact, not racing a moving line
-            sub.client.publish(t.trigger, json.dumps({"part_id": f"P-{i}"}), qos=1)
-            time.sleep(0.15)
-        assert sub.wait(lambda ms: sum(m.topic == t.decision for m in ms) >= 6, 30)
-        got = [m.json for m in sub.on(t.decision)]
-        m = scrape(port)
-        proc.send_signal(signal.SIGTERM)
-        out = finish(proc, 30)
+        with DaemonProcess(cfg) as proc:
+            assert sub.wait(lambda ms: any(m.topic == t.status and m.json["state"] == "online" for m in ms), 30)
+            for i in range(6):  # one decision per trigger: counts are exact, not racing a moving line
+                sub.client.publish(t.trigger, json.dumps({"part_id": f"P-{i}"}), qos=1)
+                time.sleep(0.15)
+            assert sub.wait(lambda ms: sum(m.topic == t.decision for m in ms) >= 6, 30)
+            got = [m.json for m in sub.on(t.decision)]
+            m = scrape(port)
+            out = proc.stop()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            finish(proc)
         sub.close()
     assert proc.returncode == 0, out[-3000:]
     assert len(got) == 6
