@@ -4,6 +4,7 @@ the real daemon (drawn parts on a simulated line: no dataset needed)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -24,8 +25,6 @@ from daemon_run import BUNDLE, DaemonProcess, write_config
 from edge.config import load
 from edge.contract import Topics
 from edge.journal import Journal
-from edge.lifecycle import Lifecycle
-from edge.notify import Notifier
 from edge.service import run
 from edge.simulate import (
     DATASET_BACKDROP_LEVEL,
@@ -65,14 +64,18 @@ def drain(sock: socket.socket, seconds: float) -> list[str]:
 
 
 def test_ready_then_watchdog_from_the_loop_and_none_while_it_is_stuck(
-        mosquitto: Mosquitto, drawn_line: Path, tmp_path: Path, notify_socket: socket.socket) -> None:  # noqa: F811
+        mosquitto: Mosquitto, drawn_line: Path, tmp_path: Path, notify_socket: socket.socket,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As systemd runs it: NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID in the environment."""
     if not (BUNDLE / "model.tflite").is_file():
         pytest.skip(f"no bundle at {BUNDLE}")
     cfg = load(write_config(tmp_path, mosquitto.port, f"test/{tmp_path.name[-10:]}/cam1", drawn_line,
                             camera={"loop": True}))
-    life = Lifecycle(Notifier(str(tmp_path / "notify.sock")), watchdog_s=0.1)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # ping every 0.1 s
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
     daemons: list = []
-    t = threading.Thread(target=run, args=(cfg,), kwargs={"ready": daemons.append, "lifecycle": life}, daemon=True)
+    t = threading.Thread(target=run, args=(cfg,), kwargs={"ready": daemons.append}, daemon=True)
     t.start()
     first = drain(notify_socket, 3.0)
     assert first and first[0].startswith("READY=1\nSTATUS=inspecting (continuous), model "), first[:3]
