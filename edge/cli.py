@@ -19,6 +19,7 @@ from edge import logs
 from edge.bundle import DEFAULT_BUNDLE, BundleError
 from edge.bundle import load as load_bundle
 from edge.dataset import DatasetError
+from edge.journal import JournalError
 
 log = logging.getLogger("edge-inspect")
 
@@ -101,6 +102,11 @@ def run_daemon(args: argparse.Namespace) -> int:
         return 2
     except service.StartError as exc:
         log.error(str(exc))
+        return 1
+    except JournalError as exc:
+        # No decision goes out that is not journaled: stop, publish `offline`, let the
+        # gate reject and systemd restart us once the disk is fixed.
+        log.critical(f"journal write failed, stopping: {exc}")
         return 1
     c = daemon.counters
     print(f"stopped: {c.parts} parts, {c.decisions.get('accept', 0)} accepted, "

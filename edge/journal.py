@@ -159,7 +159,8 @@ class Journal:
                 yield
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT (disk full) may have ended it already
+                    self._db.execute("ROLLBACK")
                 raise
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{self.path}: {what}: {exc}") from exc

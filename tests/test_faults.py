@@ -4,14 +4,19 @@ each asserts the exact outcome the gate sees."""
 from __future__ import annotations
 
 import json
+import resource
 import shutil
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pytest
 from broker import Mosquitto, StallProxy, free_port
+from conftest import ROOT
 from conftest_mqtt import Collector, mosquitto, require_mosquitto  # noqa: F401 - fixture
 from daemon_run import BUNDLE, DaemonProcess, write_config
 
@@ -157,3 +162,55 @@ def test_network_stall_without_disconnect_loses_nothing(tmp_path: Path) -> None:
     with Journal(tmp_path / "journal.sqlite") as j:
         counts = j.counts()
     assert counts["total"] == 4 and counts["pending"] == 0
+
+
+def _limit_file_size(max_bytes: int) -> Callable[[], None]:
+    """preexec_fn: writes past max_bytes fail with EFBIG, as on a full disk (Python ignores SIGXFSZ)."""
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+    return apply
+
+
+def test_journal_disk_full_stops_with_offline_and_publishes_nothing_unjournaled(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:  # noqa: F811
+    prefix = f"test/{tmp_path.name[-10:]}/cam1"
+    t = Topics(prefix)
+    base = belt(level=DATASET_BACKDROP_LEVEL)
+    src = video(tmp_path / "belt.avi", [np.clip(base.astype(int) + i % 3, 0, 255).astype(np.uint8) for i in range(30)])
+    cfg = write_config(tmp_path, mosquitto.port, prefix, src, camera={"loop": True}, inspect={"mode": "trigger"})
+    with closing(Collector(mosquitto.port, [t.decision, t.status])) as sub:
+        proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "--config", str(cfg), "--quiet"], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=_limit_file_size(48 * 1024))
+        try:
+            assert sub.wait(lambda ms: any(m.topic == t.status and m.json["state"] == "online" for m in ms), 30)
+            sub.client.publish(t.trigger, json.dumps({"part_id": "D-1"}), qos=1)
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert sub.wait(lambda ms: ms[-1].topic == t.status and ms[-1].json["state"] == "offline", 10)
+        decisions = sub.on(t.decision)
+    assert proc.returncode == 1 and "Traceback" not in out, out[-2000:]
+    assert "journal write failed, stopping" in out, out[-2000:]
+    assert decisions == []  # never a decision that is not journaled: the gate rejects D-1 on its deadline
+
+
+def test_audit_disk_full_is_logged_and_inspection_goes_on(tmp_path: Path) -> None:
+    code = f"""
+import logging, sys, numpy as np
+from pathlib import Path
+from edge.audit import AuditSettings, AuditTrail
+logging.basicConfig(level=logging.ERROR, stream=sys.stdout)
+trail = AuditTrail(AuditSettings(Path({str(tmp_path / 'audit')!r})))
+crop = np.random.default_rng(0).integers(0, 256, (300, 300), dtype=np.uint8)
+for i in range(3):
+    trail.record({{"part_id": f"R-{{i}}", "decision": "reject", "p_defect": 0.9}}, crop)
+trail.close()
+print("errors", trail.errors, "saved", trail.saved)
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       preexec_fn=_limit_file_size(20 * 1024))
+    assert r.returncode == 0, r.stderr
+    assert "errors 3 saved 0" in r.stdout and "audit write failed" in r.stdout, r.stdout
