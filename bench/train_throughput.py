@@ -2,10 +2,12 @@
 
 Same model (the notebook's CNN), same batch size, same augmentation settings, one run:
 
+    .venv/bin/pip install -e '.[train,bench]'   # scipy, for the ImageDataGenerator baseline
     .venv/bin/python bench/train_throughput.py [--steps 40] [--data DIR]
 
 Prints images/s of model.fit for each input pipeline (after warm-up) and their ratio,
-plus the one-time decode cost of the tf.data pipeline (it decodes every file once).
+each pipeline's images/s on its own (no model: the ceiling it puts on training), and the
+one-time decode cost of the tf.data pipeline (it decodes every file once).
 """
 
 from __future__ import annotations
@@ -37,6 +39,17 @@ def timed_fit(model: keras.Model, data: object, steps: int) -> float:
     return steps * BATCH / (time.perf_counter() - t)
 
 
+def pipeline_only(data: object, steps: int) -> float:
+    """Images/s the input pipeline alone delivers (no model): its ceiling for training."""
+    it = iter(data)
+    for _ in range(3):
+        next(it)
+    t = time.perf_counter()
+    for _ in range(steps):
+        next(it)
+    return steps * BATCH / (time.perf_counter() - t)
+
+
 def fresh_model() -> keras.Model:
     keras.utils.set_random_seed(123)
     m = seed_cnn((300, 300))
@@ -65,6 +78,8 @@ def main() -> None:
                                    classes=["ok_front", "def_front"], class_mode="binary", batch_size=BATCH,
                                    subset="training", shuffle=True, seed=123)
     baseline = timed_fit(fresh_model(), flow, args.steps)
+    ours_alone = pipeline_only(ours_ds, args.steps)
+    baseline_alone = pipeline_only(flow, args.steps)
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"TensorFlow {tf.__version__}, GPU: {bool(tf.config.list_physical_devices('GPU'))}")
@@ -72,6 +87,8 @@ def main() -> None:
     print(f"ImageDataGenerator (notebook): {baseline:8.1f} images/s")
     print(f"tf.data pipeline (edge-train): {ours:8.1f} images/s")
     print(f"ratio: {ours / baseline:.2f}x")
+    print(f"input pipeline alone (no model): ImageDataGenerator {baseline_alone:.1f} images/s, "
+          f"tf.data {ours_alone:.1f} images/s, ratio {ours_alone / baseline_alone:.2f}x")
     print(f"one-time decode of {len(loaded.paths)} train images: {decode_s:.1f} s "
           f"({len(loaded.paths) / decode_s:.0f} images/s)")
     per_epoch = 150 * BATCH
