@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from daemon_latency import proc_mb
 
 from edge import bundle as bundle_fmt
 from edge.dataset import default_data_root, list_labelled
@@ -73,9 +73,20 @@ def keras_rates(paths: list[Path], b: bundle_fmt.Bundle, per_image_n: int) -> tu
 
 
 def replay_peak_rss_mb(folder: Path, model: Path) -> float:
+    """Peak RSS (VmHWM) of a separate `edge-inspect --replay` process, sampled until it exits.
+
+    Not getrusage(RUSAGE_CHILDREN): a child forked from this process (which has Keras
+    loaded by then) would be charged this process's pages until it execs.
+    """
     cmd = [sys.executable, "-m", "edge.cli", "--replay", str(folder), "--model", str(model), "--no-progress"]
-    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, proc_mb(proc.pid) or 0.0)
+        time.sleep(0.01)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}")
+    return peak
 
 
 def main() -> None:

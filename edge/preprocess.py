@@ -76,12 +76,19 @@ def to_model_input(image: np.ndarray, size: tuple[int, int] = IMAGE_SIZE) -> np.
 
 
 def decode_bytes(data: bytes) -> np.ndarray:
-    """Decode encoded image bytes (JPEG, PNG, ...) keeping depth and channels."""
+    """Decode encoded image bytes (JPEG, PNG, ...) keeping depth and channels.
+
+    JPEGs, always 8-bit, are decoded straight to grayscale by libjpeg (the luma plane,
+    about twice as fast as colour + conversion; on the casting images the pixels are
+    identical to BGR decoding then COLOR_BGR2GRAY). EXIF orientation is ignored for every
+    format, as IMREAD_UNCHANGED does: the geometry never depends on a metadata tag.
+    """
     if not data:
         raise ImageError("zero-byte file")
     buf = np.frombuffer(data, dtype=np.uint8)
+    flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION if data[:2] == b"\xff\xd8" else cv2.IMREAD_UNCHANGED
     try:
-        image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        image = cv2.imdecode(buf, flags)
     except cv2.error:  # OpenCV raises for sizes over OPENCV_IO_MAX_IMAGE_PIXELS
         image = None
     if image is None:
