@@ -42,7 +42,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge import bundle as bundle_fmt
 from edge.broker import LocalBroker
 from edge.dataset import default_data_root
-from edge.simulate import DATASET_BACKDROP_LEVEL, SimulatedLine, synthetic_part, write_video
+from edge.simulate import (
+    DATASET_BACKDROP_LEVEL,
+    SimulatedLine,
+    synthetic_part,
+    write_video,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "bench/line1/cam1"
@@ -143,6 +148,8 @@ def main() -> int:
     last = online[-1][1] if online else {}
     e2e = [(t - datetime.fromisoformat(d["frame_ts"].replace("Z", "+00:00")).timestamp()) * 1000 for t, d in decisions]
     internal = [d["latency_ms"] for _t, d in decisions if d.get("latency_ms") is not None]
+    if os.environ.get("BENCH_VERBOSE"):
+        print("e2e ms:", sorted(round(x, 1) for x in e2e), "daemon ms:", internal)
     truth = ["reject" if lab == "def_front" else "accept" for lab in labels]
     correct = sum(d["decision"] == w for (_t, d), w in zip(decisions, truth))
     cam = last.get("camera", {})

@@ -75,6 +75,7 @@ class PartTracker:
         gate: float = 1.0,  # max association distance from the predicted centre, in radii
         expected_speed: float = 0.0,  # belt speed in px/frame, if known: first prediction
         min_hits: int = 2,  # detections needed before a track may be emitted
+        max_lag: int = 2,  # frames a best observation may be older than a fresh fully-in-view one
     ) -> None:
         if not 0.0 <= inspection_x <= 1.0:
             raise ValueError(f"inspection_x is a fraction of the frame width, got {inspection_x}")
@@ -88,6 +89,7 @@ class PartTracker:
         self.gate = gate
         self.expected_speed = expected_speed
         self.min_hits = min_hits
+        self.max_lag = max_lag
         self._live: list[_Live] = []
         self._next_id = 0
         self._last_frame: int | None = None
@@ -185,8 +187,11 @@ class PartTracker:
         tr.crossed = tr.crossed or (box.cx - line) * self.direction >= 0
         if box.fully_in_view and not tr.emitted:
             dist = abs(box.cx - line)
-            # Past the line the part only moves away: the nearest so far stays the best.
-            if tr.best is None or dist < tr.best[0]:
+            # Past the line the part only moves away: the nearest so far stays the best,
+            # unless it is more than max_lag frames old (the detector missed the part near
+            # the line): then the fresh view wins, so the gate does not wait on an old frame.
+            stale = tr.best is not None and frame_index - tr.best[1] > self.max_lag
+            if tr.best is None or dist < tr.best[0] or stale:
                 tr.best = (dist, frame_index, box, payload)
 
     def _associate(self, frame_index: int, boxes: Sequence[PartBox]) -> list[tuple[_Live, int]]:

@@ -264,3 +264,12 @@ def test_handed_over_on_the_nearest_frame_without_waiting_for_the_next() -> None
     when = [(i, t.frame_index, t.box.cx, t.reason) for i, x in enumerate(xs) for t in tr.update(i, [box(x)])]
     assert when == [(4, 4, 480, "nearest")]
     assert tr.flush() == []
+
+
+def test_a_detection_gap_at_the_line_hands_over_the_fresh_view_not_an_old_frame() -> None:
+    """Missed near the line for several frames: judging the last frame before the gap would
+    make the gate wait that many frames; the fresh view just past the line is used."""
+    tr = PartTracker(0.5, frame_width=W)  # line at x = 500
+    frames = [[box(x)] for x in (200, 260, 320, 380, 440)] + [[]] * 5 + [[box(740)]]
+    out = run(tr, frames)
+    assert [(t.frame_index, t.box.cx) for t in out] == [(10, 740)]
