@@ -24,7 +24,12 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras.src.legacy.preprocessing.image import ImageDataGenerator  # noqa: E402
 
-from edge.dataset import default_data_root, list_labelled, load_samples, stratified_split  # noqa: E402
+from edge.dataset import (  # noqa: E402
+    default_data_root,
+    list_labelled,
+    load_samples,
+    stratified_split,
+)
 from trainer.augment import NOTEBOOK  # noqa: E402
 from trainer.data import train_dataset  # noqa: E402
 from trainer.models import seed_cnn  # noqa: E402

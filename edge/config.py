@@ -92,6 +92,8 @@ class InspectSection(_Strict):
     locate: Literal["auto", "roi"] = "auto"
     roi: tuple[int, int, int, int] | None = Field(None, description="x, y, width, height in frame pixels")
     inspection_line: float = Field(0.5, ge=0, le=1, description="fraction of frame width where parts are inspected")
+    predictive_crop: bool = Field(True, description="continuous mode: judge a part at its predicted position in the "
+                                  "frame where it is nearest the line, before searching that frame (lower latency)")
     min_diameter_px: int = Field(120, gt=0)
     max_diameter_px: int = Field(700, gt=0)
     trigger_wait_s: float = Field(0.5, gt=0, le=10, description="wait this long for a fresh frame after a trigger")

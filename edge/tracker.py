@@ -18,6 +18,8 @@ from edge.locate import PartBox
 
 log = logging.getLogger(__name__)
 
+VELOCITY_SMOOTHING = 0.4  # weight of the newest frame-to-frame displacement in the velocity
+
 
 @dataclass(frozen=True)
 class Track:
@@ -30,7 +32,7 @@ class Track:
     first_frame: int
     last_frame: int
     hits: int  # frames in which the part was detected
-    reason: str  # "nearest": at its closest to the line; "crossed": passed it; "exit": left or lost; "flush"
+    reason: str  # "predicted" / "nearest": at its closest to the line; "crossed": passed it; "exit"; "flush"
 
 
 @dataclass
@@ -76,6 +78,7 @@ class PartTracker:
         expected_speed: float = 0.0,  # belt speed in px/frame, if known: first prediction
         min_hits: int = 2,  # detections needed before a track may be emitted
         max_lag: int = 2,  # frames a best observation may be older than a fresh fully-in-view one
+        predictive: bool = False,  # the caller hands parts over through due(): no observed "nearest"
     ) -> None:
         if not 0.0 <= inspection_x <= 1.0:
             raise ValueError(f"inspection_x is a fraction of the frame width, got {inspection_x}")
@@ -90,6 +93,7 @@ class PartTracker:
         self.expected_speed = expected_speed
         self.min_hits = min_hits
         self.max_lag = max_lag
+        self.predictive = predictive
         self._live: list[_Live] = []
         self._next_id = 0
         self._last_frame: int | None = None
@@ -124,7 +128,12 @@ class PartTracker:
         for tr, bi in matched:
             box = boxes[bi]
             gap = frame_index - tr.last_frame
-            tr.velocity = ((box.cx - tr.box.cx) / gap, (box.cy - tr.box.cy) / gap)
+            inst = ((box.cx - tr.box.cx) / gap, (box.cy - tr.box.cy) / gap)
+            if tr.hits == 1:
+                tr.velocity = inst
+            else:  # the locator's centres jitter by a few px; the belt's speed does not
+                a = VELOCITY_SMOOTHING
+                tr.velocity = (a * inst[0] + (1 - a) * tr.velocity[0], a * inst[1] + (1 - a) * tr.velocity[1])
             tr.box, tr.last_frame, tr.hits = box, frame_index, tr.hits + 1
             self._observe(tr, frame_index, box, payload, line)
         taken = {bi for _, bi in matched}
@@ -140,7 +149,7 @@ class PartTracker:
                 continue
             if tr.crossed:
                 ready.append(self._emit(tr, "crossed"))
-            elif self._nearest_now(tr, frame_index, line):
+            elif not self.predictive and self._nearest_now(tr, frame_index, line):
                 ready.append(self._emit(tr, "nearest"))
         keep = []
         for tr in self._live:
@@ -153,6 +162,40 @@ class PartTracker:
         self._live = keep
         ready.sort(key=lambda t: (t.frame_index, t.track_id))
         return ready
+
+    def due(self, frame_index: int) -> list[Track]:
+        """Parts that will be nearest the line in frame `frame_index`, by constant-velocity
+        prediction from the frame just before: handed over at the predicted position
+        before that frame is searched, so the decision does not wait for the search.
+
+        Only a part seen within the last `max_lag` frames (and at least 3 times, for a
+        steady velocity), moving along the belt and fully in view at the predicted
+        position, qualifies; every other part goes the observed way through update(),
+        which never hands over a part twice.
+        """
+        if self.frame_width is None:
+            return []
+        line = self.inspection_x * self.frame_width
+        out = []
+        for tr in self._live:
+            gap = frame_index - tr.last_frame
+            if tr.emitted or tr.hits < max(self.min_hits, 3) or not 1 <= gap <= self.max_lag:
+                continue
+            vx, vy = tr.velocity
+            b = tr.box
+            px, py = b.cx + vx * gap, b.cy + vy * gap
+            if vx * self.direction <= 0 or not b.fully_in_view or px - b.radius < 0 or px + b.radius > self.frame_width - 1:
+                continue
+            # Due from the first frame predicted within 3/4 of a step of the line (or past it):
+            # the nearest frame or the one before, so that the locator's jitter of a few px
+            # never lets an observed crossing (one search later) come first.
+            if (px - line) * self.direction >= -0.75 * abs(vx):
+                tr.emitted, tr.best = True, None
+                box = PartBox(px, py, b.radius, b.score, True)
+                log.debug("part due by prediction", extra={"track": tr.track_id, "frame": frame_index})
+                out.append(Track(tr.track_id, frame_index, box, None, tr.first_frame, tr.last_frame, tr.hits,
+                                 "predicted"))
+        return out
 
     def flush(self) -> list[Track]:
         """End of stream: emit every pending part that was ever fully in view."""
