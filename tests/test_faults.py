@@ -217,3 +217,54 @@ print("errors", trail.errors, "saved", trail.saved)
                        preexec_fn=_limit_file_size(20 * 1024))
     assert r.returncode == 0, r.stderr
     assert "errors 3 saved 0" in r.stdout and "audit write failed" in r.stdout, r.stdout
+
+
+class _JumpedClock:
+    """`time` as edge.publish sees it, with the wall clock jumped by `offset` seconds
+    (NTP stepping the clock, an RTC reset). Monotonic time is untouched, as on Linux."""
+
+    def __init__(self, offset: float) -> None:
+        self.offset = offset
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+def test_clock_jump_forward_during_an_outage_sends_decisions_late_never_to_the_gate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decisions pending across a forward jump of an hour are past their deadline by the
+    new clock: they go to /decision/late for audit, never to the gate; none is lost."""
+    from conftest_mqtt import decision, settings
+
+    import edge.publish as publish_mod
+    from edge.publish import Publisher
+
+    require_mosquitto()
+    prefix = f"test/{tmp_path.name[-10:]}/cam1"
+    t = Topics(prefix)
+    broker = Mosquitto(tmp_path / "broker", persistence=True).start()
+    journal = Journal(tmp_path / "j.sqlite")
+    pub = Publisher(settings(broker.port, prefix, decision_deadline_s=30.0, reconnect_min_delay_s=0.1,
+                             reconnect_max_delay_s=0.3), journal)
+    try:
+        with closing(Collector(broker.port, [t.decision, t.late], session=True)) as sub:
+            pub.start()
+            assert pub.wait_connected(5)
+            broker.stop()
+            for i in range(3):
+                pub.publish_decision(decision(f"J-{i}"))
+            monkeypatch.setattr(publish_mod, "time", _JumpedClock(3600.0))
+            broker.start()
+            assert sub.wait(lambda ms: len({m.json["seq"] for m in ms}) >= 3, 20), [m.topic for m in sub.messages]
+            assert pub.flush(10)
+            got = [(m.topic, m.json["part_id"]) for m in sub.messages]
+    finally:
+        pub.stop()
+        broker.stop()
+    assert sorted(got) == [(t.late, f"J-{i}") for i in range(3)], got
+    counts = journal.counts()
+    journal.close()
+    assert counts["late"] == 3 and counts["pending"] == 0
