@@ -20,9 +20,9 @@ import numpy as np
 from edge.audit import AuditTrail
 from edge.camera import Camera, Frame
 from edge.config import Config
+from edge.drift import DriftWatch
 from edge.inspector import Inspector
 from edge.locate import LocateConfig, crop_part, crop_roi, find_parts
-from edge.drift import DriftWatch
 from edge.telemetry import Telemetry
 from edge.tracker import PartTracker, Track
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,4 +93,3 @@ def reload_model(daemon: Daemon, config_path: Path, current: Config, notifier: N
     return cfg.model_copy(update={s: getattr(current, s) for s in restart})
 
 
-ReloadFn = Callable[[], None]

@@ -28,8 +28,8 @@ from edge.dataset import (
     list_unlabelled,
     load_samples,
 )
-from edge.inspector import Inspector
 from edge.drift import DriftSettings, DriftWatch
+from edge.inspector import Inspector
 from edge.journal import Journal
 from edge.lifecycle import Lifecycle, reload_model
 from edge.publish import MqttSettings, Publisher
