@@ -139,10 +139,10 @@ def run(cfg: Config, duration_s: float | None = None,
         stack.callback(camera.stop)
         _install_signals(daemon)
         if cfg.service.metrics_listen:
-            host, _, port = cfg.service.metrics_listen.rpartition(":")
+            m_host, _, m_port = cfg.service.metrics_listen.rpartition(":")
             telemetry = Telemetry(lambda: _state(daemon, publisher, journal))
             try:
-                telemetry.serve(host.strip("[]"), int(port))
+                telemetry.serve(m_host.strip("[]"), int(m_port))
             except OSError as exc:
                 raise StartError(f"service.metrics_listen {cfg.service.metrics_listen}: {exc}") from exc
             stack.callback(telemetry.close)
@@ -159,6 +159,7 @@ def run(cfg: Config, duration_s: float | None = None,
         stack.callback(life.stopping)
         threading.Thread(target=_status_loop, args=(publisher, daemon.stop_event, cfg.mqtt.status_interval_s),
                          name="status", daemon=True).start()
+        stack.callback(daemon.stop_event.set)  # ends the status loop however the run ends
         if ready:
             ready(daemon)
         daemon.run(duration_s)
