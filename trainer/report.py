@@ -149,7 +149,8 @@ def write(out: Path, meta: dict[str, Any], metrics: dict[str, Any], history: lis
         f"`{meta['training']['data']['test_fingerprint'][:16]}`; {len(fit_y)} fit / {len(val_y)} validation / "
         f"{len(y)} test ({int(unique.sum())} test images that are not byte-identical to a train image).",
         f"- Epochs run: {meta['training']['epochs_run']}, best by val_loss: epoch {meta['training']['best_epoch']}; "
-        f"total time {metrics['train_seconds']} s.",
+        f"wall time of this invocation {metrics['train_seconds']} s"
+        + (" (a --resume: earlier epochs not included)." if "--resume" in meta['training']['command'] else "."),
         f"- Operating threshold **{t:.4f}** chosen on validation int8 outputs by policy `{metrics['threshold_policy']}`"
         " (reject when p_defect >= threshold).",
         f"- int8 model: {meta['sha256'][:12]}, uint8 input scale {meta['input']['scale']} zero point "
