@@ -44,6 +44,7 @@ from edge.broker import LocalBroker
 from edge.dataset import default_data_root
 from edge.simulate import (
     DATASET_BACKDROP_LEVEL,
+    DEMO_CONTEXT,
     SimulatedLine,
     synthetic_part,
     write_video,
@@ -91,7 +92,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
     video = work / "line.avi"
     line = SimulatedLine(imgs, labels, width=1280, height=720, speed_px=args.speed, diameter_px=300,
-                         spacing_px=450, y_jitter=40, belt_level=DATASET_BACKDROP_LEVEL, context=1.2, seed=1)
+                         spacing_px=450, y_jitter=40, belt_level=DATASET_BACKDROP_LEVEL, context=DEMO_CONTEXT, seed=1)
     n_frames = write_video(video, (f for f, _t in line), fps=args.fps)
 
     broker = LocalBroker()

@@ -39,7 +39,7 @@ from paho.mqtt.properties import Properties
 
 from edge import bundle as bundle_fmt
 from edge.broker import LocalBroker
-from edge.simulate import DATASET_BACKDROP_LEVEL, SimulatedLine, write_video
+from edge.simulate import DATASET_BACKDROP_LEVEL, DEMO_CONTEXT, SimulatedLine, write_video
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,7 +81,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     imgs, labels = parts(args.parts)
     line = SimulatedLine(imgs, labels, speed_px=30, diameter_px=300, spacing_px=450, y_jitter=40,
-                         belt_level=DATASET_BACKDROP_LEVEL, context=1.2, seed=2)
+                         belt_level=DATASET_BACKDROP_LEVEL, context=DEMO_CONTEXT, seed=2)
     write_video(work / "line.avi", (f for f, _t in line), fps=args.fps)
 
     broker = LocalBroker(persistence=True)

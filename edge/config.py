@@ -21,6 +21,7 @@ from pydantic import (
 
 from edge.bundle import DEFAULT_BUNDLE
 from edge.contract import check_prefix
+from edge.simulate import DATASET_BACKDROP_LEVEL, DEMO_CONTEXT
 
 
 class ConfigError(ValueError):
@@ -82,8 +83,9 @@ class SimSection(_Strict):
     speed_px: float = Field(16.0, gt=0, description="belt speed in pixels per frame")
     spacing_px: int = Field(520, gt=0, description="distance between part centres")
     part_diameter_px: int = Field(300, ge=60)
-    belt_level: float = Field(162.0, ge=0, le=255, description="belt grey level; 162 matches the dataset backdrop")
-    context: float = Field(1.2, ge=1.0, le=1.23, description="pasted radius around each part, in rim radii")
+    belt_level: float = Field(DATASET_BACKDROP_LEVEL, ge=0, le=255,
+                              description="belt grey level; 162 matches the dataset backdrop")
+    context: float = Field(DEMO_CONTEXT, ge=1.0, le=1.23, description="pasted radius around each part, in rim radii")
     seed: int = 0
 
 

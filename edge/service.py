@@ -107,6 +107,7 @@ def run(cfg: Config, duration_s: float | None = None,
     with ExitStack() as stack:
         b = bundle_fmt.load(cfg.model.bundle)
         inspector = Inspector.load(b, cfg.model.threshold, cfg.model.threads)
+        inspector.self_check()  # as on reload; also warms the interpreter before the first part
         host, port = cfg.mqtt.host, cfg.mqtt.port
         if host is None:
             host, port = _local_broker(stack)

@@ -135,8 +135,8 @@ def place_part(
     Only the disc inside the rim is pasted, through a mask feathered across the rim's
     edge, so neither the part image's square nor its light backdrop shows. `rim` is the
     rim in the part image (located with `part_rim` when not given). With `context` > 1
-    the disc reaches that many rim radii and fades out over its outer sixth, keeping the
-    part's own backdrop and shadow around the rim without a hard seam.
+    the disc reaches that many rim radii, fading out from just past the rim to that radius,
+    so the part's own backdrop and shadow come along without a hard seam.
     """
     frame = to_gray_u8(background).copy()
     src = to_gray_u8(part)

@@ -26,7 +26,7 @@ from edge import bundle as bundle_fmt
 from edge.contract import Topics
 from edge.journal import Journal
 from edge.replay import replay
-from edge.simulate import DATASET_BACKDROP_LEVEL, SimulatedLine, belt, write_video
+from edge.simulate import DATASET_BACKDROP_LEVEL, DEMO_CONTEXT, SimulatedLine, belt, write_video
 
 FIELDS = {"part_id", "seq", "ts", "frame_ts", "decision", "p_defect", "threshold", "reason", "model", "latency_ms"}
 
@@ -48,7 +48,7 @@ def line(tmp_path_factory: pytest.TempPathFactory, casting_data: Path) -> Line:
     labels = [p.parent.name for p in paths]
     parts = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in paths]
     sim = SimulatedLine(parts, labels, speed_px=40, diameter_px=280, diameter_jitter=0.08, y_jitter=50,
-                        belt_level=DATASET_BACKDROP_LEVEL, context=1.2, seed=3)
+                        belt_level=DATASET_BACKDROP_LEVEL, context=DEMO_CONTEXT, seed=3)
     video = tmp_path_factory.mktemp("line") / "line.avi"
     write_video(video, (frame for frame, _truth in sim), fps=25)
     return Line(video, labels)

@@ -28,6 +28,7 @@ from edge.journal import Journal
 from edge.service import run
 from edge.simulate import (
     DATASET_BACKDROP_LEVEL,
+    DEMO_CONTEXT,
     SimulatedLine,
     synthetic_part,
     write_video,
@@ -38,7 +39,7 @@ from edge.simulate import (
 def drawn_line(tmp_path_factory: pytest.TempPathFactory) -> Path:
     parts = [synthetic_part(i, defect=i % 2 == 0) for i in range(4)]
     sim = SimulatedLine(parts, [None] * 4, speed_px=60, diameter_px=260, belt_level=DATASET_BACKDROP_LEVEL,
-                        context=1.2, seed=1)
+                        context=DEMO_CONTEXT, seed=1)
     video = tmp_path_factory.mktemp("drawn") / "drawn.avi"
     write_video(video, (f for f, _t in sim), fps=25)
     return video
