@@ -3,102 +3,141 @@
 Same model (the notebook's CNN), same batch size, same augmentation settings, one run:
 
     .venv/bin/pip install -e '.[train,bench]'   # scipy, for the ImageDataGenerator baseline
-    .venv/bin/python bench/train_throughput.py [--steps 40] [--data DIR]
+    .venv/bin/python bench/train_throughput.py [--steps 30] [--rounds 3] [--data DIR]
+                                               [--precision float32|mixed_bfloat16]
 
-Prints images/s of model.fit for each input pipeline (after warm-up) and their ratio,
-each pipeline's images/s on its own (no model: the ceiling it puts on training), and the
-one-time decode cost of the tf.data pipeline (it decodes every file once).
+Each measurement runs in its own process (a fit leaves input threads behind that would
+slow the next one down), rounds alternating between the pipelines so a busy spell on
+this shared machine hits both alike; the median per pipeline is reported. Also measured:
+the model alone on one batch repeated (the ceiling any input pipeline can reach) and
+each pipeline alone without a model.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from keras.src.legacy.preprocessing.image import ImageDataGenerator  # noqa: E402
-
-from edge.dataset import (  # noqa: E402
-    default_data_root,
-    list_labelled,
-    load_samples,
-    stratified_split,
-)
-from trainer.augment import NOTEBOOK  # noqa: E402
-from trainer.data import train_dataset  # noqa: E402
-from trainer.models import seed_cnn  # noqa: E402
-
 BATCH = 64
+KINDS = ("ours", "baseline", "model")
+LABELS = {"ours": "tf.data pipeline (edge-train)", "baseline": "ImageDataGenerator (notebook)",
+          "model": "model alone (one batch repeated)"}
 
 
-def timed_fit(model: keras.Model, data: object, steps: int) -> float:
-    model.fit(data, steps_per_epoch=3, epochs=1, verbose=0)  # warm-up: graph build, first batches
-    t = time.perf_counter()
-    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
-    return steps * BATCH / (time.perf_counter() - t)
+def _datasets(train_dir: Path, kind: str) -> tuple[object, float]:
+    """(training data for `kind`, seconds spent decoding the images up front)."""
+    import tensorflow as tf  # noqa: PLC0415
 
+    from edge.dataset import list_labelled, load_samples, stratified_split  # noqa: PLC0415
+    from trainer.augment import NOTEBOOK  # noqa: PLC0415
+    from trainer.data import train_dataset  # noqa: PLC0415
 
-def pipeline_only(data: object, steps: int) -> float:
-    """Images/s the input pipeline alone delivers (no model): its ceiling for training."""
-    it = iter(data)
-    for _ in range(3):
-        next(it)
-    t = time.perf_counter()
-    for _ in range(steps):
-        next(it)
-    return steps * BATCH / (time.perf_counter() - t)
+    if kind == "baseline":
+        from keras.src.legacy.preprocessing.image import ImageDataGenerator  # noqa: PLC0415
 
-
-def fresh_model() -> keras.Model:
-    keras.utils.set_random_seed(123)
-    m = seed_cnn((300, 300))
-    m.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
-    return m
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data", type=Path, default=None)
-    ap.add_argument("--steps", type=int, default=40)
-    args = ap.parse_args()
-    train_dir = (args.data or default_data_root()) / "train"
-
+        gen = ImageDataGenerator(rotation_range=360, width_shift_range=0.05, height_shift_range=0.05,
+                                 shear_range=0.05, zoom_range=0.05, horizontal_flip=True, vertical_flip=True,
+                                 brightness_range=[0.75, 1.25], validation_split=0.2)
+        return gen.flow_from_directory(str(train_dir), target_size=(300, 300), color_mode="grayscale",
+                                       classes=["ok_front", "def_front"], class_mode="binary",
+                                       batch_size=BATCH, subset="training", shuffle=True, seed=123), 0.0
     t = time.perf_counter()
     loaded = load_samples(list_labelled(train_dir))
     decode_s = time.perf_counter() - t
     fit_idx, _ = stratified_split(loaded.labels, 0.2, 123)
-    ours_ds = train_dataset(loaded.images[fit_idx], loaded.labels[fit_idx], BATCH, NOTEBOOK, 123)
-    ours = timed_fit(fresh_model(), ours_ds, args.steps)
+    ds = train_dataset(loaded.images[fit_idx], loaded.labels[fit_idx], BATCH, NOTEBOOK, 123)
+    if kind == "model":
+        ds = tf.data.Dataset.from_tensors(next(iter(ds))).repeat()
+    return ds, decode_s
 
-    gen = ImageDataGenerator(rotation_range=360, width_shift_range=0.05, height_shift_range=0.05,
-                             shear_range=0.05, zoom_range=0.05, horizontal_flip=True, vertical_flip=True,
-                             brightness_range=[0.75, 1.25], validation_split=0.2)
-    flow = gen.flow_from_directory(str(train_dir), target_size=(300, 300), color_mode="grayscale",
-                                   classes=["ok_front", "def_front"], class_mode="binary", batch_size=BATCH,
-                                   subset="training", shuffle=True, seed=123)
-    baseline = timed_fit(fresh_model(), flow, args.steps)
-    ours_alone = pipeline_only(ours_ds, args.steps)
-    baseline_alone = pipeline_only(flow, args.steps)
+
+def measure(train_dir: Path, kind: str, steps: int, precision: str, model: bool) -> dict[str, float]:
+    """One measurement, in this process: images/s of model.fit (or of the pipeline alone)."""
+    import keras  # noqa: PLC0415
+
+    from trainer.models import seed_cnn  # noqa: PLC0415
+
+    keras.mixed_precision.set_global_policy(precision)
+    data, decode_s = _datasets(train_dir, kind)
+    if not model:
+        it = iter(data)
+        for _ in range(5):
+            next(it)
+        t = time.perf_counter()
+        for _ in range(steps):
+            next(it)
+        return {"rate": steps * BATCH / (time.perf_counter() - t), "decode_s": decode_s}
+    keras.utils.set_random_seed(123)
+    m = seed_cnn((300, 300))
+    m.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+    m.fit(data, steps_per_epoch=10, epochs=1, verbose=0)  # warm-up: graph build, queues, caches
+    t = time.perf_counter()
+    m.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+    return {"rate": steps * BATCH / (time.perf_counter() - t), "decode_s": decode_s}
+
+
+def child(train_dir: Path, kind: str, steps: int, precision: str, model: bool) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--child", kind, "--data", str(train_dir.parent), "--steps", str(steps),
+           "--precision", precision] + ([] if model else ["--no-model"])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=None)
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median is reported")
+    ap.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
+                    help="Keras dtype policy of the model, the same for every pipeline")
+    ap.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
+    ap.add_argument("--no-model", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.data is None:
+        from edge.dataset import default_data_root  # noqa: PLC0415
+
+        args.data = default_data_root()
+    train_dir = args.data / "train"
+    if args.child:
+        print(json.dumps(measure(train_dir, args.child, args.steps, args.precision, not args.no_model)))
+        return
+
+    rates: dict[str, list[float]] = {k: [] for k in KINDS}
+    decode_s = 0.0
+    for _ in range(args.rounds):
+        for kind in KINDS:
+            r = child(train_dir, kind, args.steps, args.precision, model=True)
+            rates[kind].append(r["rate"])
+            decode_s = max(decode_s, r["decode_s"])
+    alone = {k: child(train_dir, k, args.steps, args.precision, model=False)["rate"] for k in ("ours", "baseline")}
+    med = {k: statistics.median(v) for k, v in rates.items()}
+
+    import tensorflow as tf  # noqa: PLC0415
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"TensorFlow {tf.__version__}, GPU: {bool(tf.config.list_physical_devices('GPU'))}")
-    print(f"model: notebook CNN, batch {BATCH}, {args.steps} timed steps each")
-    print(f"ImageDataGenerator (notebook): {baseline:8.1f} images/s")
-    print(f"tf.data pipeline (edge-train): {ours:8.1f} images/s")
-    print(f"ratio: {ours / baseline:.2f}x")
-    print(f"input pipeline alone (no model): ImageDataGenerator {baseline_alone:.1f} images/s, "
-          f"tf.data {ours_alone:.1f} images/s, ratio {ours_alone / baseline_alone:.2f}x")
-    print(f"one-time decode of {len(loaded.paths)} train images: {decode_s:.1f} s "
-          f"({len(loaded.paths) / decode_s:.0f} images/s)")
+    print(f"model: notebook CNN ({args.precision}), batch {BATCH}; median of {args.rounds} alternating "
+          f"rounds, {args.steps} timed steps each, one process per measurement")
+    for kind in KINDS:
+        print(f"{LABELS[kind]:34s} {med[kind]:8.1f} images/s  (rounds: "
+              f"{', '.join(f'{r:.0f}' for r in rates[kind])})")
+    print(f"ratio: {med['ours'] / med['baseline']:.2f}x  (ceiling set by the model alone: "
+          f"{med['model'] / med['baseline']:.2f}x)")
+    print(f"input pipeline alone (no model): ImageDataGenerator {alone['baseline']:.1f} images/s, "
+          f"tf.data {alone['ours']:.1f} images/s, ratio {alone['ours'] / alone['baseline']:.2f}x")
+    print(f"one-time decode of the train images (tf.data pipeline): {decode_s:.1f} s")
     per_epoch = 150 * BATCH
-    print(f"25 x 150-step epochs: ImageDataGenerator {25 * per_epoch / baseline / 60:.1f} min, "
-          f"tf.data {(25 * per_epoch / ours + decode_s) / 60:.1f} min including decode")
+    print(f"25 x 150-step epochs: ImageDataGenerator {25 * per_epoch / med['baseline'] / 60:.1f} min, "
+          f"tf.data {(25 * per_epoch / med['ours'] + decode_s) / 60:.1f} min including decode")
 
 
 if __name__ == "__main__":

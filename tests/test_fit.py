@@ -45,9 +45,13 @@ def test_fit_real_subset_writes_verified_bundle_and_resumes(casting_data: Path, 
     assert recomputed == json.loads(json.dumps(m["metrics"]["test_all"]["int8"]))
 
     assert main(args + QUICK) == 2  # the folder holds a run: refuse to overwrite it
-    assert main(args + ["--epochs", "2"] + QUICK[2:] + ["--resume"]) == 0
+    assert main(args + ["--epochs", "2"] + QUICK[2:] + ["--resume", "--swa-epochs", "2"]) == 0
     history = (out / "history.csv").read_text().strip().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]  # epoch 1 continued, not redone
+    # Weight averaging ran its own epochs after the resumed ones and was a candidate.
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["weight_average"]["val_loss_per_epoch"]) == 2
+    assert "weight_average" in metrics["batchnorm_recalibration"]
 
 
 def test_fit_skips_and_lists_bad_files_and_converts_odd_images(tmp_path: Path) -> None:
@@ -129,3 +133,21 @@ def test_recalibrated_batchnorm_holds_the_exact_statistics_of_its_inputs() -> No
     np.testing.assert_allclose(np.asarray(second.moving_mean), np.asarray(
         keras.Model(inp, second.input)(images)).mean(axis=(0, 1, 2)), rtol=1e-4)
     assert np.abs(out.mean(axis=(0, 1, 2))).max() < 1e-3
+
+
+def test_weight_average_is_the_mean_of_the_weights_at_each_epoch_end() -> None:
+    import keras
+
+    from trainer.fit import WeightAverage
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    avg = WeightAverage()
+    avg.set_model(model)
+    seen = []
+    for epoch in range(3):
+        model.set_weights([np.full((3, 2), epoch * 2.0, np.float32), np.arange(2, dtype=np.float32) * epoch])
+        seen.append(model.get_weights())
+        avg.on_epoch_end(epoch)
+    assert avg.count == 3
+    np.testing.assert_allclose(avg.mean[0], np.full((3, 2), 2.0))  # mean of 0, 2, 4
+    np.testing.assert_allclose(avg.mean[1], np.mean([w[1] for w in seen], axis=0))

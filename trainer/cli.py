@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder with train/ and test/, each with def_front/ and ok_front/ "
                         "(default: $CASTING_DATA or ../shared/datasets/casting_data)")
     f.add_argument("--out", type=Path, required=True, help="run/bundle folder to write")
-    f.add_argument("--arch", default="edge", help="edge (default) or seed (the notebook's CNN)")
+    f.add_argument("--arch", default="edge", help="edge (default), edge-wide (wider middle stages) or seed (the notebook's CNN)")
     f.add_argument("--epochs", type=int, default=25)
     f.add_argument("--steps-per-epoch", type=int, default=150)
     f.add_argument("--batch-size", type=int, default=64)
@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--limit", type=int, default=None, help="use only the first N images per class and split")
     f.add_argument("--no-recalibrate-bn", dest="recalibrate_bn", action="store_false",
                    help="keep batch norm's moving averages from training instead of exact statistics")
+    f.add_argument("--swa-epochs", type=int, default=0,
+                   help="after --epochs, train this many more at a constant rate and average their "
+                        "weights (stochastic weight averaging; kept only if validation loss is lower)")
+    f.add_argument("--swa-learning-rate", type=float, default=2.5e-4,
+                   help="constant learning rate of the weight-averaging epochs (default 2.5e-4)")
     f.add_argument("--max-int8-drop", type=float, default=0.5,
                    help="fail when int8 test accuracy is this many points below float (default 0.5)")
     g = f.add_mutually_exclusive_group()
@@ -61,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         if value < 1:
             log.error(f"{name} must be at least 1, got {value}")
             return 2
+    if args.swa_epochs < 0 or args.swa_learning_rate <= 0:
+        log.error(f"--swa-epochs must be >= 0 and --swa-learning-rate > 0, got {args.swa_epochs} "
+                  f"and {args.swa_learning_rate}")
+        return 2
     if not 0 < args.val_fraction < 1:
         log.error(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
         return 2
@@ -79,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size, seed=args.seed, val_fraction=args.val_fraction,
         learning_rate=args.learning_rate, threshold_policy=args.threshold_policy, augment=args.augment,
         resume=args.resume, force=args.force, limit=args.limit, max_int8_drop=args.max_int8_drop,
-        recalibrate_bn=args.recalibrate_bn,
+        recalibrate_bn=args.recalibrate_bn, swa_epochs=args.swa_epochs, swa_learning_rate=args.swa_learning_rate,
         command=shlex.join(["edge-train", *argv]),
     )
     try:

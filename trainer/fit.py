@@ -70,6 +70,8 @@ class FitOptions:
     robustness_seed: int = 0
     calibration_images: int = 300
     recalibrate_bn: bool = True  # exact batch-norm statistics after training (see recalibrate_batchnorm)
+    swa_epochs: int = 0  # extra epochs at a constant rate whose weights are averaged (see swa_phase)
+    swa_learning_rate: float = 2.5e-4
     command: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -132,9 +134,10 @@ def _strategy() -> tf.distribute.Strategy:
 
 
 class EpochLog(keras.callbacks.Callback):
-    def __init__(self, epochs: int) -> None:
+    def __init__(self, epochs: int, label: str = "epoch") -> None:
         super().__init__()
         self.epochs = epochs
+        self.label = label
         self.t0 = time.perf_counter()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -142,7 +145,7 @@ class EpochLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         values = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items() if k != "learning_rate")
-        log.info(f"epoch {epoch + 1}/{self.epochs} {values} ({time.perf_counter() - self.t0:.0f}s)")
+        log.info(f"{self.label} {epoch + 1}/{self.epochs} {values} ({time.perf_counter() - self.t0:.0f}s)")
 
 
 def _best_val_loss(history_csv: Path) -> float | None:
@@ -189,13 +192,10 @@ def train(opts: FitOptions, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndar
           val_y: np.ndarray, aug: AugmentConfig) -> tuple[keras.Model, list[dict[str, float]]]:
     out, ckpt = opts.out, opts.out / "checkpoints"
     keras.utils.set_random_seed(opts.seed)
-    with _strategy().scope():
+    strategy = _strategy()
+    with strategy.scope():
         model = ARCHITECTURES[opts.arch](IMAGE_SIZE)
-        model.compile(
-            optimizer=keras.optimizers.Adam(_learning_rate(opts)),
-            loss="binary_crossentropy",
-            metrics=["accuracy", keras.metrics.AUC(name="auc")],
-        )
+        _compile(model, _learning_rate(opts))
     log.info("model built", extra={"arch": opts.arch, "params": model.count_params()})
     callbacks = [
         keras.callbacks.BackupAndRestore(str(ckpt / "backup"), delete_checkpoint=False),
@@ -206,18 +206,16 @@ def train(opts: FitOptions, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndar
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=opts.resume),
         EpochLog(opts.epochs),
     ]
-    model.fit(
-        train_dataset(fit_x, fit_y, opts.batch_size, aug, opts.seed),
-        steps_per_epoch=opts.steps_per_epoch,
-        epochs=opts.epochs,
-        validation_data=eval_dataset(val_x, val_y, opts.batch_size),
-        callbacks=callbacks,
-        verbose=0,
-    )
-    best = keras.models.load_model(ckpt / "best.keras")
-    has_bn = any(isinstance(layer, keras.layers.BatchNormalization) for layer in best.layers)
-    if opts.recalibrate_bn and has_bn:
-        best = _recalibrated_choice(opts, model, best, fit_x, val_x, val_y)
+    train_data = train_dataset(fit_x, fit_y, opts.batch_size, aug, opts.seed)
+    val_data = eval_dataset(val_x, val_y, opts.batch_size)
+    model.fit(train_data, steps_per_epoch=opts.steps_per_epoch, epochs=opts.epochs,
+              validation_data=val_data, callbacks=callbacks, verbose=0)
+    candidates = {"best_checkpoint": keras.models.load_model(ckpt / "best.keras"), "final_weights": model}
+    if opts.swa_epochs > 0:
+        with strategy.scope():
+            candidates["weight_average"] = swa_phase(opts, model, train_data, val_data)
+    has_bn = any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+    best = _choose_weights(opts, candidates, fit_x, val_data, recalibrate=opts.recalibrate_bn and has_bn)
     # The float model without optimizer state, for audits and float-vs-int8 comparisons.
     plain = ARCHITECTURES[opts.arch](IMAGE_SIZE)
     plain.set_weights(best.get_weights())
@@ -225,34 +223,89 @@ def train(opts: FitOptions, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndar
     return best, report.read_history(out / "history.csv")
 
 
-def _recalibrated_choice(opts: FitOptions, final: keras.Model, best: keras.Model, fit_x: np.ndarray,
-                         val_x: np.ndarray, val_y: np.ndarray) -> keras.Model:
-    """Recalibrate batch norm in the best-by-val_loss checkpoint and in the final weights,
-    then keep whichever has the lower validation loss.
+def _compile(model: keras.Model, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule) -> None:
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy",
+                  metrics=["accuracy", keras.metrics.AUC(name="auc")])
+
+
+class WeightAverage(keras.callbacks.Callback):
+    """Running mean of the model's weights at the end of each epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mean: list[np.ndarray] | None = None
+        self.count = 0
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        weights = [np.asarray(w, np.float64) for w in self.model.get_weights()]
+        self.count += 1
+        if self.mean is None:
+            self.mean = weights
+        else:
+            self.mean = [m + (w - m) / self.count for m, w in zip(self.mean, weights, strict=True)]
+
+
+def swa_phase(opts: FitOptions, model: keras.Model, train_data: tf.data.Dataset,
+              val_data: tf.data.Dataset) -> keras.Model:
+    """Stochastic weight averaging: train `opts.swa_epochs` more epochs at a constant rate
+    and return a new model holding the mean of the weights at each epoch's end.
+
+    At a constant rate the weights wander around a wide low-loss region; their mean sits
+    nearer its centre than any single point, which generalises better and costs nothing
+    at inference (Izmailov et al., 2018). `model` keeps training and ends at the last
+    epoch's weights; the averaged model's batch-norm statistics need recomputing (see
+    recalibrate_batchnorm). Not resumable on its own: --resume after the main epochs
+    repeats the whole phase.
+    """
+    final = model.get_weights()
+    _compile(model, opts.swa_learning_rate)
+    model._initial_epoch = None  # set by BackupAndRestore on --resume; would skip this fit's epochs
+    average = WeightAverage()
+    history = model.fit(train_data, steps_per_epoch=opts.steps_per_epoch, epochs=opts.swa_epochs,
+                        validation_data=val_data, callbacks=[average, EpochLog(opts.swa_epochs, "swa epoch")],
+                        verbose=0)
+    opts.extra["weight_average"] = {
+        "epochs": opts.swa_epochs, "learning_rate": opts.swa_learning_rate,
+        "val_loss_per_epoch": [round(float(v), 5) for v in history.history.get("val_loss", [])]}
+    if average.mean is None:
+        raise RuntimeError("weight averaging ran no epoch")
+    averaged = ARCHITECTURES[opts.arch](IMAGE_SIZE)
+    averaged.set_weights([m.astype(np.float32) for m in average.mean])
+    _compile(averaged, opts.swa_learning_rate)
+    model.set_weights(final)  # the "final weights" candidate stays the end of the main schedule
+    log.info("weight average taken", extra={"epochs": average.count, "learning_rate": opts.swa_learning_rate})
+    return averaged
+
+
+def _choose_weights(opts: FitOptions, candidates: dict[str, keras.Model], fit_x: np.ndarray,
+                    val_data: tf.data.Dataset, recalibrate: bool) -> keras.Model:
+    """Keep the candidate weights (best-by-val_loss checkpoint, final weights, weight
+    average) with the lowest validation loss, after recomputing batch-norm statistics.
 
     The checkpoint was picked with lagging statistics, so its choice is partly noise; the
     final weights (end of the decayed schedule) are usually as good once their statistics
     are exact. Up to 2048 un-augmented fit images are enough for exact statistics.
     """
+    if len(candidates) == 1 or (not recalibrate and "weight_average" not in candidates):
+        return candidates["best_checkpoint"]
     rng = np.random.default_rng(opts.seed)
     sample = fit_x[np.sort(rng.choice(len(fit_x), size=min(2048, len(fit_x)), replace=False))]
-    val = eval_dataset(val_x, val_y, opts.batch_size)
 
     def score(m: keras.Model) -> dict[str, float]:
-        return {k: round(float(v), 5) for k, v in m.evaluate(val, verbose=0, return_dict=True).items()}
+        return {k: round(float(v), 5) for k, v in m.evaluate(val_data, verbose=0, return_dict=True).items()}
 
-    info: dict[str, Any] = {"images": len(sample)}
-    for name, m in (("best_checkpoint", best), ("final_weights", final)):
+    info: dict[str, Any] = {"images": len(sample) if recalibrate else 0}
+    for name, m in candidates.items():
         before = score(m)
-        recalibrate_batchnorm(m, sample, opts.batch_size)
-        info[name] = {"validation_before": before, "validation_after": score(m)}
-    chosen = "final_weights" if info["final_weights"]["validation_after"]["loss"] < \
-        info["best_checkpoint"]["validation_after"]["loss"] else "best_checkpoint"
+        if recalibrate:
+            recalibrate_batchnorm(m, sample, opts.batch_size)
+        info[name] = {"validation_before": before, "validation_after": score(m) if recalibrate else before}
+    chosen = min(candidates, key=lambda k: info[k]["validation_after"]["loss"])
     info["chosen"] = chosen
     opts.extra["batchnorm_recalibration"] = info
-    log.info("batch-norm statistics recalibrated", extra={"chosen": chosen, **{
+    log.info("weights chosen by validation loss", extra={"chosen": chosen, **{
         k: v["validation_after"] for k, v in info.items() if isinstance(v, dict)}})
-    return final if chosen == "final_weights" else best
+    return candidates[chosen]
 
 
 def recalibrate_batchnorm(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> int:
@@ -353,6 +406,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
             "mean_abs_diff": round(float(np.mean(np.abs(float_test - int8_test))), 5),
         },
         "batchnorm_recalibration": opts.extra.get("batchnorm_recalibration"),
+        "weight_average": opts.extra.get("weight_average"),
         "robustness": {"perturbation": perturb_cfg.to_dict(), "seed": opts.robustness_seed,
                        "int8": summarize(y, int8_perturbed, threshold)},
         "int8_latency_ms_1_thread": _int8_latency_ms(tflite, test_set.images[0]),
