@@ -3,12 +3,13 @@
 Same model (the notebook's CNN), same batch size, same augmentation settings, one run:
 
     .venv/bin/pip install -e '.[train,bench]'   # scipy, for the ImageDataGenerator baseline
-    .venv/bin/python bench/train_throughput.py [--steps 30] [--rounds 3] [--data DIR]
+    .venv/bin/python bench/train_throughput.py [--steps 30] [--rounds 5] [--data DIR]
                                                [--precision float32|mixed_bfloat16]
 
-Each measurement runs in its own process (a fit leaves input threads behind that would
-slow the next one down), rounds alternating between the pipelines so a busy spell on
-this shared machine hits both alike; the median per pipeline is reported. Also measured:
+Each measurement runs in its own process, so nothing of one (threads, caches, a
+pipeline's autotuning) carries into the next; rounds alternate between the pipelines so
+a busy spell on this shared machine hits both alike; the median per pipeline is reported
+with every round. See docs/benchmarks.md for why the fit rate is bimodal on 2 cores. Also measured:
 the model alone on one batch repeated (the ceiling any input pipeline can reach) and
 each pipeline alone without a model.
 """
