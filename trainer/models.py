@@ -56,7 +56,7 @@ def edge_cnn(size: tuple[int, int], widths: tuple[int, ...] = (16, 24, 48, 64, 9
 
 
 def edge_wide_cnn(size: tuple[int, int]) -> keras.Model:
-    """The default network with wider middle stages (~1.7x the multiply-adds)."""
+    """The default network with wider middle stages: ~1.3x the multiply-adds, same int8 latency."""
     return edge_cnn(size, (16, 32, 48, 64, 128))
 
 
