@@ -9,9 +9,9 @@ Same model (the notebook's CNN), same batch size, same augmentation settings, on
 Each measurement runs in its own process, so nothing of one (threads, caches, a
 pipeline's autotuning) carries into the next; rounds alternate between the pipelines so
 a busy spell on this shared machine hits both alike; the median per pipeline is reported
-with every round. See docs/benchmarks.md for why the fit rate is bimodal on 2 cores. Also measured:
-the model alone on one batch repeated (the ceiling any input pipeline can reach) and
-each pipeline alone without a model.
+with every round. Also measured: the model alone on one batch repeated (the ceiling any
+input pipeline can reach; its fastest round, see docs/benchmarks.md for the two rates it
+runs at on 2 cores) and each pipeline alone without a model.
 """
 
 from __future__ import annotations
@@ -131,8 +131,10 @@ def main() -> None:
     for kind in KINDS:
         print(f"{LABELS[kind]:34s} {med[kind]:8.1f} images/s  (rounds: "
               f"{', '.join(f'{r:.0f}' for r in rates[kind])})")
-    print(f"ratio: {med['ours'] / med['baseline']:.2f}x  (ceiling set by the model alone: "
-          f"{med['model'] / med['baseline']:.2f}x)")
+    # The model alone runs, process to process, at one of two rates on shared 2-core machines
+    # (docs/benchmarks.md); its fastest round is the ceiling, not its median.
+    print(f"ratio: {med['ours'] / med['baseline']:.2f}x  (ceiling set by the model alone, fastest round: "
+          f"{max(rates['model']) / med['baseline']:.2f}x)")
     print(f"input pipeline alone (no model): ImageDataGenerator {alone['baseline']:.1f} images/s, "
           f"tf.data {alone['ours']:.1f} images/s, ratio {alone['ours'] / alone['baseline']:.2f}x")
     print(f"one-time decode of the train images (tf.data pipeline): {decode_s:.1f} s")
