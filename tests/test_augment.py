@@ -58,3 +58,14 @@ def test_fused_warp_matches_tensorflows_kernel() -> None:
         assert out.shape == ref.shape
         assert np.abs(out - ref).max() < 0.05, (cfg, np.abs(out - ref).max())
         assert np.abs(ref - x.numpy()).mean() > 5  # the transforms really moved the pixels
+
+
+def test_fallback_without_xla_gives_the_same_augmentation(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainer.augment as aug
+
+    x = batch(8)
+    monkeypatch.setattr(aug, "_use_xla", True)
+    fused = augment(x, NOTEBOOK, np.array([9, 0])).numpy()
+    monkeypatch.setattr(aug, "_use_xla", False)
+    reference = augment(x, NOTEBOOK, np.array([9, 0])).numpy()
+    assert np.abs(fused - reference).max() < 0.05 and np.abs(fused - x).mean() > 5

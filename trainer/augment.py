@@ -120,7 +120,10 @@ def _warp(images: tf.Tensor, transforms: tf.Tensor) -> tf.Tensor:
     if _use_xla is None:
         try:
             with tf.init_scope():  # run the probe now, even while a tf.data map is being traced
-                _warp_xla(tf.zeros([1, 4, 4, 1], tf.uint8), tf.constant([[1.0, 0, 0, 0, 1.0, 0, 0, 0]]))
+                # inside a tf.data map, where the training pipeline calls it (older releases refused)
+                probe = tf.data.Dataset.from_tensors(tf.zeros([1, 4, 4, 1], tf.uint8)).map(
+                    lambda x: _warp_xla(x, tf.constant([[1.0, 0, 0, 0, 1.0, 0, 0, 0]])))
+                next(iter(probe))
             _use_xla = True
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.NotFoundError) as exc:
             log.warning("XLA unavailable; augmenting with ImageProjectiveTransformV3 (slower)",
