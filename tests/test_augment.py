@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -69,3 +71,22 @@ def test_fallback_without_xla_gives_the_same_augmentation(monkeypatch: pytest.Mo
     monkeypatch.setattr(aug, "_use_xla", False)
     reference = augment(x, NOTEBOOK, np.array([9, 0])).numpy()
     assert np.abs(fused - reference).max() < 0.05 and np.abs(fused - x).mean() > 5
+
+
+def _laplacian_energy(images: np.ndarray) -> np.ndarray:
+    x = images[..., 0].astype(np.float64)
+    lap = x[:, 1:-1, 1:-1] * 4 - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2] - x[:, 1:-1, 2:]
+    return (lap**2).mean(axis=(1, 2))
+
+
+def test_focus_axis_sharpens_and_blurs_each_image_on_the_same_geometry() -> None:
+    # Same seed = same geometry; only the focus draw differs, so each image's crispness
+    # must move the way its config says: the unsharp mask up, the blur down.
+    x = batch(8)
+    still = AugmentConfig(rotation=30, shift=0, shear=0, zoom=0, hflip=False, vflip=False, brightness=(1.0, 1.0))
+    seed = np.array([7, 8])
+    plain = _laplacian_energy(augment(x, still, seed).numpy())
+    sharp = _laplacian_energy(augment(x, replace(still, sharpen=1.5), seed).numpy())
+    soft = _laplacian_energy(augment(x, replace(still, blur=0.5), seed).numpy())
+    assert (sharp > plain).all() and (soft < plain).all()
+    assert sharp.max() > 1.5 * plain.max()  # amounts up to 1.5 reach well past the resampled softness

@@ -15,6 +15,7 @@ from edge import bundle  # noqa: E402
 from edge.dataset import list_labelled, load_samples  # noqa: E402
 from edge.metrics import summarize  # noqa: E402
 from edge.model import Classifier  # noqa: E402
+from edge.perturb import FOCUS_CHANGES, refocus_all  # noqa: E402
 from tests.conftest import part_image, write_split  # noqa: E402
 from trainer.cli import main  # noqa: E402
 from trainer.export import ExportError, check_int8_accuracy  # noqa: E402
@@ -36,6 +37,10 @@ def test_fit_real_subset_writes_verified_bundle_and_resumes(casting_data: Path, 
     for fig in ("class_proportions", "augmented_batch", "training_curves", "confusion_int8_test"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000
     assert "## Test metrics at the operating threshold" in (out / "report.md").read_text()
+    assert "## Camera focus" in (out / "report.md").read_text()
+    focus = m["metrics"]["focus"]
+    assert set(focus) == set(FOCUS_CHANGES)
+    assert all(r["validation"]["n"] > 0 and r["test"]["n"] == 40 for r in focus.values())
 
     # The recorded int8 metrics are what the edge runtime computes from the bundle file.
     samples = list_labelled(casting_data / "test")
@@ -43,6 +48,8 @@ def test_fit_real_subset_writes_verified_bundle_and_resumes(casting_data: Path, 
     clf = Classifier.from_bundle(b)
     recomputed = summarize(test.labels, clf.predict(test.images), b.threshold)
     assert recomputed == json.loads(json.dumps(m["metrics"]["test_all"]["int8"]))
+    sharp = summarize(test.labels, clf.predict(refocus_all(test.images, "sharpen_1.0")), b.threshold)
+    assert sharp["confusion"] == focus["sharpen_1.0"]["test"]["confusion"]
 
     assert main(args + QUICK) == 2  # the folder holds a run: refuse to overwrite it
     assert main(args + ["--epochs", "2"] + QUICK[2:] + ["--resume", "--swa-epochs", "2"]) == 0

@@ -30,7 +30,7 @@ from edge.dataset import (
 )
 from edge.metrics import summarize
 from edge.model import Classifier
-from edge.perturb import PerturbConfig, perturb_all
+from edge.perturb import FOCUS_CHANGES, PerturbConfig, perturb_all, refocus_all
 from edge.preprocess import IMAGE_SIZE
 from trainer import report
 from trainer.augment import LINE, NOTEBOOK, AugmentConfig
@@ -346,6 +346,10 @@ def _int8_latency_ms(tflite: bytes, image: np.ndarray) -> float:
     return round(float(np.median(times)) * 1000, 3)
 
 
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary[k] for k in ("n", "accuracy", "false_accepts", "false_rejects", "confusion")}
+
+
 def run(opts: FitOptions) -> dict[str, Any]:
     """The whole fit; returns the metrics dict. Raises DatasetError/OutputError/ExportError."""
     if opts.arch not in ARCHITECTURES:
@@ -390,6 +394,9 @@ def run(opts: FitOptions) -> dict[str, Any]:
     int8_perturbed = clf.predict(perturbed)
 
     y = test_set.labels
+    focus = {change: {"validation": _brief(summarize(val_y, clf.predict(refocus_all(val_x, change)), threshold)),
+                      "test": _brief(summarize(y, clf.predict(refocus_all(test_set.images, change)), threshold))}
+             for change in FOCUS_CHANGES}
     metrics: dict[str, Any] = {
         "threshold": threshold,
         "threshold_policy": str(policy),
@@ -409,6 +416,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
         "weight_average": opts.extra.get("weight_average"),
         "robustness": {"perturbation": perturb_cfg.to_dict(), "seed": opts.robustness_seed,
                        "int8": summarize(y, int8_perturbed, threshold)},
+        "focus": focus,
         "int8_latency_ms_1_thread": _int8_latency_ms(tflite, test_set.images[0]),
         "params": model.count_params(),
         "skipped_files": [[str(p), why] for p, why in skipped],
@@ -454,7 +462,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
         },
         "image_stats": image_stats(fit_x),
         "metrics": {k: metrics[k] for k in ("test_all", "test_unique", "validation", "int8_vs_float",
-                                            "robustness", "int8_latency_ms_1_thread")},
+                                            "robustness", "focus", "int8_latency_ms_1_thread")},
     }
     written = bundle_fmt.write(opts.out, tflite, meta)
     report.write(opts.out, written.meta, metrics, history, train_set, test_set, unique,
