@@ -3,8 +3,11 @@
 Lighting ages, a camera gets knocked, a new casting batch looks different: the model
 then keeps answering, confidently and wrongly. Each inspected part feeds simple
 statistics; their mean over the last `window` parts is compared with a baseline:
-- brightness and contrast of the crop (mean and std of its pixels) against the
-  training crops' per-image distribution the bundle recorded;
+- brightness, contrast and sharpness of the crop (mean and std of its pixels, std of its
+  Laplacian) against the training crops' per-image distribution the bundle recorded
+  (sharpness: against the line's first parts for bundles that did not record it). The
+  model reads crispness as evidence, so a lens drifting out of focus or a changed
+  in-camera sharpening moves its scores before anything else shows;
 - part diameter in the frame, mean p_defect and the reject rate against the line's own
   first `baseline_parts` parts (no training-time equivalent: the dataset is not the line).
 A signal is "drifting" while the window mean is more than `k` baseline standard
@@ -20,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -28,6 +32,13 @@ log = logging.getLogger(__name__)
 # for bundles made before the trainer recorded them.
 FALLBACK_BRIGHTNESS_STD = 8.0
 FALLBACK_CONTRAST_STD = 3.4
+
+
+def crop_stats(crop: np.ndarray) -> dict[str, float]:
+    """Per-image statistics of a grayscale crop; the trainer records their spread over the fit images."""
+    f = crop.astype(np.float32)
+    return {"brightness": float(f.mean()), "contrast": float(f.std()),
+            "sharpness": float(cv2.Laplacian(f, cv2.CV_32F).std())}
 
 
 @dataclass(frozen=True)
@@ -61,17 +72,19 @@ class _Stat:
 
 
 class DriftWatch:
-    SIGNALS = ("brightness", "contrast", "part_size", "p_defect", "reject_rate")
+    SIGNALS = ("brightness", "contrast", "sharpness", "part_size", "p_defect", "reject_rate")
 
     def __init__(self, settings: DriftSettings, image_stats: dict[str, Any] | None = None) -> None:
         self.s = settings
         st = image_stats or {}
         b = st.get("brightness") or {"mean": st.get("fit_mean"), "std": FALLBACK_BRIGHTNESS_STD}
         c = st.get("contrast") or {"mean": st.get("fit_std"), "std": FALLBACK_CONTRAST_STD}
+        sh = st.get("sharpness") or {"mean": None, "std": None}  # older bundles: learned on the line
         w = settings.window
         self.stats = {
             "brightness": _Stat(w, b["mean"], b["std"]),
             "contrast": _Stat(w, c["mean"], c["std"]),
+            "sharpness": _Stat(w, sh["mean"], sh["std"]),
             "part_size": _Stat(w),
             "p_defect": _Stat(w),
             "reject_rate": _Stat(w),
@@ -84,8 +97,8 @@ class DriftWatch:
             return
         bp = self.s.baseline_parts
         if crop is not None:
-            self.stats["brightness"].add(float(crop.mean()), bp)
-            self.stats["contrast"].add(float(crop.std()), bp)
+            for name, value in crop_stats(crop).items():
+                self.stats[name].add(value, bp)
         if diameter_px is not None:
             self.stats["part_size"].add(float(diameter_px), bp, self.s.size_rel_std)
         self.stats["p_defect"].add(float(decision["p_defect"]), bp, 0.01)

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import logging
 
+import cv2
 import numpy as np
 import pytest
 
-from edge.drift import DriftSettings, DriftWatch
+from edge.drift import DriftSettings, DriftWatch, crop_stats
+from tests.conftest import part_image
 
 STATS = {"brightness": {"mean": 144.0, "std": 8.0}, "contrast": {"mean": 60.0, "std": 3.4}}
 
@@ -62,3 +64,33 @@ def test_faults_are_not_image_statistics() -> None:
 def test_old_bundles_without_per_image_stats_use_their_pixel_mean() -> None:
     w = DriftWatch(DriftSettings(), {"fit_mean": 143.9, "fit_std": 60.8})
     assert w.stats["brightness"].mean == 143.9 and w.stats["contrast"].mean == 60.8
+
+
+def part_crop(rng: np.random.Generator, sigma: float = 0.0) -> np.ndarray:
+    gain = rng.uniform(0.9, 1.1)  # parts and lighting vary a little, as on a line
+    img = part_image(int(rng.integers(1000)), size=128) * gain + rng.normal(0, 3, (128, 128))
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    return cv2.GaussianBlur(img, (0, 0), sigma) if sigma else img
+
+
+def test_a_lens_drifting_out_of_focus_is_flagged_by_sharpness_alone() -> None:
+    rng = np.random.default_rng(3)
+    w = DriftWatch(DriftSettings(window=40, baseline_parts=80), None)  # an older bundle: learned on the line
+    ok = {"decision": "accept", "p_defect": 0.05}
+    for _ in range(120):
+        w.observe(part_crop(rng), 300.0, ok)
+    assert not any(w.state().values())
+    for _ in range(40):
+        w.observe(part_crop(rng, sigma=1.0), 300.0, ok)
+    assert w.state()["sharpness"] and not w.state()["brightness"] and not w.state()["contrast"]
+
+
+def test_sharpness_baseline_comes_from_the_bundle_when_recorded() -> None:
+    rng = np.random.default_rng(4)
+    crops = [part_crop(rng) for _ in range(50)]
+    values = np.array([crop_stats(c)["sharpness"] for c in crops])
+    w = DriftWatch(DriftSettings(window=20, baseline_parts=1000),
+                   {**STATS, "sharpness": {"mean": float(values.mean()) * 2, "std": float(values.std())}})
+    for c in crops[:20]:  # parts half as crisp as training: flagged without any line baseline
+        w.observe(c, 300.0, {"decision": "accept", "p_defect": 0.05})
+    assert w.state()["sharpness"]

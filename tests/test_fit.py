@@ -34,6 +34,8 @@ def test_fit_real_subset_writes_verified_bundle_and_resumes(casting_data: Path, 
     assert m["architecture"] == "seed" and m["params"] == 676945
     assert m["training"]["command"].startswith("edge-train fit --data")
     assert len(m["training"]["data"]["train_fingerprint"]) == 64
+    assert {"brightness", "contrast", "sharpness"} <= set(m["image_stats"])  # the edge's drift baseline
+    assert m["image_stats"]["sharpness"]["mean"] > 0 and m["image_stats"]["sharpness"]["std"] > 0
     for fig in ("class_proportions", "augmented_batch", "training_curves", "confusion_int8_test"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000
     assert "## Test metrics at the operating threshold" in (out / "report.md").read_text()

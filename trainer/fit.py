@@ -28,6 +28,7 @@ from edge.dataset import (
     load_samples,
     stratified_split,
 )
+from edge.drift import crop_stats
 from edge.metrics import summarize
 from edge.model import Classifier
 from edge.perturb import FOCUS_CHANGES, PerturbConfig, perturb_all, refocus_all
@@ -159,14 +160,14 @@ def _best_val_loss(history_csv: Path) -> float | None:
 
 
 def image_stats(images: np.ndarray) -> dict[str, Any]:
-    """Per-image brightness and contrast of the training crops: the edge's drift baseline."""
+    """Per-image brightness, contrast and sharpness of the training crops: the edge's drift baseline."""
     flat = images.reshape(len(images), -1).astype(np.float32)
-    means, stds = flat.mean(axis=1), flat.std(axis=1)
-    return {
-        "fit_mean": round(float(flat.mean()), 2), "fit_std": round(float(flat.std()), 2),
-        "brightness": {"mean": round(float(means.mean()), 2), "std": round(float(means.std()), 2)},
-        "contrast": {"mean": round(float(stds.mean()), 2), "std": round(float(stds.std()), 2)},
-    }
+    per_image = [crop_stats(img) for img in images]
+    out: dict[str, Any] = {"fit_mean": round(float(flat.mean()), 2), "fit_std": round(float(flat.std()), 2)}
+    for name in ("brightness", "contrast", "sharpness"):
+        v = np.array([s[name] for s in per_image])
+        out[name] = {"mean": round(float(v.mean()), 2), "std": round(float(v.std()), 2)}
+    return out
 
 
 def _learning_rate(opts: FitOptions) -> float | keras.optimizers.schedules.LearningRateSchedule:
