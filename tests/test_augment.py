@@ -90,3 +90,17 @@ def test_focus_axis_sharpens_and_blurs_each_image_on_the_same_geometry() -> None
     soft = _laplacian_energy(augment(x, replace(still, blur=0.5), seed).numpy())
     assert (sharp > plain).all() and (soft < plain).all()
     assert sharp.max() > 1.5 * plain.max()  # amounts up to 1.5 reach well past the resampled softness
+
+
+def test_augmentation_choice_auto_keeps_each_architectures_set_and_line_sharpen_is_opt_in() -> None:
+    from pathlib import Path
+
+    from trainer.augment import LINE, LINE_SHARPEN
+    from trainer.fit import FitOptions
+
+    def pick(**kw: str) -> tuple[str, AugmentConfig]:
+        return FitOptions(Path("d"), Path("o"), **kw).augment_config()
+
+    assert pick() == ("line", LINE) and LINE.sharpen == 0  # what the shipped model was trained with
+    assert pick(arch="seed") == ("notebook", NOTEBOOK)
+    assert pick(augment="line-sharpen") == ("line-sharpen", LINE_SHARPEN) and LINE_SHARPEN.sharpen == 1.5

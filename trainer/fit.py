@@ -34,7 +34,7 @@ from edge.model import Classifier
 from edge.perturb import FOCUS_CHANGES, PerturbConfig, perturb_all, refocus_all
 from edge.preprocess import IMAGE_SIZE
 from trainer import report
-from trainer.augment import LINE, NOTEBOOK, AugmentConfig
+from trainer.augment import AUGMENTATIONS, AugmentConfig
 from trainer.data import eval_dataset, train_dataset
 from trainer.export import ExportError, check_int8_accuracy, to_int8_tflite
 from trainer.models import ARCHITECTURES
@@ -63,7 +63,7 @@ class FitOptions:
     val_fraction: float = 0.2
     learning_rate: float = 1e-3
     threshold_policy: str = "cost:20"
-    augment: str = "auto"  # auto | notebook | line
+    augment: str = "auto"  # auto | notebook | line | line-sharpen
     resume: bool = False
     force: bool = False
     limit: int | None = None  # first N images per class and split: quick runs and CI
@@ -78,7 +78,7 @@ class FitOptions:
 
     def augment_config(self) -> tuple[str, AugmentConfig]:
         name = self.augment if self.augment != "auto" else ("notebook" if self.arch == "seed" else "line")
-        return name, {"notebook": NOTEBOOK, "line": LINE}[name]
+        return name, AUGMENTATIONS[name]
 
 
 def prepare_output(opts: FitOptions) -> None:
