@@ -28,6 +28,7 @@ class AugmentConfig:
     brightness: tuple[float, float] = (0.75, 1.25)
     blur: float = 0.0  # largest weight of a mild Gaussian blur (focus drifting off)
     sharpen: float = 0.0  # largest unsharp-mask amount (a crisper lens or in-camera sharpening)
+    interpolation: str = "bilinear"  # or "bicubic": resampling that keeps the part's crispness
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -44,8 +45,13 @@ LINE = AugmentConfig(zoom=0.10, shift=0.06, brightness=(0.8, 1.2), blur=0.5)
 # defects of validation lower, so its validation-chosen threshold rejected more good
 # parts (docs/training.md, "Crispness").
 LINE_SHARPEN = replace(LINE, sharpen=1.5)
+# The other way to the same end: resample bicubically, which keeps most of the part's
+# crispness instead of restoring it with an unsharp mask, and jitter focus both ways
+# around it (median Laplacian variance of augmented good parts 125, 10th-90th 57-277).
+LINE_CRISP = replace(LINE, interpolation="bicubic", sharpen=0.5)
 
-AUGMENTATIONS: dict[str, AugmentConfig] = {"notebook": NOTEBOOK, "line": LINE, "line-sharpen": LINE_SHARPEN}
+AUGMENTATIONS: dict[str, AugmentConfig] = {"notebook": NOTEBOOK, "line": LINE, "line-sharpen": LINE_SHARPEN,
+                                           "line-crisp": LINE_CRISP}
 
 
 def _transforms(cfg: AugmentConfig, n: tf.Tensor, h: int, w: int, seed: tf.Tensor) -> tf.Tensor:
@@ -122,10 +128,57 @@ def _warp_xla(images: tf.Tensor, transforms: tf.Tensor) -> tf.Tensor:
     return tf.reshape(top + fy * (bottom - top), [b, h, w, 1])
 
 
+CUBIC_A = -0.5  # Keys' cubic convolution parameter (Catmull-Rom); OpenCV's INTER_CUBIC uses -0.75
+
+
+def _cubic_weights(t: tf.Tensor, a: float) -> list[tf.Tensor]:
+    """Keys' kernel at distances 1+t, t, 1-t, 2-t: the weights of taps -1, 0, +1, +2."""
+    def near(d: tf.Tensor) -> tf.Tensor:  # |d| <= 1
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+
+    def far(d: tf.Tensor) -> tf.Tensor:  # 1 < |d| < 2
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+    return [far(1 + t), near(t), near(1 - t), far(2 - t)]
+
+
+def _warp_cubic(images: tf.Tensor, transforms: tf.Tensor, a: float = CUBIC_A) -> tf.Tensor:
+    """Bicubic counterpart of _warp_xla ('nearest' fill: coordinate and taps clamped).
+
+    Bilinear resampling at a random angle is a low-pass filter: it halves a part's
+    high-frequency energy (median Laplacian variance 162 -> 112 on good parts), so the
+    network trains on softer images than the camera delivers. Bicubic keeps ~95% (154).
+    16 taps instead of 4; may overshoot 0..255 slightly (augment clips).
+    """
+    x = tf.cast(images, tf.float32)
+    b, h, w = tf.shape(x)[0], int(x.shape[1]), int(x.shape[2])
+    ys, xs = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij")
+    m = [transforms[:, i, None, None] for i in range(6)]
+    sx = tf.clip_by_value(m[0] * xs + m[1] * ys + m[2], 0.0, w - 1.0)
+    sy = tf.clip_by_value(m[3] * xs + m[4] * ys + m[5], 0.0, h - 1.0)
+    x0, y0 = tf.floor(sx), tf.floor(sy)
+    wx = [tf.reshape(k, [b, h * w]) for k in _cubic_weights(sx - x0, a)]
+    wy = [tf.reshape(k, [b, h * w]) for k in _cubic_weights(sy - y0, a)]
+    x0i, y0i = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
+    cols = [tf.clip_by_value(x0i + d, 0, w - 1) for d in (-1, 0, 1, 2)]
+    rows = [tf.clip_by_value(y0i + d, 0, h - 1) * w for d in (-1, 0, 1, 2)]
+    flat = tf.reshape(x, [b, h * w])
+    out = tf.zeros([b, h * w])
+    for r, wr in zip(rows, wy, strict=True):
+        line = tf.zeros([b, h * w])
+        for c, wc in zip(cols, wx, strict=True):
+            line += wc * tf.gather(flat, tf.reshape(r + c, [b, h * w]), batch_dims=1)
+        out += wr * line
+    return tf.reshape(out, [b, h, w, 1])
+
+
+_warp_cubic_xla = tf.function(_warp_cubic, jit_compile=True)
+_warp_cubic_plain = tf.function(_warp_cubic)
+
 _use_xla: bool | None = None
 
 
-def _warp(images: tf.Tensor, transforms: tf.Tensor) -> tf.Tensor:
+def _warp(images: tf.Tensor, transforms: tf.Tensor, interpolation: str = "bilinear") -> tf.Tensor:
     """The fused warp where XLA compiles for the CPU (standard TensorFlow wheels), else the reference."""
     global _use_xla
     if _use_xla is None:
@@ -140,6 +193,10 @@ def _warp(images: tf.Tensor, transforms: tf.Tensor) -> tf.Tensor:
             log.warning("XLA unavailable; augmenting with ImageProjectiveTransformV3 (slower)",
                         extra={"error": str(exc).splitlines()[0]})
             _use_xla = False
+    if interpolation == "bicubic":
+        return _warp_cubic_xla(images, transforms) if _use_xla else _warp_cubic_plain(images, transforms)
+    if interpolation != "bilinear":
+        raise ValueError(f"interpolation {interpolation!r}: choose bilinear or bicubic")
     return _warp_xla(images, transforms) if _use_xla else _warp_reference(images, transforms)
 
 
@@ -148,7 +205,7 @@ def augment(images: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Tensor
     n = tf.shape(images)[0]
     h, w = int(images.shape[1]), int(images.shape[2])
     seed = tf.cast(seed, tf.int64)
-    x = _warp(images, _transforms(cfg, n, h, w, seed))
+    x = _warp(images, _transforms(cfg, n, h, w, seed), cfg.interpolation)
     if cfg.blur > 0 or cfg.sharpen > 0:
         # One focus axis: a > 0 blends towards the blur, a < 0 is an unsharp mask.
         blurred = tf.nn.conv2d(tf.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]], "SYMMETRIC"),

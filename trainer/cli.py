@@ -37,9 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--learning-rate", type=float, default=1e-3)
     f.add_argument("--threshold-policy", default="cost:20",
                    help="cost:R (a false accept costs R false rejects; default cost:20) or recall:X")
-    f.add_argument("--augment", choices=("auto", "notebook", "line", "line-sharpen"), default="auto",
-                   help="augmentation set: notebook's, line (adds scale/blur), or line-sharpen (line plus an "
-                        "unsharp mask up to 1.5); auto picks notebook for --arch seed, else line")
+    f.add_argument("--augment", choices=("auto", "notebook", "line", "line-sharpen", "line-crisp"), default="auto",
+                   help="augmentation set: notebook's, line (adds scale/blur), line-sharpen (line plus an "
+                        "unsharp mask up to 1.5) or line-crisp (line resampled bicubically, focus jittered both "
+                        "ways); auto picks notebook for --arch seed, else line")
     f.add_argument("--limit", type=int, default=None, help="use only the first N images per class and split")
     f.add_argument("--no-recalibrate-bn", dest="recalibrate_bn", action="store_false",
                    help="keep batch norm's moving averages from training instead of exact statistics")

@@ -63,7 +63,7 @@ class FitOptions:
     val_fraction: float = 0.2
     learning_rate: float = 1e-3
     threshold_policy: str = "cost:20"
-    augment: str = "auto"  # auto | notebook | line | line-sharpen
+    augment: str = "auto"  # auto | notebook | line | line-sharpen | line-crisp
     resume: bool = False
     force: bool = False
     limit: int | None = None  # first N images per class and split: quick runs and CI
