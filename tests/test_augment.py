@@ -104,3 +104,38 @@ def test_augmentation_choice_auto_keeps_each_architectures_set_and_line_sharpen_
     assert pick() == ("line", LINE) and LINE.sharpen == 0  # what the shipped model was trained with
     assert pick(arch="seed") == ("notebook", NOTEBOOK)
     assert pick(augment="line-sharpen") == ("line-sharpen", LINE_SHARPEN) and LINE_SHARPEN.sharpen == 1.5
+
+
+def test_bicubic_warp_matches_opencv_and_keeps_more_detail_than_bilinear() -> None:
+    """Keys' kernel with OpenCV's a = -0.75 must give cv2.warpAffine's INTER_CUBIC pixels
+    (OpenCV rounds source positions to 1/32 px, so a few edge pixels differ by a little)."""
+    import cv2
+
+    from trainer.augment import _transforms, _warp_cubic, _warp_xla
+
+    x = np.stack([part_image(i, size=96) for i in range(8)])[..., None].astype(np.float32)
+    t = _transforms(NOTEBOOK, 8, 96, 96, tf.constant([4, 0], tf.int64)).numpy()
+    out = _warp_cubic(tf.constant(x), tf.constant(t), -0.75).numpy()
+    for i in range(8):
+        ref = cv2.warpAffine(x[i, ..., 0], t[i, :6].reshape(2, 3), (96, 96),
+                             flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+        diff = np.abs(out[i, ..., 0] - ref)[4:-4, 4:-4]  # inside: both clamp the same way
+        assert diff.mean() < 0.05 and (diff > 1.0).mean() < 0.01, (i, diff.mean(), diff.max())
+    ident = np.tile(np.array([[1, 0, 0, 0, 1, 0, 0, 0]], np.float32), (8, 1))
+    assert np.array_equal(_warp_cubic(tf.constant(x), tf.constant(ident)).numpy(), x)
+    bilinear = _warp_xla(tf.constant(x), tf.constant(t)).numpy()
+    assert (_laplacian_energy(out) > _laplacian_energy(bilinear)).all()
+
+
+def test_bicubic_fallback_without_xla_gives_the_same_augmentation(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainer.augment as aug
+
+    x = batch(8)
+    cfg = replace(aug.LINE_CRISP, brightness=(1.0, 1.0))
+    monkeypatch.setattr(aug, "_use_xla", True)
+    fused = augment(x, cfg, np.array([9, 0])).numpy()
+    monkeypatch.setattr(aug, "_use_xla", False)
+    plain = augment(x, cfg, np.array([9, 0])).numpy()
+    assert np.abs(fused - plain).max() < 0.05 and np.abs(fused - x).mean() > 5
+    with pytest.raises(ValueError, match="bicubic"):
+        augment(x, replace(cfg, interpolation="lanczos"), np.array([9, 0]))
