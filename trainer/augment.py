@@ -96,6 +96,19 @@ def _warp_reference(images: tf.Tensor, transforms: tf.Tensor) -> tf.Tensor:
         fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST")
 
 
+def _sources(images: tf.Tensor, transforms: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(B, H*W) float pixels and each output pixel's source coordinate (B, H, W), x and y.
+
+    'nearest' fill = the source coordinate clamped to the image, then interpolated.
+    """
+    b, h, w = tf.shape(images)[0], int(images.shape[1]), int(images.shape[2])
+    ys, xs = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij")
+    a = [transforms[:, i, None, None] for i in range(6)]
+    sx = tf.clip_by_value(a[0] * xs + a[1] * ys + a[2], 0.0, w - 1.0)
+    sy = tf.clip_by_value(a[3] * xs + a[4] * ys + a[5], 0.0, h - 1.0)
+    return tf.reshape(tf.cast(images, tf.float32), [b, h * w]), sx, sy
+
+
 @tf.function(jit_compile=True)
 def _warp_xla(images: tf.Tensor, transforms: tf.Tensor) -> tf.Tensor:
     """The same warp as _warp_reference, written as gathers that XLA fuses into one loop.
@@ -106,18 +119,12 @@ def _warp_xla(images: tf.Tensor, transforms: tf.Tensor) -> tf.Tensor:
     on one core; pixels agree with the reference within float rounding (< 0.01 of 255).
     Affine only: the transforms' projective terms are zero.
     """
-    x = tf.cast(images, tf.float32)
-    b, h, w = tf.shape(x)[0], int(x.shape[1]), int(x.shape[2])
-    ys, xs = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij")
-    a = [transforms[:, i, None, None] for i in range(6)]
-    # 'nearest' fill = clamp the source coordinate to the image, then interpolate.
-    sx = tf.clip_by_value(a[0] * xs + a[1] * ys + a[2], 0.0, w - 1.0)
-    sy = tf.clip_by_value(a[3] * xs + a[4] * ys + a[5], 0.0, h - 1.0)
+    flat, sx, sy = _sources(images, transforms)
+    b, h, w = tf.shape(images)[0], int(images.shape[1]), int(images.shape[2])
     x0, y0 = tf.floor(sx), tf.floor(sy)
     fx, fy = tf.reshape(sx - x0, [b, h * w]), tf.reshape(sy - y0, [b, h * w])
     x0i, y0i = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
     x1i, y1i = tf.minimum(x0i + 1, w - 1), tf.minimum(y0i + 1, h - 1)
-    flat = tf.reshape(x, [b, h * w])
 
     def at(yi: tf.Tensor, xi: tf.Tensor) -> tf.Tensor:
         return tf.gather(flat, tf.reshape(yi * w + xi, [b, h * w]), batch_dims=1)
@@ -150,19 +157,14 @@ def _warp_cubic(images: tf.Tensor, transforms: tf.Tensor, a: float = CUBIC_A) ->
     network trains on softer images than the camera delivers. Bicubic keeps ~95% (154).
     16 taps instead of 4; may overshoot 0..255 slightly (augment clips).
     """
-    x = tf.cast(images, tf.float32)
-    b, h, w = tf.shape(x)[0], int(x.shape[1]), int(x.shape[2])
-    ys, xs = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij")
-    m = [transforms[:, i, None, None] for i in range(6)]
-    sx = tf.clip_by_value(m[0] * xs + m[1] * ys + m[2], 0.0, w - 1.0)
-    sy = tf.clip_by_value(m[3] * xs + m[4] * ys + m[5], 0.0, h - 1.0)
+    flat, sx, sy = _sources(images, transforms)
+    b, h, w = tf.shape(images)[0], int(images.shape[1]), int(images.shape[2])
     x0, y0 = tf.floor(sx), tf.floor(sy)
     wx = [tf.reshape(k, [b, h * w]) for k in _cubic_weights(sx - x0, a)]
     wy = [tf.reshape(k, [b, h * w]) for k in _cubic_weights(sy - y0, a)]
     x0i, y0i = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
     cols = [tf.clip_by_value(x0i + d, 0, w - 1) for d in (-1, 0, 1, 2)]
     rows = [tf.clip_by_value(y0i + d, 0, h - 1) * w for d in (-1, 0, 1, 2)]
-    flat = tf.reshape(x, [b, h * w])
     out = tf.zeros([b, h * w])
     for r, wr in zip(rows, wy, strict=True):
         line = tf.zeros([b, h * w])
