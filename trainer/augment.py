@@ -181,7 +181,8 @@ _use_xla: bool | None = None
 
 
 def _warp(images: tf.Tensor, transforms: tf.Tensor, interpolation: str = "bilinear") -> tf.Tensor:
-    """The fused warp where XLA compiles for the CPU (standard TensorFlow wheels), else the reference."""
+    """The fused warp where XLA compiles for the CPU (standard TensorFlow wheels), else the reference
+    (bilinear: ImageProjectiveTransformV3; bicubic: the same gathers, not compiled)."""
     global _use_xla
     if _use_xla is None:
         try:
