@@ -32,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--epochs", type=int, default=25)
     f.add_argument("--steps-per-epoch", type=int, default=150)
     f.add_argument("--batch-size", type=int, default=64)
-    f.add_argument("--seed", type=int, default=123)
+    f.add_argument("--seed", type=int, default=123,
+                   help="seed of the training randomness: weights, batch order, augmentation (default 123)")
+    f.add_argument("--split-seed", type=int, default=123,
+                   help="seed of the fit/validation split, kept apart from --seed so that runs with "
+                        "different seeds are judged on the same validation images (default 123)")
     f.add_argument("--val-fraction", type=float, default=0.2)
     f.add_argument("--learning-rate", type=float, default=1e-3)
     f.add_argument("--threshold-policy", default="cost:20",
@@ -87,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data or default_data_root()
     opts = FitOptions(
         data=data, out=args.out, arch=args.arch, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-        batch_size=args.batch_size, seed=args.seed, val_fraction=args.val_fraction,
+        batch_size=args.batch_size, seed=args.seed, split_seed=args.split_seed,
+        val_fraction=args.val_fraction,
         learning_rate=args.learning_rate, threshold_policy=args.threshold_policy, augment=args.augment,
         resume=args.resume, force=args.force, limit=args.limit, max_int8_drop=args.max_int8_drop,
         recalibrate_bn=args.recalibrate_bn, swa_epochs=args.swa_epochs, swa_learning_rate=args.swa_learning_rate,

@@ -59,7 +59,8 @@ class FitOptions:
     epochs: int = 25
     steps_per_epoch: int = 150
     batch_size: int = 64
-    seed: int = 123
+    seed: int = 123  # training randomness: weights, batch order, augmentation, samples
+    split_seed: int = 123  # fit/validation split only, so runs of other seeds share a validation set
     val_fraction: float = 0.2
     learning_rate: float = 1e-3
     threshold_policy: str = "cost:20"
@@ -371,9 +372,10 @@ def run(opts: FitOptions) -> dict[str, Any]:
     train_digests = {digests[p] for p in train_set.paths}
     unique = np.array([digests[p] not in train_digests for p in test_set.paths])
 
-    fit_idx, val_idx = stratified_split(train_set.labels, opts.val_fraction, opts.seed)
+    fit_idx, val_idx = stratified_split(train_set.labels, opts.val_fraction, opts.split_seed)
     fit_x, fit_y = train_set.images[fit_idx], train_set.labels[fit_idx]
     val_x, val_y = train_set.images[val_idx], train_set.labels[val_idx]
+    val_paths = {train_set.paths[i] for i in val_idx}
     log.info("split", extra={"fit": len(fit_idx), "validation": len(val_idx), "test": len(test_set.paths),
                              "test_unique": int(unique.sum())})
 
@@ -451,6 +453,8 @@ def run(opts: FitOptions) -> dict[str, Any]:
             "command": opts.command,
             "data": {"root": str(opts.data), "train_fingerprint": fingerprint(train_samples, opts.data, digests),
                      "test_fingerprint": fingerprint(test_samples, opts.data, digests),
+                     "validation_fingerprint": fingerprint(
+                         [s for s in train_samples if s.path in val_paths], opts.data, digests),
                      "train_images": len(train_set.paths), "test_images": len(test_set.paths),
                      "skipped": len(skipped), "limit_per_class": opts.limit},
             "augmentation": {"name": aug_name, **aug.to_dict()},
