@@ -74,22 +74,32 @@ class _Stat:
 class DriftWatch:
     SIGNALS = ("brightness", "contrast", "sharpness", "part_size", "p_defect", "reject_rate")
 
+    IMAGE_SIGNALS = ("brightness", "contrast", "sharpness")  # baselines from the bundle's training images
+    MODEL_SIGNALS = ("p_defect", "reject_rate")  # baselines that describe one model's answers
+
     def __init__(self, settings: DriftSettings, image_stats: dict[str, Any] | None = None) -> None:
         self.s = settings
-        st = image_stats or {}
-        b = st.get("brightness") or {"mean": st.get("fit_mean"), "std": FALLBACK_BRIGHTNESS_STD}
-        c = st.get("contrast") or {"mean": st.get("fit_std"), "std": FALLBACK_CONTRAST_STD}
-        sh = st.get("sharpness") or {"mean": None, "std": None}  # older bundles: learned on the line
         w = settings.window
-        self.stats = {
-            "brightness": _Stat(w, b["mean"], b["std"]),
-            "contrast": _Stat(w, c["mean"], c["std"]),
-            "sharpness": _Stat(w, sh["mean"], sh["std"]),
-            "part_size": _Stat(w),
-            "p_defect": _Stat(w),
-            "reject_rate": _Stat(w),
-        }
+        self.stats = {name: _Stat(w, *_image_baseline(image_stats, name)) for name in self.IMAGE_SIGNALS}
+        self.stats.update({name: _Stat(w) for name in ("part_size", *self.MODEL_SIGNALS)})
         self.drifting: dict[str, bool] = dict.fromkeys(self.SIGNALS, False)
+
+    def model_changed(self, image_stats: dict[str, Any] | None) -> None:
+        """A reloaded bundle: judge the line as if the daemon had started with it.
+
+        Its p_defect and reject rate mean nothing against the old model's, so both are
+        learned again from the next parts; the image baselines become the new bundle's
+        (learned again where it records none). The part size is the camera's geometry,
+        not the model's: its baseline and every window of crop statistics are kept.
+        """
+        for name in self.IMAGE_SIGNALS:
+            self.stats[name].mean, self.stats[name].std = _image_baseline(image_stats, name)
+            self.stats[name].learning = []
+        for name in self.MODEL_SIGNALS:
+            self.stats[name] = _Stat(self.s.window)
+        log.info("drift baselines follow the new model",
+                 extra={"relearning": [n for n, st in self.stats.items() if st.mean is None]})
+        self._update()
 
     def observe(self, crop: np.ndarray | None, diameter_px: float | None, decision: dict[str, Any]) -> None:
         """One part the model judged (faults say nothing about the images and are skipped)."""
@@ -134,6 +144,17 @@ class DriftWatch:
     def summary(self) -> dict[str, Any]:
         return {name: {"drifting": self.drifting[name], "window_mean": _r(st.window_mean()),
                        "baseline": _r(st.mean)} for name, st in self.stats.items()}
+
+
+def _image_baseline(image_stats: dict[str, Any] | None, name: str) -> tuple[float | None, float | None]:
+    """(mean, std) a bundle records for one image signal; (None, None) = learn it on the line."""
+    st = image_stats or {}
+    if st.get(name):
+        return st[name]["mean"], st[name]["std"]
+    older = {"brightness": ("fit_mean", FALLBACK_BRIGHTNESS_STD), "contrast": ("fit_std", FALLBACK_CONTRAST_STD)}
+    if name in older and st.get(older[name][0]) is not None:  # bundles before per-image stats: pixel mean/std
+        return st[older[name][0]], older[name][1]
+    return None, None
 
 
 def _r(v: float | None) -> float | None:

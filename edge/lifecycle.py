@@ -87,6 +87,8 @@ def reload_model(daemon: Daemon, config_path: Path, current: Config, notifier: N
     if restart:
         log.warning("reload: these sections changed and apply only after a restart", extra={"sections": restart})
     daemon.inspector = new  # one reference swap: the next part uses the new model entirely
+    if daemon.drift is not None:  # same thread as observe(): between two parts
+        daemon.drift.model_changed(new.bundle.meta.get("image_stats"))
     log.info("model reloaded", extra={"old": old.model_id, "new": new.model_id, "threshold": new.threshold,
                                       "bundle": str(new.bundle.path)})
     notifier.ready(f"reloaded: model {new.model_id}")

@@ -94,3 +94,22 @@ def test_sharpness_baseline_comes_from_the_bundle_when_recorded() -> None:
     for c in crops[:20]:  # parts half as crisp as training: flagged without any line baseline
         w.observe(c, 300.0, {"decision": "accept", "p_defect": 0.05})
     assert w.state()["sharpness"]
+
+
+def test_a_reloaded_model_gets_its_own_baselines_and_keeps_the_cameras() -> None:
+    rng = np.random.default_rng(5)
+    w = DriftWatch(DriftSettings(window=50, baseline_parts=100), STATS)
+    feed(w, rng, 100, reject_p=0.05)  # the old model's baselines, learned on the line
+    feed(w, rng, 60, reject_p=0.5)
+    assert w.state()["reject_rate"] and w.state()["p_defect"]
+    size = (w.stats["part_size"].mean, w.stats["part_size"].std)
+    new = {"brightness": {"mean": 150.0, "std": 9.0}, "contrast": {"mean": 61.0, "std": 3.0}}  # no sharpness
+    w.model_changed(new)
+    assert not w.state()["reject_rate"] and not w.state()["p_defect"]  # nothing to compare with yet
+    assert w.stats["p_defect"].mean is None and len(w.stats["reject_rate"].values) == 0
+    assert (w.stats["brightness"].mean, w.stats["brightness"].std) == (150.0, 9.0)
+    assert w.stats["sharpness"].mean is None  # not in the new bundle: learned again on the line
+    assert (w.stats["part_size"].mean, w.stats["part_size"].std) == size and len(w.stats["part_size"].values) == 50
+    feed(w, rng, 100, reject_p=0.5)  # the new model rejects half: that is its baseline now
+    assert w.stats["reject_rate"].mean is not None and w.stats["reject_rate"].mean > 0.3
+    assert not w.state()["reject_rate"]

@@ -133,6 +133,7 @@ def test_sighup_switches_models_between_parts_and_refuses_a_corrupt_bundle(
         out = proc.stop()
     assert proc.returncode == 0, out[-3000:]
     assert "reload refused" in out and "corrupt" in out, out[-3000:]
+    assert out.count("drift baselines follow the new model") == 1, out[-3000:]  # the good reload only
     got = [m.json for m in sub.on(t.decision)]
     seqs = [d["seq"] for d in got]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs  # no part lost around the switches
