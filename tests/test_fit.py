@@ -88,6 +88,22 @@ def test_fit_skips_and_lists_bad_files_and_converts_odd_images(tmp_path: Path) -
     assert "loss" in bn["final_weights"]["validation_after"] and "loss" in bn["best_checkpoint"]["validation_before"]
 
 
+def test_the_training_seed_leaves_the_validation_split_alone(tmp_path: Path) -> None:
+    """Runs of different --seed are compared on validation: it must be the same images."""
+    data = tmp_path / "data"
+    write_split(data / "train", 12, seed=1)
+    write_split(data / "test", 4, seed=2)
+    runs = {"a": ["--seed", "5"], "b": ["--seed", "6"], "c": ["--seed", "5", "--split-seed", "9"]}
+    meta = {}
+    for name, extra in runs.items():
+        assert main(["fit", "--data", str(data), "--out", str(tmp_path / name), "--arch", "seed"] + QUICK + extra) == 0
+        meta[name] = bundle.load(tmp_path / name).meta
+    val = {k: m["training"]["data"]["validation_fingerprint"] for k, m in meta.items()}
+    assert val["a"] == val["b"] != val["c"]
+    assert meta["a"]["sha256"] != meta["b"]["sha256"]  # the seed did change the training
+    assert meta["c"]["training"]["options"]["split_seed"] == 9
+
+
 @pytest.mark.parametrize("case", ["missing_class", "empty_class", "no_test"])
 def test_bad_data_folders_exit_2_with_message_and_no_traceback(tmp_path: Path, case: str) -> None:
     data = tmp_path / "data"
