@@ -11,8 +11,9 @@ statistics; their mean over the last `window` parts is compared with a baseline:
 - part diameter in the frame, mean p_defect and the reject rate against the line's own
   first `baseline_parts` parts (no training-time equivalent: the dataset is not the line).
 A signal is "drifting" while the window mean is more than `k` baseline standard
-deviations off (for the reject rate: a binomial z-score above `reject_z`). Warnings are
-logged on each change and exposed in the status and metrics; nothing is rejected for it.
+deviations off (for the reject rate: a binomial z-score above `reject_z`), and clears
+once back within 80% of that limit. Warnings are logged on each change and exposed in
+the status and metrics; nothing is rejected for it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 # for bundles made before the trainer recorded them.
 FALLBACK_BRIGHTNESS_STD = 8.0
 FALLBACK_CONTRAST_STD = 3.4
+# A drifting signal clears when its deviation is below this fraction of the limit.
+CLEAR_FRACTION = 0.8
 
 
 def crop_stats(crop: np.ndarray) -> dict[str, float]:
@@ -117,7 +120,9 @@ class DriftWatch:
 
     def _update(self) -> None:
         for name, st in self.stats.items():
-            now = self._off(name, st)
+            # Hysteresis: a signal that is drifting clears only once well inside the limit,
+            # so a window mean hovering at the limit does not flap warning / cleared.
+            now = self._off(name, st, CLEAR_FRACTION if self.drifting[name] else 1.0)
             if now != self.drifting[name]:
                 self.drifting[name] = now
                 extra = {"signal": name, "window_mean": _r(st.window_mean()), "baseline": _r(st.mean),
@@ -127,7 +132,7 @@ class DriftWatch:
                 else:
                     log.info("drift cleared", extra=extra)
 
-    def _off(self, name: str, st: _Stat) -> bool:
+    def _off(self, name: str, st: _Stat, limit_fraction: float = 1.0) -> bool:
         if st.mean is None or st.std is None or len(st.values) < self.s.window:
             return False
         m = st.window_mean()
@@ -135,8 +140,8 @@ class DriftWatch:
         if name == "reject_rate":
             p = min(max(st.mean, 1.0 / self.s.baseline_parts), 1 - 1.0 / self.s.baseline_parts)
             z = (m - p) / math.sqrt(p * (1 - p) / len(st.values))
-            return abs(z) > self.s.reject_z
-        return abs(m - st.mean) > self.s.k * max(st.std, 1e-9)
+            return abs(z) > self.s.reject_z * limit_fraction
+        return abs(m - st.mean) > self.s.k * max(st.std, 1e-9) * limit_fraction
 
     def state(self) -> dict[str, bool]:
         return dict(self.drifting)

@@ -113,3 +113,18 @@ def test_a_reloaded_model_gets_its_own_baselines_and_keeps_the_cameras() -> None
     feed(w, rng, 100, reject_p=0.5)  # the new model rejects half: that is its baseline now
     assert w.stats["reject_rate"].mean is not None and w.stats["reject_rate"].mean > 0.3
     assert not w.state()["reject_rate"]
+
+
+def test_a_window_mean_hovering_at_the_limit_does_not_flap(caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(6)
+    w = DriftWatch(DriftSettings(window=50, baseline_parts=100), STATS)  # brightness limit: 2 x 8 = 16
+    feed(w, rng, 100)
+    with caplog.at_level(logging.INFO, logger="edge.drift"):
+        feed(w, rng, 60, level=144.0 - 19)  # over the limit
+        assert w.state()["brightness"]
+        feed(w, rng, 150, level=144.0 - 14.5)  # back under the limit, but not by much
+        assert w.state()["brightness"]
+        feed(w, rng, 60)
+    assert not w.state()["brightness"]
+    changes = [r.getMessage() for r in caplog.records if r.__dict__.get("signal") == "brightness"]
+    assert len(changes) == 2 and changes[1] == "drift cleared", changes
