@@ -104,6 +104,38 @@ def test_the_training_seed_leaves_the_validation_split_alone(tmp_path: Path) -> 
     assert meta["c"]["training"]["options"]["split_seed"] == 9
 
 
+def test_resume_refuses_other_options_or_data_than_the_checkpoints(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A resume that changed the seed, augmentation or images would ship weights no command made."""
+    data = tmp_path / "data"
+    write_split(data / "train", 12, seed=1)
+    write_split(data / "test", 4, seed=2)
+    out = tmp_path / "run"
+    args = ["fit", "--data", str(data), "--out", str(out), "--arch", "seed"] + QUICK
+    assert main(args) == 0
+    record = json.loads((out / "checkpoints/options.json").read_text())
+    assert record["options"]["seed"] == 123 and record["options"]["augment"] == "notebook"  # auto, resolved
+    capsys.readouterr()
+    refusals = {"--seed 123 (now 9)": ["--seed", "9"], "--augment 'notebook' (now 'line')": ["--augment", "line"],
+                "--split-seed 123 (now 5)": ["--split-seed", "5"]}
+    for message, extra in refusals.items():
+        assert main(args + extra + ["--resume"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "options.json" in err and "Traceback" not in err
+    cv2.imwrite(str(data / "train/ok_front/extra.png"), part_image(77))
+    assert main(args + ["--resume"]) == 2
+    assert "other training data" in capsys.readouterr().err
+    (data / "train/ok_front/extra.png").unlink()
+    assert main(args[:-len(QUICK)] + ["--epochs", "2"] + QUICK[2:] + ["--resume"]) == 0  # --epochs may grow
+    assert len((out / "history.csv").read_text().strip().splitlines()) == 3  # header + epochs 1, 2
+    # Checkpoints from before the record existed: resumed on trust, with a warning, and recorded.
+    (out / "checkpoints/options.json").unlink()
+    capsys.readouterr()
+    assert main(args[:-len(QUICK)] + ["--epochs", "2"] + QUICK[2:] + ["--resume"]) == 0
+    assert "carry no record of their options" in capsys.readouterr().err
+    assert json.loads((out / "checkpoints/options.json").read_text()) == record
+
+
 @pytest.mark.parametrize("case", ["missing_class", "empty_class", "no_test"])
 def test_bad_data_folders_exit_2_with_message_and_no_traceback(tmp_path: Path, case: str) -> None:
     data = tmp_path / "data"

@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from edge.dataset import DatasetError  # noqa: PLC0415
     from trainer.export import ExportError  # noqa: PLC0415 - imports TensorFlow
     from trainer.fit import FitOptions, OutputError, run  # noqa: PLC0415
+    from trainer.resume import ResumeMismatch  # noqa: PLC0415
     from trainer.threshold import PolicyError  # noqa: PLC0415
 
     data = args.data or default_data_root()
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         run(opts)
-    except (DatasetError, OutputError, PolicyError) as exc:
+    except (DatasetError, OutputError, PolicyError, ResumeMismatch) as exc:
         log.error(str(exc))
         return 2
     except ExportError as exc:

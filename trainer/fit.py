@@ -33,7 +33,7 @@ from edge.metrics import summarize
 from edge.model import Classifier
 from edge.perturb import FOCUS_CHANGES, PerturbConfig, perturb_all, refocus_all
 from edge.preprocess import IMAGE_SIZE
-from trainer import report
+from trainer import report, resume
 from trainer.augment import AUGMENTATIONS, AugmentConfig
 from trainer.data import eval_dataset, train_dataset
 from trainer.export import ExportError, check_int8_accuracy, to_int8_tflite
@@ -362,6 +362,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
         if not (opts.data / split).is_dir():
             raise DatasetError(f"{opts.data / split}: missing (expected {opts.data}/train and {opts.data}/test)")
     prepare_output(opts)
+    resume.check_options(opts.out / "checkpoints", {**asdict(opts), "augment": aug_name})
     t_start = time.perf_counter()
 
     train_samples, train_set = _load_split(opts.data, "train", opts.limit)
@@ -371,6 +372,8 @@ def run(opts: FitOptions) -> dict[str, Any]:
     digests = file_digests(train_samples + test_samples)
     train_digests = {digests[p] for p in train_set.paths}
     unique = np.array([digests[p] not in train_digests for p in test_set.paths])
+    train_fingerprint = fingerprint(train_samples, opts.data, digests)
+    resume.check_data(opts.out / "checkpoints", {**asdict(opts), "augment": aug_name}, train_fingerprint)
 
     fit_idx, val_idx = stratified_split(train_set.labels, opts.val_fraction, opts.split_seed)
     fit_x, fit_y = train_set.images[fit_idx], train_set.labels[fit_idx]
@@ -451,7 +454,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
         "float_model": FLOAT_MODEL,
         "training": {
             "command": opts.command,
-            "data": {"root": str(opts.data), "train_fingerprint": fingerprint(train_samples, opts.data, digests),
+            "data": {"root": str(opts.data), "train_fingerprint": train_fingerprint,
                      "test_fingerprint": fingerprint(test_samples, opts.data, digests),
                      "validation_fingerprint": fingerprint(
                          [s for s in train_samples if s.path in val_paths], opts.data, digests),

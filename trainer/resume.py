@@ -1,0 +1,79 @@
+"""What a run's checkpoints were trained with, so `--resume` cannot silently change it.
+
+Resuming with another seed, augmentation, split or data would continue the weights under
+different conditions, and the bundle would then record a command that never produced
+it. The options that shape the weights are written next to the checkpoints when a run
+starts and compared when it resumes. `--epochs` may change (to extend a run); options
+that act only after training (threshold policy, int8 gate, weight averaging, batch-norm
+recalibration) may change too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RECORD = "options.json"
+# FitOptions fields that shape the trained weights, besides the data itself.
+TRAINING_OPTIONS = ("arch", "steps_per_epoch", "batch_size", "seed", "split_seed", "val_fraction",
+                    "learning_rate", "augment", "limit")
+
+
+class ResumeMismatch(ValueError):
+    """`--resume` was asked with options or data other than the checkpoints'."""
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _saved(checkpoints: Path) -> dict[str, Any] | None:
+    path = checkpoints / RECORD
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        if isinstance(saved.get("options"), dict) and isinstance(saved.get("train_fingerprint"), str):
+            return saved
+        problem = "no options or train_fingerprint"
+    except (OSError, ValueError, AttributeError) as exc:
+        problem = str(exc)
+    raise ResumeMismatch(f"{path}: unreadable ({problem}); cannot tell what the checkpoints were trained "
+                         "with: start afresh with --force")
+
+
+def check_options(checkpoints: Path, options: dict[str, Any]) -> None:
+    """Before any work: the options (FitOptions fields, `augment` resolved) must match the record."""
+    saved = _saved(checkpoints)
+    if saved is None:
+        return
+    differs = [f"{_flag(k)} {saved['options'].get(k)!r} (now {options[k]!r})"
+               for k in TRAINING_OPTIONS if saved["options"].get(k) != options[k]]
+    if differs:
+        raise ResumeMismatch(
+            f"{checkpoints.parent}: --resume with other training options than the checkpoints were made "
+            f"with: {'; '.join(differs)}. Repeat the original options (recorded in {checkpoints / RECORD}) "
+            "or start afresh with --force"
+        )
+
+
+def check_data(checkpoints: Path, options: dict[str, Any], train_fingerprint: str) -> None:
+    """Once the data is read: a resumed run must see the same images; a new run records both."""
+    saved = _saved(checkpoints)
+    if saved is None:
+        if any(p.name != RECORD for p in checkpoints.iterdir()):
+            log.warning("checkpoints carry no record of their options (made before it existed): "
+                        "resuming on trust that this command repeats the original options",
+                        extra={"checkpoints": str(checkpoints)})
+        record = {"options": {k: options[k] for k in TRAINING_OPTIONS}, "train_fingerprint": train_fingerprint}
+        (checkpoints / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    elif saved["train_fingerprint"] != train_fingerprint:
+        raise ResumeMismatch(
+            f"{checkpoints.parent}: --resume on other training data than the checkpoints were made with "
+            f"(train fingerprint now {train_fingerprint[:12]}..., recorded {saved['train_fingerprint'][:12]}...). "
+            "Point --data at the original images or start afresh with --force"
+        )
