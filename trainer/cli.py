@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder with train/ and test/, each with def_front/ and ok_front/ "
                         "(default: $CASTING_DATA or ../shared/datasets/casting_data)")
     f.add_argument("--out", type=Path, required=True, help="run/bundle folder to write")
-    f.add_argument("--arch", default="edge", help="edge (default), edge-wide (wider middle stages) or seed (the notebook's CNN)")
+    f.add_argument("--arch", default="edge",
+                   help="edge (default), edge-wide (wider middle stages), edge-wide-stem (edge-wide with a "
+                        "32-filter first stage) or seed (the notebook's CNN)")
     f.add_argument("--epochs", type=int, default=25)
     f.add_argument("--steps-per-epoch", type=int, default=150)
     f.add_argument("--batch-size", type=int, default=64)

@@ -60,9 +60,16 @@ def edge_wide_cnn(size: tuple[int, int]) -> keras.Model:
     return edge_cnn(size, (16, 32, 48, 64, 128))
 
 
+def edge_wide_stem_cnn(size: tuple[int, int]) -> keras.Model:
+    """edge-wide with twice the first stage's filters: more detectors at the finest scale, where
+    a pinhole of a few pixels is still visible; ~2x the training compute, same int8 latency."""
+    return edge_cnn(size, (32, 32, 48, 64, 128))
+
+
 ARCHITECTURES: dict[str, Callable[[tuple[int, int]], keras.Model]] = {
     "edge": edge_cnn,
     "edge-wide": edge_wide_cnn,
+    "edge-wide-stem": edge_wide_stem_cnn,
     "seed": seed_cnn,
 }
 DEFAULT_ARCH = "edge"
