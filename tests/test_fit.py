@@ -83,6 +83,12 @@ def test_fit_skips_and_lists_bad_files_and_converts_odd_images(tmp_path: Path) -
     assert "truncated" in skipped["cut.jpg"] and "zero-byte" in skipped["zero.jpg"]
     assert bundle.load(out).meta["training"]["data"]["train_images"] == 26  # 24 + colour + 16-bit
     assert "cut.jpg" in (out / "skipped.txt").read_text() and "## Skipped files" in (out / "report.md").read_text()
+    ev = metrics["threshold_evidence"]  # the validation images on either side of the threshold, named
+    low = [e["p_defect"] for e in ev["lowest_defects"]]
+    assert low == sorted(low) and all(e["image"].startswith("def_front/") for e in ev["lowest_defects"])
+    assert all(e["image"].startswith("ok_front/") for e in ev["highest_good"]) and ev["threshold"] == metrics["threshold"]
+    assert ev["lowest_defects"][0]["image"] in (out / "report.md").read_text()
+    assert (out / "figures/threshold_evidence.png").stat().st_size > 1000
     bn = metrics["batchnorm_recalibration"]  # the default architecture has batch norm
     assert bn["chosen"] in ("best_checkpoint", "final_weights") and 0 < bn["images"] < 26  # the fit part
     assert "loss" in bn["final_weights"]["validation_after"] and "loss" in bn["best_checkpoint"]["validation_before"]

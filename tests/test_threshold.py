@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from trainer.threshold import Policy, PolicyError, choose, parse_policy
+from trainer.threshold import Policy, PolicyError, choose, evidence, parse_policy
 
 
 def test_parse_policy_accepts_cost_and_recall_and_names_bad_input() -> None:
@@ -33,3 +33,15 @@ def test_recall_policy_returns_highest_threshold_meeting_target() -> None:
     p = np.array([0.1, 0.2, 0.5, 0.6, 0.7])
     assert choose(labels, p, Policy("recall", 1.0)) == pytest.approx(np.floor(0.2 * 256) / 256)
     assert choose(labels, p, Policy("recall", 0.75)) == pytest.approx(np.floor(0.5 * 256) / 256)
+
+
+def test_evidence_names_the_images_that_set_the_threshold() -> None:
+    labels = np.array([1, 1, 1, 0, 0, 0, 1])
+    p = np.array([0.99, 0.12, 0.98, 0.05, 0.30, 0.01, 0.45])
+    names = [f"img{i}" for i in range(7)]
+    t = choose(labels, p, parse_policy("cost:20"))
+    ev = evidence(labels, p, names, t, n=2)
+    assert ev["lowest_defects"] == [{"image": "img1", "p_defect": 0.12}, {"image": "img6", "p_defect": 0.45}]
+    assert ev["highest_good"] == [{"image": "img4", "p_defect": 0.3}, {"image": "img3", "p_defect": 0.05}]
+    assert ev["good_at_or_above_lowest_defect"] == 1  # img4 is the one good part the threshold must reject
+    assert t <= 0.12

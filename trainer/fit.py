@@ -38,7 +38,7 @@ from trainer.augment import AUGMENTATIONS, AugmentConfig
 from trainer.data import eval_dataset, train_dataset
 from trainer.export import ExportError, check_int8_accuracy, to_int8_tflite
 from trainer.models import ARCHITECTURES
-from trainer.threshold import choose, parse_policy
+from trainer.threshold import choose, evidence, parse_policy
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +393,11 @@ def run(opts: FitOptions) -> dict[str, Any]:
     int8_val = clf.predict(val_x)
     int8_test = clf.predict(test_set.images)
     threshold = choose(val_y, int8_val, policy)
-    log.info("operating threshold chosen on validation", extra={"policy": str(policy), "threshold": threshold})
+    val_names = [f"{train_set.paths[i].parent.name}/{train_set.paths[i].name}" for i in val_idx]
+    threshold_evidence = evidence(val_y, int8_val, val_names, threshold)
+    log.info("operating threshold chosen on validation", extra={
+        "policy": str(policy), "threshold": threshold,
+        "lowest_validation_defect": threshold_evidence["lowest_defects"][0]})
 
     perturb_cfg = PerturbConfig()
     perturbed = perturb_all(test_set.images, opts.robustness_seed, perturb_cfg)
@@ -406,6 +410,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "threshold": threshold,
         "threshold_policy": str(policy),
+        "threshold_evidence": threshold_evidence,
         "validation": {"float": summarize(val_y, float_val, threshold),
                        "int8": summarize(val_y, int8_val, threshold)},
         "test_all": {"float": summarize(y, float_test, threshold),
@@ -474,7 +479,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
     }
     written = bundle_fmt.write(opts.out, tflite, meta)
     report.write(opts.out, written.meta, metrics, history, train_set, test_set, unique,
-                 float_test, int8_test, fit_x, fit_y, val_y, aug, opts)
+                 float_test, int8_test, fit_x, fit_y, val_y, aug, opts, val_images=dict(zip(val_names, val_x)))
     log.info("bundle written", extra={"out": str(opts.out), "threshold": threshold,
                                       "int8_test_accuracy": metrics["test_all"]["int8"]["accuracy"]})
     return metrics

@@ -120,10 +120,26 @@ def focus_table(focus: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def evidence_lines(ev: dict[str, Any] | None) -> list[str]:
+    """Markdown lines: which validation images set the threshold (see threshold.evidence)."""
+    if not ev or not ev["lowest_defects"]:
+        return []
+    def cell(items: list[dict[str, Any]], i: int) -> str:
+        return f"`{items[i]['image']}` {items[i]['p_defect']:.4f}" if i < len(items) else ""
+
+    low, high = ev["lowest_defects"], ev["highest_good"]
+    rows = [f"| {i + 1} | {cell(low, i)} | {cell(high, i)} |" for i in range(max(len(low), len(high)))]
+    return ["## What set the threshold (int8, validation)", "",
+            f"Threshold {ev['threshold']:.4f}. Good parts scoring at or above the lowest-scoring defect: "
+            f"{ev['good_at_or_above_lowest_defect']}. With few hard defects in validation, the lowest one or two "
+            "place the threshold; a model is judged by how far its good parts stay below them.", "",
+            "| rank | lowest-scoring defects | highest-scoring good parts |", "|---|---|---|", *rows, ""]
+
+
 def write(out: Path, meta: dict[str, Any], metrics: dict[str, Any], history: list[dict[str, float]],
           train_set: LoadedImages, test_set: LoadedImages, unique: np.ndarray, float_test: np.ndarray,
           int8_test: np.ndarray, fit_x: np.ndarray, fit_y: np.ndarray, val_y: np.ndarray,
-          aug: AugmentConfig, opts: FitOptions) -> None:
+          aug: AugmentConfig, opts: FitOptions, val_images: dict[str, np.ndarray] | None = None) -> None:
     from trainer.augment import augment  # TensorFlow only needed here for the sample batch
 
     figs = out / "figures"
@@ -151,6 +167,14 @@ def write(out: Path, meta: dict[str, Any], metrics: dict[str, Any], history: lis
     elif (figs / "misclassified_int8_test.png").exists():
         (figs / "misclassified_int8_test.png").unlink()
 
+    ev = metrics.get("threshold_evidence")
+    shown = (ev["lowest_defects"] + ev["highest_good"]) if ev else []
+    if shown and val_images:
+        image_grid(figs / "threshold_evidence.png", np.stack([val_images[e["image"]] for e in shown]),
+                   [f"{e['image']}\np={e['p_defect']:.3f}" for e in shown],
+                   f"Validation images nearest the threshold {t:.4f} (int8): lowest defects, highest good parts",
+                   cols=len(ev["lowest_defects"]) or 1,
+                   colors=["red"] * len(ev["lowest_defects"]) + ["green"] * len(ev["highest_good"]))
     ta, tu = metrics["test_all"], metrics["test_unique"]
     rob = metrics["robustness"]
     lines = [
@@ -189,6 +213,7 @@ def write(out: Path, meta: dict[str, Any], metrics: dict[str, Any], history: lis
         metrics_table({"int8, perturbed test": rob["int8"]}),
         "",
         *focus_table(metrics.get("focus", {})),
+        *evidence_lines(ev),
         "## Figures",
         "",
         "![class proportions](figures/class_proportions.png)",
@@ -196,6 +221,8 @@ def write(out: Path, meta: dict[str, Any], metrics: dict[str, Any], history: lis
         "![training curves](figures/training_curves.png)",
         "![confusion](figures/confusion_int8_test.png)",
     ]
+    if shown and val_images:
+        lines.append("![threshold evidence](figures/threshold_evidence.png)")
     if len(wrong):
         lines.append("![misclassified](figures/misclassified_int8_test.png)")
         lines += ["", "Misclassified test images (int8):", ""]

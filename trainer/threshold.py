@@ -64,3 +64,20 @@ def choose(labels: np.ndarray, p_defect: np.ndarray, policy: Policy) -> float:
     while last + 1 < len(ok) and ok[last + 1]:
         last += 1
     return float(grid[(first + last) // 2])
+
+
+def evidence(labels: np.ndarray, p_defect: np.ndarray, names: list[str], threshold: float,
+             n: int = 5) -> dict[str, object]:
+    """The validation images nearest the threshold from each side: with few hard defects in
+    validation, one or two of them set the threshold, and whoever owns it should see which."""
+    labels = np.asarray(labels).astype(bool)
+    p = np.asarray(p_defect, dtype=np.float64)
+    defects, good = np.flatnonzero(labels), np.flatnonzero(~labels)
+    low = defects[np.argsort(p[defects], kind="stable")][:n]
+    high = good[np.argsort(-p[good], kind="stable")][:n]
+    return {
+        "threshold": threshold,
+        "lowest_defects": [{"image": names[i], "p_defect": round(float(p[i]), 4)} for i in low],
+        "highest_good": [{"image": names[i], "p_defect": round(float(p[i]), 4)} for i in high],
+        "good_at_or_above_lowest_defect": int((p[good] >= p[low[0]]).sum()) if len(low) else 0,
+    }
