@@ -149,6 +149,16 @@ def fingerprint(samples: list[Sample], root: str | Path, digests: dict[Path, str
     return h.hexdigest()
 
 
+def first_per_class(samples: list[Sample], n: int | None) -> list[Sample]:
+    """The first `n` samples of each class (all when None): quick runs and CI use a few."""
+    if n is None:
+        return samples
+    kept: list[Sample] = []
+    for label in range(len(CLASS_NAMES)):
+        kept += [s for s in samples if s.label == label][:n]
+    return kept
+
+
 def stratified_split(
     labels: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:

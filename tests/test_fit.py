@@ -108,6 +108,19 @@ def test_the_training_seed_leaves_the_validation_split_alone(tmp_path: Path) -> 
     assert val["a"] == val["b"] != val["c"]
     assert meta["a"]["sha256"] != meta["b"]["sha256"]  # the seed did change the training
     assert meta["c"]["training"]["options"]["split_seed"] == 9
+    # `edge-train compare` rebuilds exactly the validation images each bundle was judged on.
+    report = tmp_path / "compare.json"
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--data", str(data), "--resamples", "20",
+                 "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["validation"]["fingerprint"] == val["a"]
+    for role, name in (("champion", "a"), ("challenger", "b")):
+        recorded = meta[name]["metrics"]["validation"]["int8"]
+        got = result["models"][role]
+        assert (got["false_accepts"], got["false_rejects"]) == (recorded["false_accepts"], recorded["false_rejects"])
+    bs = result["bootstrap"]
+    assert bs["resamples"] == 20 and bs["b_lower"] + bs["tie"] + bs["b_higher"] == pytest.approx(1.0)
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "c"), "--data", str(data)]) == 2  # other split
 
 
 def test_resume_refuses_other_options_or_data_than_the_checkpoints(tmp_path: Path,

@@ -1,12 +1,14 @@
-"""`edge-train`: thin command line over trainer.fit.
+"""`edge-train`: thin command line over trainer.fit and trainer.compare.
 
-Exit status: 0 bundle written; 1 the int8 export failed its accuracy gate;
-2 bad usage, data or output folder (message, no traceback).
+Exit status of `fit`: 0 bundle written; 1 the int8 export failed its accuracy gate;
+2 bad usage, data or output folder (message, no traceback). `compare`: 0 compared;
+2 bad usage, bundle or data.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -60,14 +62,50 @@ def build_parser() -> argparse.ArgumentParser:
     g = f.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     g.add_argument("--force", action="store_true", help="replace the run already in --out")
+    c = sub.add_parser("compare", help="champion vs challenger bundle on their validation images (never test)")
+    c.add_argument("champion", type=Path, help="bundle folder in use (e.g. models/casting-cnn)")
+    c.add_argument("challenger", type=Path, help="bundle folder that would replace it")
+    c.add_argument("--data", type=Path, default=None,
+                   help="the folder both were trained on (default: $CASTING_DATA or ../shared/datasets/casting_data)")
+    c.add_argument("--cost-ratio", type=float, default=20.0,
+                   help="cost of an escape in good parts rejected (default 20, as cost:20)")
+    c.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the validation images")
+    c.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+    c.add_argument("--refocus", default=None,
+                   help="score every validation image blurred or sharpened alike, e.g. sharpen_0.5")
+    c.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def compare_main(args: argparse.Namespace) -> int:
+    """`edge-train compare`: needs no TensorFlow."""
+    from edge.bundle import BundleError  # noqa: PLC0415
+    from edge.dataset import DatasetError  # noqa: PLC0415
+    from trainer.compare import CompareError, compare, render  # noqa: PLC0415
+    from trainer.threshold import PolicyError  # noqa: PLC0415
+
+    if args.resamples < 1 or args.cost_ratio <= 0:
+        log.error(f"--resamples must be >= 1 and --cost-ratio > 0, got {args.resamples} and {args.cost_ratio}")
+        return 2
+    try:
+        result = compare(args.champion, args.challenger, args.data or default_data_root(), args.cost_ratio,
+                         args.resamples, args.seed, args.refocus)
+    except (BundleError, DatasetError, CompareError, PolicyError) as exc:
+        log.error(str(exc))
+        return 2
+    print(render(result))  # noqa: T201 - the command's output
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     logs.setup(logging.DEBUG if args.verbose else logging.INFO)
+    if args.command == "compare":
+        return compare_main(args)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for name, value in (("--epochs", args.epochs), ("--steps-per-epoch", args.steps_per_epoch),
                         ("--batch-size", args.batch_size)):

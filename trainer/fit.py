@@ -24,6 +24,7 @@ from edge.dataset import (
     Sample,
     file_digests,
     fingerprint,
+    first_per_class,
     list_labelled,
     load_samples,
     stratified_split,
@@ -102,17 +103,8 @@ def prepare_output(opts: FitOptions) -> None:
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
 
 
-def _limit(samples: list[Sample], n: int | None) -> list[Sample]:
-    if n is None:
-        return samples
-    kept: list[Sample] = []
-    for label in range(len(CLASS_NAMES)):
-        kept += [s for s in samples if s.label == label][:n]
-    return kept
-
-
 def _load_split(root: Path, name: str, limit: int | None) -> tuple[list[Sample], LoadedImages]:
-    samples = _limit(list_labelled(root / name), limit)
+    samples = first_per_class(list_labelled(root / name), limit)
     t = time.perf_counter()
     loaded = load_samples(samples)
     for label, cls in enumerate(CLASS_NAMES):

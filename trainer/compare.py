@@ -1,0 +1,153 @@
+"""`edge-train compare`: champion against challenger on their validation images, never test.
+
+Replacing a shipped model is decided on validation, and on this dataset a handful of hard
+validation defects set each model's threshold, so one model's validation cost can beat
+another's by luck. The comparison therefore also resamples the validation images
+(stratified bootstrap, both models on the same resamples, each threshold chosen again by
+its own policy) and reports how often the challenger costs less, as much, or more.
+Needs no TensorFlow: the bundles run on LiteRT, as on the line.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge import bundle as bundle_fmt
+from edge.dataset import file_digests, fingerprint, first_per_class, list_labelled, load_samples, stratified_split
+from edge.model import Classifier
+from edge.perturb import FOCUS_CHANGES, refocus_all
+from trainer.threshold import Policy, choose, parse_policy
+
+log = logging.getLogger(__name__)
+
+
+class CompareError(ValueError):
+    """The two bundles cannot be compared as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class Validation:
+    images: np.ndarray
+    labels: np.ndarray
+    fingerprint: str
+
+
+def _split_of(meta: dict[str, Any]) -> tuple[int, float, int | None]:
+    opts = meta.get("training", {}).get("options", {})
+    # Before --split-seed existed (2026-11-26), --seed drove the split.
+    return int(opts.get("split_seed", opts.get("seed", 123))), float(opts.get("val_fraction", 0.2)), opts.get("limit")
+
+
+def validation_of(bundles: list[bundle_fmt.Bundle], data: Path) -> Validation:
+    """The validation images the bundles were judged on, rebuilt exactly as `fit` split them."""
+    splits = {_split_of(b.meta) for b in bundles}
+    if len(splits) > 1:
+        raise CompareError("the bundles were validated on different splits (split seed, validation fraction, "
+                           f"limit): {sorted(splits, key=str)}; compare only bundles judged on the same images")
+    split_seed, fraction, limit = splits.pop()
+    samples = first_per_class(list_labelled(data / "train"), limit)
+    loaded = load_samples(samples)
+    _, val_idx = stratified_split(loaded.labels, fraction, split_seed)
+    val_paths = {loaded.paths[i] for i in val_idx}
+    val_samples = [s for s in samples if s.path in val_paths]
+    fp = fingerprint(val_samples, data, file_digests(val_samples))
+    for b in bundles:
+        recorded = b.meta.get("training", {}).get("data", {}).get("validation_fingerprint")
+        if recorded is None:
+            log.warning("bundle records no validation fingerprint (trained before it existed): trusting its "
+                        "split options", extra={"bundle": str(b.path)})
+        elif recorded != fp:
+            raise CompareError(f"{b.path}: its validation images (fingerprint {recorded[:12]}...) are not the "
+                               f"ones under {data} (fingerprint {fp[:12]}...); point --data at its training data")
+    return Validation(loaded.images[val_idx], loaded.labels[val_idx], fp)
+
+
+def cost(labels: np.ndarray, p: np.ndarray, threshold: float, ratio: float) -> tuple[float, int, int]:
+    """(ratio x false accepts + false rejects, false accepts, false rejects) at `threshold`."""
+    defect = np.asarray(labels).astype(bool)
+    fa = int(((p < threshold) & defect).sum())
+    fr = int(((p >= threshold) & ~defect).sum())
+    return ratio * fa + fr, fa, fr
+
+
+def paired_bootstrap(labels: np.ndarray, choose_on: tuple[np.ndarray, np.ndarray],
+                     measure_on: tuple[np.ndarray, np.ndarray], policies: tuple[Policy, Policy],
+                     ratio: float, resamples: int, seed: int) -> dict[str, Any]:
+    """Costs of models A and B on the same stratified resamples.
+
+    On each resample each model's threshold is chosen again by its own policy from its
+    `choose_on` scores and its cost counted on its `measure_on` scores: the same arrays for
+    plain validation; the refocused images' scores when asking how a threshold chosen on
+    the camera's usual images holds under another focus.
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    classes = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    costs = np.empty((2, resamples))
+    for r in range(resamples):
+        idx = np.concatenate([rng.choice(c, len(c)) for c in classes])
+        y = labels[idx]
+        for m in range(2):
+            t = choose(y, choose_on[m][idx], policies[m])
+            costs[m, r] = cost(y, measure_on[m][idx], t, ratio)[0]
+    ca, cb = costs
+
+    def dist(c: np.ndarray) -> dict[str, float]:
+        return {"median": float(np.median(c)), "p5": float(np.percentile(c, 5)), "p95": float(np.percentile(c, 95))}
+
+    return {"resamples": resamples, "seed": seed, "a": dist(ca), "b": dist(cb),
+            "b_lower": round(float(np.mean(cb < ca)), 4), "tie": round(float(np.mean(cb == ca)), 4),
+            "b_higher": round(float(np.mean(cb > ca)), 4)}
+
+
+def compare(champion: Path, challenger: Path, data: Path, ratio: float = 20.0, resamples: int = 2000,
+            seed: int = 0, refocus: str | None = None) -> dict[str, Any]:
+    """Everything `edge-train compare` reports, as a dict (also its --json)."""
+    if refocus is not None and refocus not in FOCUS_CHANGES:
+        raise CompareError(f"--refocus {refocus!r}: choose one of {', '.join(FOCUS_CHANGES)}")
+    bundles = [bundle_fmt.load(champion), bundle_fmt.load(challenger)]
+    val = validation_of(bundles, data)
+    images = refocus_all(val.images, refocus) if refocus else val.images
+    result: dict[str, Any] = {"validation": {"images": len(val.labels), "defects": int(val.labels.sum()),
+                                             "fingerprint": val.fingerprint, "refocus": refocus},
+                              "cost_ratio": ratio, "models": {}}
+    clean, measured, policies = [], [], []
+    for role, b in zip(("champion", "challenger"), bundles):
+        clf = Classifier.from_bundle(b)
+        p_clean = clf.predict(val.images)
+        p = clf.predict(images) if refocus else p_clean
+        policy = parse_policy(b.meta.get("threshold_policy", "cost:20"))
+        c, fa, fr = cost(val.labels, p, b.threshold, ratio)
+        lowest = np.sort(p[val.labels == 1])[:3]
+        result["models"][role] = {"bundle": str(b.path), "threshold": b.threshold, "policy": str(policy),
+                                  "cost": c, "false_accepts": fa, "false_rejects": fr,
+                                  "lowest_defect_scores": [round(float(v), 4) for v in lowest]}
+        clean.append(p_clean)
+        measured.append(p)
+        policies.append(policy)
+    result["bootstrap"] = paired_bootstrap(val.labels, (clean[0], clean[1]), (measured[0], measured[1]),
+                                           (policies[0], policies[1]), ratio, resamples, seed)
+    return result
+
+
+def render(result: dict[str, Any]) -> str:
+    """The comparison as a few plain lines for the terminal."""
+    v, bs = result["validation"], result["bootstrap"]
+    r = result["cost_ratio"]
+    lines = [f"validation: {v['images']} images ({v['defects']} defects), fingerprint {v['fingerprint'][:12]}"
+             + (f", every image refocused: {v['refocus']}" if v["refocus"] else "")]
+    for role, key in (("champion", "a"), ("challenger", "b")):
+        m = result["models"][role]
+        d = bs[key]
+        lines.append(f"{role:10s} {m['bundle']}: threshold {m['threshold']:.4f} ({m['policy']}), cost {m['cost']:g} "
+                     f"({m['false_accepts']} escapes, {m['false_rejects']} good rejected); lowest defect scores "
+                     f"{m['lowest_defect_scores']}; bootstrap cost median {d['median']:g} [5-95%: {d['p5']:g}-{d['p95']:g}]")
+    lines.append(f"cost = {r:g} x escapes + good rejected. Over {bs['resamples']} resamples of the validation images "
+                 f"(seed {bs['seed']}), the challenger costs less in {100 * bs['b_lower']:.1f}%, "
+                 f"the same in {100 * bs['tie']:.1f}%, more in {100 * bs['b_higher']:.1f}%.")
+    return "\n".join(lines)
