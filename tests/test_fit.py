@@ -155,6 +155,24 @@ def test_resume_refuses_other_options_or_data_than_the_checkpoints(tmp_path: Pat
     assert json.loads((out / "checkpoints/options.json").read_text()) == record
 
 
+def test_fit_runs_mirrored_over_two_devices(tmp_path: Path) -> None:
+    """The several-GPU path (MirroredStrategy), on two logical CPU devices: see tests/mirrored_fit.py."""
+    data = tmp_path / "data"
+    write_split(data / "train", 12, seed=1)
+    write_split(data / "test", 4, seed=2)
+    out = tmp_path / "run"
+    args = ["fit", "--data", str(data), "--out", str(out), "--swa-epochs", "1"] + QUICK
+    r = subprocess.run([sys.executable, str(Path(__file__).parent / "mirrored_fit.py"), *args],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "MirroredStrategy with devices" in r.stderr and "CPU:1" in r.stderr
+    m = bundle.load(out).meta
+    assert m["architecture"] == "edge" and m["training"]["epochs_run"] == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["weight_average"]["val_loss_per_epoch"]) == 1
+    assert set(metrics["batchnorm_recalibration"]) >= {"best_checkpoint", "final_weights", "weight_average"}
+
+
 @pytest.mark.parametrize("case", ["missing_class", "empty_class", "no_test"])
 def test_bad_data_folders_exit_2_with_message_and_no_traceback(tmp_path: Path, case: str) -> None:
     data = tmp_path / "data"
