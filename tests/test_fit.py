@@ -173,13 +173,13 @@ def test_fit_runs_mirrored_over_two_devices(tmp_path: Path) -> None:
     assert set(metrics["batchnorm_recalibration"]) >= {"best_checkpoint", "final_weights", "weight_average"}
 
 
-@pytest.mark.parametrize("case", ["missing_class", "empty_class", "no_test"])
+@pytest.mark.parametrize("case", ["missing_class", "empty_class", "no_test", "no_validation"])
 def test_bad_data_folders_exit_2_with_message_and_no_traceback(tmp_path: Path, case: str) -> None:
     data = tmp_path / "data"
     write_split(data / "train", 2)
     write_split(data / "test", 2)
     expected = {"missing_class": "missing class folder 'def_front'", "empty_class": "holds no image files",
-                "no_test": "data/test: missing"}[case]
+                "no_test": "data/test: missing", "no_validation": "split into 2 to fit and 0 to validate"}[case]
     if case == "missing_class":
         for f in (data / "train/def_front").iterdir():
             f.unlink()
@@ -187,12 +187,13 @@ def test_bad_data_folders_exit_2_with_message_and_no_traceback(tmp_path: Path, c
     elif case == "empty_class":
         for f in (data / "test/ok_front").iterdir():
             f.unlink()
-    else:
+    elif case == "no_test":
         for d in (data / "test").iterdir():
             for f in d.iterdir():
                 f.unlink()
             d.rmdir()
         (data / "test").rmdir()
+    # no_validation: 2 images per class, of which --val-fraction 0.2 validates none
     r = subprocess.run([sys.executable, "-m", "trainer.cli", "fit", "--data", str(data), "--out",
                         str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr

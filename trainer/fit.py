@@ -354,7 +354,8 @@ def run(opts: FitOptions) -> dict[str, Any]:
         if not (opts.data / split).is_dir():
             raise DatasetError(f"{opts.data / split}: missing (expected {opts.data}/train and {opts.data}/test)")
     prepare_output(opts)
-    resume.check_options(opts.out / "checkpoints", {**asdict(opts), "augment": aug_name})
+    as_run = {**asdict(opts), "augment": aug_name}  # what the checkpoints are trained with
+    resume.check_options(opts.out / "checkpoints", as_run)
     t_start = time.perf_counter()
 
     train_samples, train_set = _load_split(opts.data, "train", opts.limit)
@@ -365,9 +366,16 @@ def run(opts: FitOptions) -> dict[str, Any]:
     train_digests = {digests[p] for p in train_set.paths}
     unique = np.array([digests[p] not in train_digests for p in test_set.paths])
     train_fingerprint = fingerprint(train_samples, opts.data, digests)
-    resume.check_data(opts.out / "checkpoints", {**asdict(opts), "augment": aug_name}, train_fingerprint)
+    resume.check_data(opts.out / "checkpoints", as_run, train_fingerprint)
 
     fit_idx, val_idx = stratified_split(train_set.labels, opts.val_fraction, opts.split_seed)
+    for label, cls in enumerate(CLASS_NAMES):
+        n_fit, n_val = (int((train_set.labels[idx] == label).sum()) for idx in (fit_idx, val_idx))
+        if not n_fit or not n_val:
+            raise DatasetError(
+                f"{opts.data / 'train' / cls}: {n_fit + n_val} readable images split into {n_fit} to fit and "
+                f"{n_val} to validate (--val-fraction {opts.val_fraction}); both need at least one: use more "
+                "images (a larger --limit) or another --val-fraction")
     fit_x, fit_y = train_set.images[fit_idx], train_set.labels[fit_idx]
     val_x, val_y = train_set.images[val_idx], train_set.labels[val_idx]
     val_paths = {train_set.paths[i] for i in val_idx}
@@ -389,7 +397,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
     threshold_evidence = evidence(val_y, int8_val, val_names, threshold)
     log.info("operating threshold chosen on validation", extra={
         "policy": str(policy), "threshold": threshold,
-        "lowest_validation_defect": threshold_evidence["lowest_defects"][0]})
+        "lowest_validation_defect": (threshold_evidence["lowest_defects"] or [None])[0]})
 
     perturb_cfg = PerturbConfig()
     perturbed = perturb_all(test_set.images, opts.robustness_seed, perturb_cfg)
