@@ -480,6 +480,10 @@ def run(opts: FitOptions) -> dict[str, Any]:
     written = bundle_fmt.write(opts.out, tflite, meta)
     report.write(opts.out, written.meta, metrics, history, train_set, test_set, unique,
                  float_test, int8_test, fit_x, fit_y, val_y, aug, opts, val_images=dict(zip(val_names, val_x)))
+    # Validation figures only: a replacement is judged on them before anyone reads test (report.md).
+    val_int8 = metrics["validation"]["int8"]
     log.info("bundle written", extra={"out": str(opts.out), "threshold": threshold,
-                                      "int8_test_accuracy": metrics["test_all"]["int8"]["accuracy"]})
+                                      "validation_int8_escapes": val_int8["false_accepts"],
+                                      "validation_int8_good_rejected": val_int8["false_rejects"],
+                                      "test_figures": str(opts.out / "report.md")})
     return metrics
