@@ -19,6 +19,8 @@ from edge.locate import PartBox
 log = logging.getLogger(__name__)
 
 VELOCITY_SMOOTHING = 0.4  # weight of the newest frame-to-frame displacement in the velocity
+BACKWARD_TOLERANCE = 0.2  # radii a centre may seem to move against the belt (locator jitter)
+SPEED_UNCERTAINTY = 0.1  # relative error of a predicted speed: the gate widens with frames skipped
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,8 @@ class Track:
     first_frame: int
     last_frame: int
     hits: int  # frames in which the part was detected
-    reason: str  # "predicted" / "nearest": at its closest to the line; "crossed": passed it; "exit"; "flush"
+    reason: str  # "predicted" / "nearest": at its closest to the line; "crossed": passed it; "exit";
+    # "passed": handed over before a part behind it; "flush"
 
 
 @dataclass
@@ -42,7 +45,8 @@ class _Live:
     last_frame: int
     box: PartBox  # latest observation
     hits: int = 1
-    velocity: tuple[float, float] = (0.0, 0.0)  # pixels per frame, from the last two hits
+    velocity: tuple[float, float] = (0.0, 0.0)  # pixels per frame, smoothed over the hits
+    steady: int = 0  # speed measurements between two full views (cut views bias the centre)
     crossed: bool = False
     emitted: bool = False
     best: tuple[float, int, PartBox, Any] | None = field(default=None)  # (|dx|, frame, box, payload)
@@ -97,6 +101,7 @@ class PartTracker:
         self._live: list[_Live] = []
         self._next_id = 0
         self._last_frame: int | None = None
+        self._belt_speed = 0.0  # px/frame along the belt, learned from parts followed steadily
 
     @property
     def active(self) -> int:
@@ -129,11 +134,15 @@ class PartTracker:
             box = boxes[bi]
             gap = frame_index - tr.last_frame
             inst = ((box.cx - tr.box.cx) / gap, (box.cy - tr.box.cy) / gap)
-            if tr.hits == 1:
+            # Centres of parts cut by the frame edge are biased inwards: a speed measured
+            # between two full views replaces one measured on cut views, and is not spoilt by them.
+            clean = box.fully_in_view and tr.box.fully_in_view
+            if tr.hits == 1 or (clean and not tr.steady):
                 tr.velocity = inst
-            else:  # the locator's centres jitter by a few px; the belt's speed does not
+            elif clean or not tr.steady:  # the locator's centres jitter by a few px; the belt's speed does not
                 a = VELOCITY_SMOOTHING
                 tr.velocity = (a * inst[0] + (1 - a) * tr.velocity[0], a * inst[1] + (1 - a) * tr.velocity[1])
+            tr.steady += clean
             tr.box, tr.last_frame, tr.hits = box, frame_index, tr.hits + 1
             self._observe(tr, frame_index, box, payload, line)
         taken = {bi for _, bi in matched}
@@ -144,15 +153,25 @@ class PartTracker:
                 self._next_id += 1
                 self._live.append(tr)
                 self._observe(tr, frame_index, box, payload, line)
+        handed: list[_Live] = []
         for tr in self._live:
             if not self._eligible(tr):
                 continue
             if tr.crossed:
                 ready.append(self._emit(tr, "crossed"))
+                handed.append(tr)
             elif not self.predictive and self._nearest_now(tr, frame_index, line):
                 ready.append(self._emit(tr, "nearest"))
+                handed.append(tr)
+        # A part further down the belt than one handed over now (lost for a while: frames
+        # skipped, detector misses) goes first, so the gate gets parts in belt order.
+        for tr in self._pending_ahead([h.box.cx for h in handed], frame_index):
+            ready.append(self._emit(tr, "passed"))
         keep = []
         for tr in self._live:
+            if tr.steady >= 2 and tr.velocity[0] * self.direction > 0 and tr.last_frame == frame_index:
+                speed = abs(tr.velocity[0])
+                self._belt_speed = speed if not self._belt_speed else 0.7 * self._belt_speed + 0.3 * speed
             if self._closed(tr, frame_index):
                 if self._eligible(tr):
                     ready.append(self._emit(tr, "exit"))
@@ -160,7 +179,7 @@ class PartTracker:
             else:
                 keep.append(tr)
         self._live = keep
-        ready.sort(key=lambda t: (t.frame_index, t.track_id))
+        ready.sort(key=lambda t: (t.frame_index, -t.box.cx * self.direction, t.track_id))  # belt order
         return ready
 
     def due(self, frame_index: int) -> list[Track]:
@@ -189,6 +208,8 @@ class PartTracker:
             # Due from the first frame predicted within 3/4 of a step of the line (or past it):
             # the nearest frame or the one before, so that the locator's jitter of a few px
             # never lets an observed crossing (one search later) come first.
+            if self._pending_ahead([px], frame_index, exclude=tr):
+                continue  # a part ahead of it is still owed: both go the observed way, in order
             if (px - line) * self.direction >= -0.75 * abs(vx):
                 tr.emitted, tr.best = True, None
                 box = PartBox(px, py, b.radius, b.score, True)
@@ -201,8 +222,16 @@ class PartTracker:
         """End of stream: emit every pending part that was ever fully in view."""
         ready = [self._emit(tr, "flush") for tr in self._live if self._eligible(tr)]
         self._live = []
-        ready.sort(key=lambda t: (t.frame_index, t.track_id))
+        ready.sort(key=lambda t: (t.frame_index, -t.box.cx * self.direction, t.track_id))  # belt order
         return ready
+
+    def _pending_ahead(self, xs: list[float], frame_index: int, exclude: _Live | None = None) -> list[_Live]:
+        """Eligible parts not yet handed over whose predicted centre is downstream of any of xs."""
+        if not xs:
+            return []
+        behind = min(x * self.direction for x in xs)
+        return [tr for tr in self._live if tr is not exclude and self._eligible(tr)
+                and (tr.box.cx + tr.velocity[0] * (frame_index - tr.last_frame)) * self.direction > behind]
 
     def _eligible(self, tr: _Live) -> bool:
         """Not yet emitted, seen often enough, and fully in view at least once."""
@@ -219,6 +248,10 @@ class PartTracker:
 
     def _closed(self, tr: _Live, frame_index: int) -> bool:
         missing = frame_index - tr.last_frame
+        if missing and tr.hits < self.min_hits:
+            # A tentative track (one detection) is dropped the first time it is looked for and
+            # not found: kept, its unknown speed would let it claim the next part upstream.
+            return True
         if missing <= self.max_missing:
             return False
         if missing > self.max_coast:
@@ -243,10 +276,22 @@ class PartTracker:
         pairs = []
         for ti, tr in enumerate(self._live):
             gap = frame_index - tr.last_frame
-            px, py = tr.box.cx + tr.velocity[0] * gap, tr.box.cy + tr.velocity[1] * gap
+            # Parts ride the belt: sideways motion is locator jitter, not to be extrapolated far.
+            # (x, y, speed): sideways motion is locator jitter, not extrapolated far.
+            predicted = [(tr.box.cx + tr.velocity[0] * gap, tr.box.cy + tr.velocity[1] * min(gap, self.max_lag),
+                          abs(tr.velocity[0]))]
+            if self._belt_speed:
+                # A part seen once may be at rest or moving; a part's own speed, measured on a
+                # few frames, drifts over a long gap: the belt's speed is the second guess.
+                predicted.append((tr.box.cx + self.direction * self._belt_speed * gap, tr.box.cy, self._belt_speed))
             for bi, box in enumerate(boxes):
-                d = math.hypot(box.cx - px, box.cy - py)
-                if d <= self.gate * max(tr.box.radius, box.radius):
+                if (box.cx - tr.box.cx) * self.direction < -BACKWARD_TOLERANCE * tr.box.radius:
+                    continue  # parts never move against the belt: that is another part
+                radius = self.gate * max(tr.box.radius, box.radius)
+                # The further a prediction reaches (frames skipped), the less exact it is.
+                d = min(math.hypot(box.cx - px, box.cy - py) - SPEED_UNCERTAINTY * v * (gap - 1)
+                        for px, py, v in predicted)
+                if d <= radius:
                     pairs.append((d, ti, bi))
         pairs.sort()
         used_t: set[int] = set()

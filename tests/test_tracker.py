@@ -316,3 +316,35 @@ def test_predictive_tracker_hands_jittery_parts_over_once_by_prediction() -> Non
         assert abs(out[0].box.cx - 500) <= 12 + 4, out[0].box.cx  # within a step (+ jitter) of the line
         reasons.append(out[0].reason)
     assert reasons.count("predicted") >= 45, reasons  # the rest: on the observed crossing frame
+
+
+def test_skipped_frames_never_split_merge_or_reorder_parts() -> None:
+    """An overloaded box inspects only some frames: each part must still be handed over
+    once, in belt order. Seen once and then far away, a part must not be taken for the
+    next one upstream (parts never move backwards, and tracks learn the belt's speed)."""
+    speed, spacing, n_parts = 40, 350, 6
+
+    def part_x(k: int, i: int) -> float:
+        return 40.0 * i - spacing * k - R
+
+    frames_seen = [0, 1, 2, 3, 10, 19, 23, 31, 32, 40, 41, 49, 50, 52, 57, 66, 69, 70, 75, 76, 77, 78, 79, 84,
+                   88, 89, 98, 99, 100, 101, 102, 109, 110, 118, 119, 127]
+    tracker = PartTracker(0.5, frame_width=W)
+    out: list[Track] = []
+    for i in frames_seen:
+        boxes = [box(part_x(k, i)) for k in range(n_parts) if -R < part_x(k, i) < W + R]
+        out += tracker.update(i, boxes)
+    out += tracker.flush()
+    parts = [round((speed * t.frame_index - R - t.box.cx) / spacing) for t in out]
+    assert parts == list(range(n_parts)), [(t.track_id, t.frame_index, t.box.cx, t.reason) for t in out]
+
+
+def test_a_part_on_a_stopped_belt_is_followed_after_the_belt_speed_was_learned() -> None:
+    xs_a = [-50 + 40 * i for i in range(27)]  # part A crosses at full speed: the belt speed is learned
+    xs_b = [-400 + 40 * i for i in range(18)] + [300] * 20 + [300 + 40 * i for i in range(1, 20)]  # B stops at 300
+    frames = []
+    for i in range(max(len(xs_a), len(xs_b))):
+        xs = [xs[i] for xs in (xs_a, xs_b) if i < len(xs) and -R < xs[i] < W + R]
+        frames.append([box(x) for x in xs])
+    out = run(PartTracker(0.5, frame_width=W), frames)
+    assert len(out) == 2 and out[0].box.cx > 450 and out[1].frame_index > 38, [(t.frame_index, t.box.cx) for t in out]
