@@ -65,9 +65,12 @@ class PartTracker:
     in view. A track survives `max_missing` frames without detection, and longer (up to
     `max_coast`) while its predicted position is still in view, so a part the detector
     misses for a while is picked up again by the same track instead of being emitted
-    twice. Detections are matched to the nearest predicted centre (last velocity, or
-    `expected_speed` for a new track) within `gate` radii; parts on the belt do not
-    overlap, so centres of different parts are at least two radii apart.
+    twice. Detections are matched to the nearest predicted centre (smoothed velocity, or
+    `expected_speed` for a new track; the belt speed learned from earlier parts as a
+    second guess) within `gate` radii, widened when frames were skipped; parts on the
+    belt do not overlap, so centres of different parts are at least two radii apart, and
+    never move against the belt. A track seen once is dropped when next looked for and
+    not found. Parts handed over together come in belt order.
     """
 
     def __init__(
