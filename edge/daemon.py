@@ -29,6 +29,7 @@ from edge.tracker import PartTracker, Track
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
+OVERRUN_LOG_EVERY_S = 60.0  # the overrun warning repeats at most this often (the metric counts each)
 
 
 class DecisionSink(Protocol):
@@ -71,6 +72,7 @@ class Daemon:
         self._locate = LocateConfig(min_diameter=cfg.inspect.min_diameter_px,
                                     max_diameter=cfg.inspect.max_diameter_px)
         self._tracker: PartTracker | None = None
+        self._overrun_logged = -OVERRUN_LOG_EVERY_S
         self._triggers: queue.Queue[tuple[str, float, float | None]] = queue.Queue(maxsize=1000)
         self._seen_parts: OrderedDict[str, None] = OrderedDict()
         self._recent: OrderedDict[int, Frame] = OrderedDict()
@@ -165,7 +167,14 @@ class Daemon:
         self._recent[frame.index] = frame
         while len(self._recent) > 32:
             self._recent.popitem(last=False)
-        for done in self._tracker.update(frame.index, boxes, frame.gray.shape[1]):
+        overruns = self._tracker.overruns
+        handed = self._tracker.update(frame.index, boxes, frame.gray.shape[1])
+        if self._tracker.overruns > overruns and time.monotonic() - self._overrun_logged > OVERRUN_LOG_EVERY_S:
+            self._overrun_logged = time.monotonic()
+            log.warning("inspection falls behind the belt: a part moved more than its diameter between two "
+                        "inspected frames, so parts may pass unseen or be taken for their neighbour",
+                        extra={"overruns": self._tracker.overruns, "frames_dropped": self.camera.dropped})
+        for done in handed:
             best_frame = self._recent.get(done.frame_index)
             if best_frame is None:  # pragma: no cover - the tracker emits within a few frames
                 log.error("frame of a tracked part is gone", extra={"frame": done.frame_index})
@@ -235,6 +244,7 @@ class Daemon:
             "reject": c.decisions.get("reject", 0),
             "faults": c.faults,
             "frames_inspected": c.frames,
+            "tracking_overruns": self._tracker.overruns if self._tracker is not None else 0,
             "drift": self.drift.state() if self.drift is not None else {},
             "frame_age_max_ms": round(c.frame_age_max_ms, 2),
             "camera": {"connected": self.camera.connected, "fps": round(self.camera.fps(), 1),

@@ -37,6 +37,9 @@ class _State(Collector):
         yield CounterMetricFamily("edge_frames_dropped", "Frames never inspected (the loop takes the newest)",
                                   value=cam.get("dropped", 0))
         yield CounterMetricFamily("edge_camera_reconnects", "Camera re-opens", value=cam.get("reconnects", 0))
+        yield CounterMetricFamily("edge_tracking_overruns", "Inspected frames after a gap in which a part moved "
+                                  "more than its diameter (parts may be missed or confused)",
+                                  value=s.get("tracking_overruns", 0))
         yield GaugeMetricFamily("edge_camera_fps", "Frames per second over the last 2 s", value=cam.get("fps", 0.0))
         yield GaugeMetricFamily("edge_camera_connected", "1 while the camera delivers",
                                 value=1.0 if cam.get("connected") else 0.0)

@@ -105,6 +105,8 @@ class PartTracker:
         self._next_id = 0
         self._last_frame: int | None = None
         self._belt_speed = 0.0  # px/frame along the belt, learned from parts followed steadily
+        self._part_radius = 0.0  # of the latest part seen fully in view
+        self.overruns = 0  # updates after a gap in which a part travels more than its diameter
 
     @property
     def active(self) -> int:
@@ -129,7 +131,13 @@ class PartTracker:
             raise ValueError("frame_width unknown: pass it to PartTracker or update()")
         if self._last_frame is not None and frame_index <= self._last_frame:
             raise ValueError(f"frame_index must increase ({frame_index} after {self._last_frame})")
+        if self._last_frame is not None and (frame_index - self._last_frame) * self._belt_speed > 2 * self._part_radius > 0:
+            # Beyond this a part can be taken for its neighbour or pass unseen (bench/tracker_gaps.py).
+            self.overruns += 1
         self._last_frame = frame_index
+        full = [b.radius for b in boxes if b.fully_in_view]
+        if full:
+            self._part_radius = max(full)
         line = self.inspection_x * self.frame_width
         ready: list[Track] = []
         matched = self._associate(frame_index, boxes)

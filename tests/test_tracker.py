@@ -348,3 +348,15 @@ def test_a_part_on_a_stopped_belt_is_followed_after_the_belt_speed_was_learned()
         frames.append([box(x) for x in xs])
     out = run(PartTracker(0.5, frame_width=W), frames)
     assert len(out) == 2 and out[0].box.cx > 450 and out[1].frame_index > 38, [(t.frame_index, t.box.cx) for t in out]
+
+
+def test_gaps_in_which_a_part_travels_more_than_its_diameter_are_counted() -> None:
+    tracker = PartTracker(0.5, frame_width=W)
+    xs = {i: 100 + 40 * i for i in range(8)}  # 40 px/frame, radius 100: a diameter is 5 frames
+    for i, x in xs.items():
+        tracker.update(i, [box(x)])
+    assert tracker.overruns == 0
+    tracker.update(11, [box(100 + 40 * 11)])  # 4 frames skipped: 160 px, under a diameter
+    assert tracker.overruns == 0
+    tracker.update(17, [])  # 6 frames: 240 px, more than a diameter
+    assert tracker.overruns == 1
