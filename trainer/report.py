@@ -124,6 +124,7 @@ def evidence_lines(ev: dict[str, Any] | None) -> list[str]:
     """Markdown lines: which validation images set the threshold (see threshold.evidence)."""
     if not ev or not ev["lowest_defects"]:
         return []
+
     def cell(items: list[dict[str, Any]], i: int) -> str:
         return f"`{items[i]['image']}` {items[i]['p_defect']:.4f}" if i < len(items) else ""
 

@@ -11,6 +11,7 @@ both sides, leaning towards rejecting.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,7 @@ def choose(labels: np.ndarray, p_defect: np.ndarray, policy: Policy) -> float:
 
 
 def evidence(labels: np.ndarray, p_defect: np.ndarray, names: list[str], threshold: float,
-             n: int = 5) -> dict[str, object]:
+             n: int = 5) -> dict[str, Any]:
     """The validation images nearest the threshold from each side: with few hard defects in
     validation, one or two of them set the threshold, and whoever owns it should see which."""
     labels = np.asarray(labels).astype(bool)
