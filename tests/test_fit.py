@@ -94,7 +94,8 @@ def test_fit_skips_and_lists_bad_files_and_converts_odd_images(tmp_path: Path) -
     assert "loss" in bn["final_weights"]["validation_after"] and "loss" in bn["best_checkpoint"]["validation_before"]
 
 
-def test_the_training_seed_leaves_the_validation_split_alone(tmp_path: Path) -> None:
+def test_the_training_seed_leaves_the_validation_split_alone(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     """Runs of different --seed are compared on validation: it must be the same images."""
     data = tmp_path / "data"
     write_split(data / "train", 12, seed=1)
@@ -121,6 +122,10 @@ def test_the_training_seed_leaves_the_validation_split_alone(tmp_path: Path) -> 
     bs = result["bootstrap"]
     assert bs["resamples"] == 20 and bs["b_lower"] + bs["tie"] + bs["b_higher"] == pytest.approx(1.0)
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "c"), "--data", str(data)]) == 2  # other split
+    cv2.imwrite(str(data / "train/ok_front/late.png"), part_image(55))  # the data changed since training
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--data", str(data)]) == 2
+    assert "its validation images" in capsys.readouterr().err
 
 
 def test_resume_refuses_other_options_or_data_than_the_checkpoints(tmp_path: Path,
