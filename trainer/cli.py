@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "weights (stochastic weight averaging; kept only if validation loss is lower)")
     f.add_argument("--swa-learning-rate", type=float, default=2.5e-4,
                    help="constant learning rate of the weight-averaging epochs (default 2.5e-4)")
+    f.add_argument("--teacher", dest="teachers", type=Path, action="append", default=[], metavar="BUNDLE",
+                   help="distil from this trained bundle (repeat for several; their probabilities are averaged "
+                        "in logit space); it must come from the same training data and split (see "
+                        "docs/training.md)")
+    f.add_argument("--distill-weight", type=float, default=0.5,
+                   help="share of the teachers' probability in each training target, above 0 and at most "
+                        "0.5 so the label always keeps the larger say (default 0.5)")
     f.add_argument("--max-int8-drop", type=float, default=0.5,
                    help="fail when int8 test accuracy is this many points below float (default 0.5)")
     g = f.add_mutually_exclusive_group()
@@ -119,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.val_fraction < 1:
         log.error(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
         return 2
+    if not 0 < args.distill_weight <= 0.5:
+        log.error(f"--distill-weight must be above 0 and at most 0.5, got {args.distill_weight}")
+        return 2
     if args.limit is not None and args.limit < 2:
         log.error(f"--limit must be at least 2, got {args.limit}")
         return 2
@@ -137,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         learning_rate=args.learning_rate, threshold_policy=args.threshold_policy, augment=args.augment,
         resume=args.resume, force=args.force, limit=args.limit, max_int8_drop=args.max_int8_drop,
         recalibrate_bn=args.recalibrate_bn, swa_epochs=args.swa_epochs, swa_learning_rate=args.swa_learning_rate,
+        teachers=args.teachers, distill_weight=args.distill_weight,
         command=shlex.join(["edge-train", *argv]),
     )
     try:

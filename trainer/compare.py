@@ -37,7 +37,7 @@ class Validation:
     fingerprint: str
 
 
-def _split_of(meta: dict[str, Any]) -> tuple[int, float, int | None]:
+def split_of(meta: dict[str, Any]) -> tuple[int, float, int | None]:
     opts = meta.get("training", {}).get("options", {})
     # Before --split-seed existed (2026-11-26), --seed drove the split.
     return int(opts.get("split_seed", opts.get("seed", 123))), float(opts.get("val_fraction", 0.2)), opts.get("limit")
@@ -45,7 +45,7 @@ def _split_of(meta: dict[str, Any]) -> tuple[int, float, int | None]:
 
 def validation_of(bundles: list[bundle_fmt.Bundle], data: Path) -> Validation:
     """The validation images the bundles were judged on, rebuilt exactly as `fit` split them."""
-    splits = {_split_of(b.meta) for b in bundles}
+    splits = {split_of(b.meta) for b in bundles}
     if len(splits) > 1:
         raise CompareError("the bundles were validated on different splits (split seed, validation fraction, "
                            f"limit): {sorted(splits, key=str)}; compare only bundles judged on the same images")

@@ -34,7 +34,7 @@ from edge.metrics import summarize
 from edge.model import Classifier
 from edge.perturb import FOCUS_CHANGES, PerturbConfig, perturb_all, refocus_all
 from edge.preprocess import IMAGE_SIZE
-from trainer import report, resume
+from trainer import distill, report, resume
 from trainer.augment import AUGMENTATIONS, AugmentConfig
 from trainer.data import eval_dataset, train_dataset
 from trainer.export import ExportError, check_int8_accuracy, to_int8_tflite
@@ -75,6 +75,8 @@ class FitOptions:
     recalibrate_bn: bool = True  # exact batch-norm statistics after training (see recalibrate_batchnorm)
     swa_epochs: int = 0  # extra epochs at a constant rate whose weights are averaged (see swa_phase)
     swa_learning_rate: float = 2.5e-4
+    teachers: list[Path] = field(default_factory=list)  # bundles whose averaged opinion is learnt too
+    distill_weight: float = 0.5  # share of the teachers' probability in each target (<= 0.5)
     command: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -183,7 +185,8 @@ def _learning_rate(opts: FitOptions) -> float | keras.optimizers.schedules.Learn
 
 
 def train(opts: FitOptions, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndarray,
-          val_y: np.ndarray, aug: AugmentConfig) -> tuple[keras.Model, list[dict[str, float]]]:
+          val_y: np.ndarray, aug: AugmentConfig,
+          teachers: list[distill.Teacher] | None = None) -> tuple[keras.Model, list[dict[str, float]]]:
     out, ckpt = opts.out, opts.out / "checkpoints"
     keras.utils.set_random_seed(opts.seed)
     strategy = _strategy()
@@ -201,6 +204,8 @@ def train(opts: FitOptions, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndar
         EpochLog(opts.epochs),
     ]
     train_data = train_dataset(fit_x, fit_y, opts.batch_size, aug, opts.seed)
+    if teachers:
+        train_data = distill.soften(train_data, teachers, opts.distill_weight)
     val_data = eval_dataset(val_x, val_y, opts.batch_size)
     model.fit(train_data, steps_per_epoch=opts.steps_per_epoch, epochs=opts.epochs,
               validation_data=val_data, callbacks=callbacks, verbose=0)
@@ -217,9 +222,26 @@ def train(opts: FitOptions, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndar
     return best, report.read_history(out / "history.csv")
 
 
+@keras.saving.register_keras_serializable(package="edge_train")
+class LabelAccuracy(keras.metrics.BinaryAccuracy):
+    """Accuracy against the rounded target: the hard label, also when distillation blends
+    the teachers' opinion into it (their share is at most one half, see distill)."""
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        return super().update_state(keras.ops.round(y_true), y_pred, sample_weight)
+
+
+@keras.saving.register_keras_serializable(package="edge_train")
+class LabelAUC(keras.metrics.AUC):
+    """ROC-AUC against the rounded target (see LabelAccuracy)."""
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        return super().update_state(keras.ops.round(y_true), y_pred, sample_weight)
+
+
 def _compile(model: keras.Model, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule) -> None:
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy",
-                  metrics=["accuracy", keras.metrics.AUC(name="auc")])
+                  metrics=[LabelAccuracy(name="accuracy"), LabelAUC(name="auc")])
 
 
 class WeightAverage(keras.callbacks.Callback):
@@ -340,6 +362,16 @@ def _int8_latency_ms(tflite: bytes, image: np.ndarray) -> float:
     return round(float(np.median(times)) * 1000, 3)
 
 
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: summary[k] for k in ("n", "accuracy", "false_accepts", "false_rejects", "confusion")}
 
@@ -354,7 +386,8 @@ def run(opts: FitOptions) -> dict[str, Any]:
         if not (opts.data / split).is_dir():
             raise DatasetError(f"{opts.data / split}: missing (expected {opts.data}/train and {opts.data}/test)")
     prepare_output(opts)
-    as_run = {**asdict(opts), "augment": aug_name}  # what the checkpoints are trained with
+    # what the checkpoints are trained with
+    as_run = _jsonable({**asdict(opts), "augment": aug_name})
     resume.check_options(opts.out / "checkpoints", as_run)
     t_start = time.perf_counter()
 
@@ -379,10 +412,13 @@ def run(opts: FitOptions) -> dict[str, Any]:
     fit_x, fit_y = train_set.images[fit_idx], train_set.labels[fit_idx]
     val_x, val_y = train_set.images[val_idx], train_set.labels[val_idx]
     val_paths = {train_set.paths[i] for i in val_idx}
+    val_fingerprint = fingerprint([s for s in train_samples if s.path in val_paths], opts.data, digests)
+    teachers = distill.load(opts.teachers, IMAGE_SIZE, train_fingerprint, val_fingerprint,
+                            (opts.split_seed, opts.val_fraction, opts.limit))
     log.info("split", extra={"fit": len(fit_idx), "validation": len(val_idx), "test": len(test_set.paths),
                              "test_unique": int(unique.sum())})
 
-    model, history = train(opts, fit_x, fit_y, val_x, val_y, aug)
+    model, history = train(opts, fit_x, fit_y, val_x, val_y, aug, teachers)
     float_val = model.predict(eval_dataset(val_x, None, opts.batch_size), verbose=0).ravel()
     float_test = model.predict(eval_dataset(test_set.images, None, opts.batch_size), verbose=0).ravel()
 
@@ -461,13 +497,13 @@ def run(opts: FitOptions) -> dict[str, Any]:
             "command": opts.command,
             "data": {"root": str(opts.data), "train_fingerprint": train_fingerprint,
                      "test_fingerprint": fingerprint(test_samples, opts.data, digests),
-                     "validation_fingerprint": fingerprint(
-                         [s for s in train_samples if s.path in val_paths], opts.data, digests),
+                     "validation_fingerprint": val_fingerprint,
                      "train_images": len(train_set.paths), "test_images": len(test_set.paths),
                      "skipped": len(skipped), "limit_per_class": opts.limit},
             "augmentation": {"name": aug_name, **aug.to_dict()},
-            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()
-                        if k not in ("command", "extra")},
+            "distillation": {"weight": opts.distill_weight, "teachers": [t.record for t in teachers]}
+            if teachers else None,
+            "options": _jsonable({k: v for k, v in asdict(opts).items() if k not in ("command", "extra")}),
             "epochs_run": len(history),
             "best_epoch": int(np.argmin([h["val_loss"] for h in history])) + 1 if history else None,
             "keras": keras.__version__,

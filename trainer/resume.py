@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 RECORD = "options.json"
 # FitOptions fields that shape the trained weights, besides the data itself.
 TRAINING_OPTIONS = ("arch", "steps_per_epoch", "batch_size", "seed", "split_seed", "val_fraction",
-                    "learning_rate", "augment", "limit")
+                    "learning_rate", "augment", "limit", "teachers", "distill_weight")
+# Values of options added after records were first written, for records that lack them.
+_ADDED_LATER = {"teachers": [], "distill_weight": 0.5}
 
 
 class ResumeMismatch(ValueError):
@@ -51,8 +53,8 @@ def check_options(checkpoints: Path, options: dict[str, Any]) -> None:
     saved = _saved(checkpoints)
     if saved is None:
         return
-    differs = [f"{_flag(k)} {saved['options'].get(k)!r} (now {options[k]!r})"
-               for k in TRAINING_OPTIONS if saved["options"].get(k) != options[k]]
+    was = {k: saved["options"].get(k, _ADDED_LATER.get(k)) for k in TRAINING_OPTIONS}
+    differs = [f"{_flag(k)} {was[k]!r} (now {options[k]!r})" for k in TRAINING_OPTIONS if was[k] != options[k]]
     if differs:
         raise ResumeMismatch(
             f"{checkpoints.parent}: --resume with other training options than the checkpoints were made "
