@@ -44,15 +44,25 @@ class Teacher:
     record: dict[str, Any]  # what model.json of the student says about this teacher
 
 
-def load(paths: list[Path], image_size: tuple[int, int], train_fingerprint: str, validation_fingerprint: str,
-         split: tuple[int, float, int | None]) -> list[Teacher]:
-    """Load and vet each teacher bundle; raises TeacherError naming the bundle and the problem."""
-    teachers = []
+def preflight(paths: list[Path]) -> None:
+    """Fail fast, before the images are decoded, on a teacher that is no bundle at all."""
     for path in paths:
         try:
             b = bundle_fmt.load(path)
         except bundle_fmt.BundleError as exc:
             raise TeacherError(f"--teacher {path}: {exc}") from None
+        if not (path / str(b.meta.get("float_model", "model.keras"))).is_file():
+            raise TeacherError(f"--teacher {path}: no float model {b.meta.get('float_model', 'model.keras')} (the "
+                               "int8 model alone is too coarse a teacher and cannot run inside the training graph)")
+
+
+def load(paths: list[Path], image_size: tuple[int, int], train_fingerprint: str, validation_fingerprint: str,
+         split: tuple[int, float, int | None]) -> list[Teacher]:
+    """Load and vet each teacher bundle; raises TeacherError naming the bundle and the problem."""
+    preflight(paths)
+    teachers = []
+    for path in paths:
+        b = bundle_fmt.load(path)
         data = b.meta.get("training", {}).get("data", {})
         if data.get("train_fingerprint") != train_fingerprint:
             raise TeacherError(
@@ -69,9 +79,6 @@ def load(paths: list[Path], image_size: tuple[int, int], train_fingerprint: str,
             raise TeacherError(f"--teacher {path}: its validation images (fingerprint {recorded[:12]}...) are not "
                                f"this run's ({validation_fingerprint[:12]}...)")
         float_file = path / str(b.meta.get("float_model", "model.keras"))
-        if not float_file.is_file():
-            raise TeacherError(f"--teacher {path}: no float model {float_file.name} (the int8 model alone is too "
-                               "coarse a teacher and cannot run inside the training graph)")
         try:
             model = keras.models.load_model(float_file, compile=False)
         except Exception as exc:  # noqa: BLE001 - Keras raises many kinds for a bad file

@@ -389,6 +389,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
     # what the checkpoints are trained with
     as_run = _jsonable({**asdict(opts), "augment": aug_name})
     resume.check_options(opts.out / "checkpoints", as_run)
+    distill.preflight(opts.teachers)
     t_start = time.perf_counter()
 
     train_samples, train_set = _load_split(opts.data, "train", opts.limit)

@@ -30,7 +30,7 @@ class ResumeMismatch(ValueError):
 
 
 def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
+    return "--teacher" if key == "teachers" else "--" + key.replace("_", "-")
 
 
 def _saved(checkpoints: Path) -> dict[str, Any] | None:
