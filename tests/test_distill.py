@@ -85,6 +85,11 @@ def test_fit_distils_and_refuses_teachers_that_may_know_the_validation_images(
         assert fit("refused", "--teacher", str(tmp_path / teacher), "--force") == 2
         err = capsys.readouterr().err
         assert message in err and f"--teacher {tmp_path / teacher}" in err and "Traceback" not in err
+    assert fit("teacher", "--teacher", str(tmp_path / "teacher"), "--force") == 2
+    assert "a model cannot teach itself" in capsys.readouterr().err
+    assert bundle.load(tmp_path / "teacher")  # refused before --force could clear it
+    assert fit("typo", "--teacher", str(tmp_path / "nothing-here")) == 2
+    assert not (tmp_path / "typo").exists()  # nothing written, so the corrected command needs no --force
     assert fit("refused", "--teacher", str(tmp_path / "teacher"), "--distill-weight", "0.7", "--force") == 2
     assert "--distill-weight must be above 0 and at most 0.5" in capsys.readouterr().err
 

@@ -44,9 +44,12 @@ class Teacher:
     record: dict[str, Any]  # what model.json of the student says about this teacher
 
 
-def preflight(paths: list[Path]) -> None:
-    """Fail fast, before the images are decoded, on a teacher that is no bundle at all."""
+def preflight(paths: list[Path], out: Path | None = None) -> None:
+    """Fail fast, before the output folder is touched or any image decoded, on a teacher
+    that is no bundle at all or is the run's own output folder."""
     for path in paths:
+        if out is not None and path.resolve() == out.resolve():
+            raise TeacherError(f"--teacher {path}: is this run's --out; a model cannot teach itself")
         try:
             b = bundle_fmt.load(path)
         except bundle_fmt.BundleError as exc:

@@ -385,11 +385,11 @@ def run(opts: FitOptions) -> dict[str, Any]:
     for split in ("train", "test"):
         if not (opts.data / split).is_dir():
             raise DatasetError(f"{opts.data / split}: missing (expected {opts.data}/train and {opts.data}/test)")
+    distill.preflight(opts.teachers, opts.out)
     prepare_output(opts)
     # what the checkpoints are trained with
     as_run = _jsonable({**asdict(opts), "augment": aug_name})
     resume.check_options(opts.out / "checkpoints", as_run)
-    distill.preflight(opts.teachers)
     t_start = time.perf_counter()
 
     train_samples, train_set = _load_split(opts.data, "train", opts.limit)
