@@ -96,6 +96,10 @@ class InspectSection(_Strict):
     inspection_line: float = Field(0.5, ge=0, le=1, description="fraction of frame width where parts are inspected")
     predictive_crop: bool = Field(True, description="continuous mode: judge a part at its predicted position in the "
                                   "frame where it is nearest the line, before searching that frame (lower latency)")
+    belt_speed_px_per_frame: float = Field(
+        0.0, ge=0, description="continuous mode: how far a part moves between two camera frames, in frame pixels; "
+        "0 = learn it from the parts. Set it where the box may inspect fewer frames than the belt needs: without "
+        "it, a loop that never sees a part twice within a rim radius of travel follows no part")
     min_diameter_px: int = Field(120, gt=0)
     max_diameter_px: int = Field(700, gt=0)
     trigger_wait_s: float = Field(0.5, gt=0, le=10, description="wait this long for a fresh frame after a trigger")

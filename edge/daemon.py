@@ -19,7 +19,7 @@ import numpy as np
 
 from edge.audit import AuditTrail
 from edge.camera import Camera, Frame
-from edge.config import Config
+from edge.config import Config, InspectSection
 from edge.drift import DriftWatch
 from edge.inspector import Inspector
 from edge.locate import LocateConfig, crop_part, crop_roi, find_parts
@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 OVERRUN_LOG_EVERY_S = 60.0  # the overrun warning repeats at most this often (the metric counts each)
+
+
+def tracker_for(inspect: InspectSection) -> PartTracker:
+    """The continuous-mode tracker as configured: a known belt speed is its first prediction."""
+    return PartTracker(inspection_x=inspect.inspection_line, predictive=inspect.predictive_crop,
+                       expected_speed=inspect.belt_speed_px_per_frame)
 
 
 class DecisionSink(Protocol):
@@ -156,8 +162,7 @@ class Daemon:
     # -- continuous mode -------------------------------------------------------------
     def _continuous_step(self, frame: Frame) -> None:
         if self._tracker is None:
-            self._tracker = PartTracker(inspection_x=self.cfg.inspect.inspection_line,
-                                        predictive=self.cfg.inspect.predictive_crop)
+            self._tracker = tracker_for(self.cfg.inspect)
         if self.cfg.inspect.predictive_crop:
             # Parts due in this very frame are judged at their predicted position before the
             # frame is searched: the gate gets its answer a search (several ms) sooner.
@@ -171,8 +176,10 @@ class Daemon:
         handed = self._tracker.update(frame.index, boxes, frame.gray.shape[1])
         if self._tracker.overruns > overruns and time.monotonic() - self._overrun_logged > OVERRUN_LOG_EVERY_S:
             self._overrun_logged = time.monotonic()
+            hint = "" if self.cfg.inspect.belt_speed_px_per_frame else (
+                "; setting inspect.belt_speed_px_per_frame lets the tracker predict across such gaps")
             log.warning("inspection falls behind the belt: a part moved more than its diameter between two "
-                        "inspected frames, so parts may pass unseen or be taken for their neighbour",
+                        "inspected frames, so parts may pass unseen or be taken for their neighbour" + hint,
                         extra={"overruns": self._tracker.overruns, "frames_dropped": self.camera.dropped})
         for done in handed:
             best_frame = self._recent.get(done.frame_index)

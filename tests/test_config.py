@@ -43,3 +43,13 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
     cfg = load(tmp_path / "c.yaml")
     assert cfg.journal.path == tmp_path / "state" / "j.sqlite"
     assert cfg.model.bundle == Path("/abs/bundle")
+
+
+def test_belt_speed_reaches_the_tracker_and_must_not_be_negative() -> None:
+    from edge.daemon import tracker_for  # noqa: PLC0415
+
+    assert tracker_for(parse("inspect:\n  belt_speed_px_per_frame: 40\n").inspect).expected_speed == 40
+    assert tracker_for(load(ROOT / "config.yaml").inspect).expected_speed == 0  # the documented default: learn it
+    with pytest.raises(ConfigError) as e:
+        parse("inspect:\n  mode: continuous\n  belt_speed_px_per_frame: -3\n", "line.yaml")
+    assert any(p.startswith("line.yaml:3: inspect.belt_speed_px_per_frame:") for p in e.value.problems)

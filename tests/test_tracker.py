@@ -360,3 +360,24 @@ def test_gaps_in_which_a_part_travels_more_than_its_diameter_are_counted() -> No
     assert tracker.overruns == 0
     tracker.update(17, [])  # 6 frames: 240 px, more than a diameter
     assert tracker.overruns == 1
+
+
+@pytest.mark.parametrize("belt_speed", [36.0, 40.0, 44.0])
+def test_a_steadily_slow_loop_follows_every_part_once_given_the_belt_speed(belt_speed: float) -> None:
+    """A box that inspects only every 5th frame from the start sees each part move two
+    radii between looks: no track is ever confirmed unless the belt speed is configured
+    (inspect.belt_speed_px_per_frame; 10% off still works)."""
+    spacing, n_parts = 350, 6
+
+    def part_x(k: int, i: int) -> float:
+        return 40.0 * i - spacing * k - R
+
+    def handed(tracker: PartTracker) -> list[int]:
+        out: list[Track] = []
+        for i in range(0, 130, 5):
+            out += tracker.update(i, [box(part_x(k, i)) for k in range(n_parts) if -R < part_x(k, i) < W + R])
+        out += tracker.flush()
+        return [round((40 * t.frame_index - R - t.box.cx) / spacing) for t in out]
+
+    assert handed(PartTracker(0.5, frame_width=W)) != list(range(n_parts))
+    assert handed(PartTracker(0.5, frame_width=W, expected_speed=belt_speed)) == list(range(n_parts))
