@@ -96,6 +96,8 @@ class InspectSection(_Strict):
     inspection_line: float = Field(0.5, ge=0, le=1, description="fraction of frame width where parts are inspected")
     predictive_crop: bool = Field(True, description="continuous mode: judge a part at its predicted position in the "
                                   "frame where it is nearest the line, before searching that frame (lower latency)")
+    belt_direction: Literal["left_to_right", "right_to_left"] = Field(
+        "left_to_right", description="continuous mode: which way parts cross the camera image")
     belt_speed_px_per_frame: float = Field(
         0.0, ge=0, description="continuous mode: how far a part moves between two camera frames, in frame pixels; "
         "0 = learn it from the parts. Set it where the box may inspect fewer frames than the belt needs: without "

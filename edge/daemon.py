@@ -30,11 +30,16 @@ log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 OVERRUN_LOG_EVERY_S = 60.0  # the overrun warning repeats at most this often (the metric counts each)
+# Inspected frames in a row with parts in view and none followed before the daemon says so:
+# a part is followed from its second sighting, so on a belt that moves as configured this
+# never exceeds a few frames.
+UNFOLLOWED_WARN_FRAMES = 25
 
 
 def tracker_for(inspect: InspectSection) -> PartTracker:
     """The continuous-mode tracker as configured: a known belt speed is its first prediction."""
     return PartTracker(inspection_x=inspect.inspection_line, predictive=inspect.predictive_crop,
+                       direction=1 if inspect.belt_direction == "left_to_right" else -1,
                        expected_speed=inspect.belt_speed_px_per_frame)
 
 
@@ -79,6 +84,8 @@ class Daemon:
                                     max_diameter=cfg.inspect.max_diameter_px)
         self._tracker: PartTracker | None = None
         self._overrun_logged = -OVERRUN_LOG_EVERY_S
+        self._unfollowed_frames = 0  # inspected frames in a row with parts in view, none followed
+        self._unfollowed_logged = -OVERRUN_LOG_EVERY_S
         self._triggers: queue.Queue[tuple[str, float, float | None]] = queue.Queue(maxsize=1000)
         self._seen_parts: OrderedDict[str, None] = OrderedDict()
         self._recent: OrderedDict[int, Frame] = OrderedDict()
@@ -181,12 +188,28 @@ class Daemon:
             log.warning("inspection falls behind the belt: a part moved more than its diameter between two "
                         "inspected frames, so parts may pass unseen or be taken for their neighbour" + hint,
                         extra={"overruns": self._tracker.overruns, "frames_dropped": self.camera.dropped})
+        self._watch_unfollowed(bool(boxes) and not handed and self._tracker.followed == 0)
         for done in handed:
             best_frame = self._recent.get(done.frame_index)
             if best_frame is None:  # pragma: no cover - the tracker emits within a few frames
                 log.error("frame of a tracked part is gone", extra={"frame": done.frame_index})
                 continue
             self._decide_track(done, best_frame)
+
+    def _watch_unfollowed(self, unfollowed: bool) -> None:
+        """Say so when parts are in view but the tracker follows none of them: a belt that
+        runs the other way than inspect.belt_direction, or a loop too slow to learn the belt
+        speed, would otherwise make no decision at all, silently."""
+        self._unfollowed_frames = self._unfollowed_frames + 1 if unfollowed else 0
+        if (self._unfollowed_frames >= UNFOLLOWED_WARN_FRAMES
+                and time.monotonic() - self._unfollowed_logged > OVERRUN_LOG_EVERY_S):
+            self._unfollowed_logged = time.monotonic()
+            inspect = self.cfg.inspect
+            log.warning(f"parts are in view but none is followed ({self._unfollowed_frames} inspected frames in a "
+                        f"row), so none is decided: check inspect.belt_direction (now {inspect.belt_direction}) "
+                        "and, if the box inspects few of the camera's frames, inspect.belt_speed_px_per_frame "
+                        f"(now {inspect.belt_speed_px_per_frame:g})",
+                        extra={"frames_dropped": self.camera.dropped})
 
     def _decide_track(self, track: Track, frame: Frame) -> None:
         self._serial += 1

@@ -110,8 +110,14 @@ class PartTracker:
 
     @property
     def active(self) -> int:
-        """Tracks currently followed."""
+        """Tracks currently open, tentative ones included."""
         return len(self._live)
+
+    @property
+    def followed(self) -> int:
+        """Tracks seen often enough to be handed over: parts actually being followed. Parts in
+        view and none followed for long means the belt moves otherwise than configured."""
+        return sum(tr.hits >= self.min_hits for tr in self._live)
 
     def update(
         self,

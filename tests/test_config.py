@@ -53,3 +53,13 @@ def test_belt_speed_reaches_the_tracker_and_must_not_be_negative() -> None:
     with pytest.raises(ConfigError) as e:
         parse("inspect:\n  mode: continuous\n  belt_speed_px_per_frame: -3\n", "line.yaml")
     assert any(p.startswith("line.yaml:3: inspect.belt_speed_px_per_frame:") for p in e.value.problems)
+
+
+def test_belt_direction_reaches_the_tracker() -> None:
+    from edge.daemon import tracker_for  # noqa: PLC0415
+
+    assert tracker_for(parse("inspect:\n  belt_direction: right_to_left\n").inspect).direction == -1
+    assert tracker_for(load(ROOT / "config.yaml").inspect).direction == 1
+    with pytest.raises(ConfigError) as e:
+        parse("inspect:\n  belt_direction: leftwards\n", "line.yaml")
+    assert any(p.startswith("line.yaml:2: inspect.belt_direction:") and "leftwards" in p for p in e.value.problems)

@@ -127,6 +127,44 @@ def test_continuous_one_decision_per_part_matching_replay(broker: Mosquitto, lin
         assert saved["seq"] == d["seq"] and saved["p_defect"] == d["p_defect"]
 
 
+def test_a_belt_running_the_other_way_is_reported_then_followed_once_configured(
+        broker: Mosquitto, line: Line, tmp_path: Path) -> None:
+    """The same line filmed mirrored (parts cross right to left): with the default
+    belt_direction no part is followed, which the daemon must say rather than stay silent;
+    with belt_direction: right_to_left every part is decided once, in order."""
+    mirrored = tmp_path / "mirrored.avi"
+    cap = cv2.VideoCapture(str(line.video))
+    frames = []
+    while (got := cap.read())[0]:
+        frames.append(cv2.cvtColor(got[1], cv2.COLOR_BGR2GRAY)[:, ::-1])
+    write_video(mirrored, iter(frames), fps=25)
+    truth = ["reject" if label == "def_front" else "accept" for label in line.labels]
+    for direction in ("left_to_right", "right_to_left"):
+        run_dir = tmp_path / direction
+        run_dir.mkdir()
+        prefix = f"test/{tmp_path.name[-10:]}-{direction[0]}/cam1"
+        sub = Collector(broker.port, [Topics(prefix).decision])
+        try:
+            assert sub.subscribed.wait(5)
+            config = write_config(run_dir, broker.port, prefix, mirrored, inspect={"belt_direction": direction},
+                                  audit={"dir": None})
+            with DaemonProcess(config) as proc:
+                out = proc.join()
+            assert proc.returncode == 0, out[-3000:]
+            if direction == "left_to_right":
+                assert "parts are in view but none is followed" in out and "belt_direction" in out, out[-3000:]
+                time.sleep(1.0)
+                assert sub.on(Topics(prefix).decision) == []
+            else:
+                assert sub.wait(lambda ms: len(ms) >= len(truth), 10), out[-3000:]
+                assert "none is followed" not in out
+                got = [m.json["decision"] for m in sub.on(Topics(prefix).decision)]
+                assert len(got) == len(truth)
+                assert sum(g == want for g, want in zip(got, truth)) >= len(truth) - 1, (got, truth)
+        finally:
+            sub.close()
+
+
 def test_sigkill_leaves_offline_retained(broker: Mosquitto, line: Line, tmp_path: Path) -> None:
     prefix = f"test/{tmp_path.name[-10:]}/cam1"
     t = Topics(prefix)

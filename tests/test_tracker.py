@@ -381,3 +381,23 @@ def test_a_steadily_slow_loop_follows_every_part_once_given_the_belt_speed(belt_
 
     assert handed(PartTracker(0.5, frame_width=W)) != list(range(n_parts))
     assert handed(PartTracker(0.5, frame_width=W, expected_speed=belt_speed)) == list(range(n_parts))
+
+
+def test_a_belt_running_right_to_left_is_followed_only_when_configured_so() -> None:
+    spacing, n_parts = 350, 6
+
+    def part_x(k: int, i: int) -> float:  # parts enter at the right edge and move left
+        return W + R - (40.0 * i - spacing * k)
+
+    def handed(tracker: PartTracker) -> tuple[list[int], int]:
+        out: list[Track] = []
+        most_followed = 0
+        for i in range(130):
+            out += tracker.update(i, [box(part_x(k, i)) for k in range(n_parts) if -R < part_x(k, i) < W + R])
+            most_followed = max(most_followed, tracker.followed)
+        out += tracker.flush()
+        return [round((40 * t.frame_index - W - R + t.box.cx) / spacing) for t in out], most_followed
+
+    parts, most_followed = handed(PartTracker(0.5, frame_width=W, direction=-1))
+    assert parts == list(range(n_parts)) and most_followed >= 1
+    assert handed(PartTracker(0.5, frame_width=W)) == ([], 0)  # every sighting seems to run backwards
