@@ -185,6 +185,12 @@ class IterSource:
         self._it = None
 
 
+# Clockwise turns applied to every frame (camera.rotate), so that parts cross the image
+# along x, the axis the continuous-mode tracker follows.
+ROTATIONS: dict[int, int | None] = {0: None, 90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180,
+                                    270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+
+
 def _digest(gray: np.ndarray) -> bytes:
     return hashlib.blake2b(gray[::8, ::8].tobytes(), digest_size=16).digest()
 
@@ -193,8 +199,11 @@ class Camera:
     """Latest-frame grabber with reconnect/backoff, freshness watchdog and frozen detection."""
 
     def __init__(self, source: Source, stale_after_s: float = 0.5, frozen_after: int = 30,
-                 reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0) -> None:
+                 reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0, rotate: int = 0) -> None:
+        if rotate not in ROTATIONS:
+            raise ValueError(f"rotate must be one of {sorted(ROTATIONS)} degrees, got {rotate}")
         self.source = source
+        self._rotation = ROTATIONS[rotate]
         self.stale_after_s, self.frozen_after = stale_after_s, frozen_after
         self.reconnect_min_s, self.reconnect_max_s = reconnect_min_s, reconnect_max_s
         self._cond = threading.Condition()
@@ -266,6 +275,8 @@ class Camera:
 
     def _publish(self, raw: np.ndarray) -> None:
         gray = raw if raw.ndim == 2 and raw.dtype == np.uint8 else to_gray_u8(raw)
+        if self._rotation is not None:
+            gray = cv2.rotate(gray, self._rotation)
         d = _digest(gray)
         self._repeats = self._repeats + 1 if d == self._last_digest else 0
         self._last_digest = d

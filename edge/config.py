@@ -52,6 +52,9 @@ class CameraSection(_Strict):
     fps: float | None = Field(None, gt=0, le=1000, description="pace files/folders/sim at this rate")
     width: int | None = Field(None, gt=0, description="request this frame width from a device")
     height: int | None = Field(None, gt=0)
+    rotate: Literal[0, 90, 180, 270] = Field(
+        0, description="turn every frame clockwise by this many degrees, so that parts cross the image from side "
+        "to side (continuous mode follows them along the image's width); 0 = as the camera delivers")
     open_timeout_s: float = Field(5.0, gt=0, le=120)
     read_timeout_s: float = Field(2.0, gt=0, le=120)
     stale_after_s: float = Field(0.5, gt=0, le=60, description="no new frame for this long is a camera fault")

@@ -116,7 +116,7 @@ def run(cfg: Config, duration_s: float | None = None,
         stack.callback(journal.close)
         camera = Camera(build_source(cfg), stale_after_s=cfg.camera.stale_after_s,
                         frozen_after=cfg.camera.frozen_after, reconnect_min_s=cfg.camera.reconnect_min_s,
-                        reconnect_max_s=cfg.camera.reconnect_max_s)
+                        reconnect_max_s=cfg.camera.reconnect_max_s, rotate=cfg.camera.rotate)
         daemon_ref: list[Daemon] = []
         publisher = Publisher(mqtt_settings(cfg, host or "127.0.0.1", port), journal,
                               status_fn=lambda: daemon_ref[0].status() if daemon_ref else {})

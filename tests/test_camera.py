@@ -114,3 +114,24 @@ def test_unknown_sources_are_refused_with_the_name(tmp_path: Path) -> None:
     src = open_source(str(write_video(tmp_path / "x.avi", 2)))
     assert isinstance(src, OpenCVSource)
     assert isinstance(open_source(str(tmp_path)), FolderSource)
+
+
+@pytest.mark.parametrize("rotate", [90, 180, 270])
+def test_frames_are_turned_as_configured(tmp_path: Path, rotate: int) -> None:
+    """A camera mounted across the belt: every frame is turned before anyone sees it."""
+    video = write_video(tmp_path / "v.avi", 5)
+    cap = cv2.VideoCapture(str(video))
+    ok, first = cap.read()
+    assert ok
+    upright = cv2.cvtColor(first, cv2.COLOR_BGR2GRAY)
+    cam = Camera(OpenCVSource(str(video), loop=False, fps=300), rotate=rotate)
+    cam.start()
+    frame = cam.next_frame(0, 2.0)
+    cam.stop()
+    assert frame is not None
+    np.testing.assert_array_equal(frame.gray, np.rot90(upright, k=-rotate // 90))  # clockwise
+
+
+def test_a_rotation_that_is_no_quarter_turn_is_refused() -> None:
+    with pytest.raises(ValueError, match="rotate must be one of"):
+        Camera(IterSource("none", lambda: iter([]), fps=10), rotate=45)

@@ -63,3 +63,10 @@ def test_belt_direction_reaches_the_tracker() -> None:
     with pytest.raises(ConfigError) as e:
         parse("inspect:\n  belt_direction: leftwards\n", "line.yaml")
     assert any(p.startswith("line.yaml:2: inspect.belt_direction:") and "leftwards" in p for p in e.value.problems)
+
+
+def test_camera_rotation_is_a_quarter_turn() -> None:
+    assert parse("camera:\n  rotate: 90\n").camera.rotate == 90
+    with pytest.raises(ConfigError) as e:
+        parse("camera:\n  source: sim\n  rotate: 45\n", "line.yaml")
+    assert any(p.startswith("line.yaml:3: camera.rotate:") and "45" in p for p in e.value.problems), e.value.problems

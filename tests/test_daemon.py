@@ -165,6 +165,33 @@ def test_a_belt_running_the_other_way_is_reported_then_followed_once_configured(
             sub.close()
 
 
+def test_a_camera_mounted_across_the_belt_is_turned_by_config(broker: Mosquitto, line: Line, tmp_path: Path) -> None:
+    """The line filmed with the camera turned a quarter (parts run top to bottom):
+    camera.rotate: 270 turns each frame back, and every part is decided once, in order."""
+    upright = tmp_path / "upright.avi"
+    cap = cv2.VideoCapture(str(line.video))
+    frames = []
+    while (got := cap.read())[0]:
+        frames.append(cv2.rotate(cv2.cvtColor(got[1], cv2.COLOR_BGR2GRAY), cv2.ROTATE_90_CLOCKWISE))
+    write_video(upright, iter(frames), fps=25)
+    prefix = f"test/{tmp_path.name[-10:]}/cam1"
+    sub = Collector(broker.port, [Topics(prefix).decision])
+    try:
+        assert sub.subscribed.wait(5)
+        config = write_config(tmp_path, broker.port, prefix, upright, camera={"rotate": 270}, audit={"dir": None})
+        with DaemonProcess(config) as proc:
+            out = proc.join()
+        assert proc.returncode == 0, out[-3000:]
+        truth = ["reject" if label == "def_front" else "accept" for label in line.labels]
+        assert sub.wait(lambda ms: len(ms) >= len(truth), 10), out[-3000:]
+        time.sleep(0.5)
+        got = [m.json["decision"] for m in sub.on(Topics(prefix).decision)]
+    finally:
+        sub.close()
+    assert len(got) == len(truth)
+    assert sum(g == want for g, want in zip(got, truth)) >= len(truth) - 1, (got, truth)
+
+
 def test_sigkill_leaves_offline_retained(broker: Mosquitto, line: Line, tmp_path: Path) -> None:
     prefix = f"test/{tmp_path.name[-10:]}/cam1"
     t = Topics(prefix)
