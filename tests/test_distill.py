@@ -72,6 +72,8 @@ def test_fit_distils_and_refuses_teachers_that_may_know_the_validation_images(
     assert record["weight"] == 0.5 and [t["bundle"] for t in record["teachers"]] == [str(tmp_path / "teacher")]
     assert len(record["teachers"][0]["float_model_sha256"]) == 64
     assert meta["training"]["options"]["teachers"] == [str(tmp_path / "teacher")]
+    assert "- Distilled: " in (tmp_path / "student/report.md").read_text()
+    assert "Distilled" not in (tmp_path / "plain/report.md").read_text()
     assert bundle.load(tmp_path / "plain").meta["training"]["distillation"] is None
     # Same seed, same images: only the teacher's targets can make the weights differ.
     assert meta["sha256"] != bundle.load(tmp_path / "plain").meta["sha256"]

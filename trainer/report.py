@@ -137,6 +137,15 @@ def evidence_lines(ev: dict[str, Any] | None) -> list[str]:
             "| rank | lowest-scoring defects | highest-scoring good parts |", "|---|---|---|", *rows, ""]
 
 
+def _distillation_line(record: dict | None) -> list[str]:
+    if not record:
+        return []
+    teachers = ", ".join(f"`{t['bundle']}` ({t['architecture']}, float model {t['float_model_sha256'][:12]})"
+                         for t in record["teachers"])
+    return [f"- Distilled: each target blends the label with the teachers' averaged probability, weight "
+            f"{record['weight']}; teachers {teachers}."]
+
+
 def write(out: Path, meta: dict[str, Any], metrics: dict[str, Any], history: list[dict[str, float]],
           train_set: LoadedImages, test_set: LoadedImages, unique: np.ndarray, float_test: np.ndarray,
           int8_test: np.ndarray, fit_x: np.ndarray, fit_y: np.ndarray, val_y: np.ndarray,
@@ -190,6 +199,7 @@ def write(out: Path, meta: dict[str, Any], metrics: dict[str, Any], history: lis
         f"- Epochs run: {meta['training']['epochs_run']}, best by val_loss: epoch {meta['training']['best_epoch']}; "
         f"wall time of this invocation {metrics['train_seconds']} s"
         + (" (a --resume: earlier epochs not included)." if "--resume" in meta['training']['command'] else "."),
+        *_distillation_line(meta["training"].get("distillation")),
         f"- Operating threshold **{t:.4f}** chosen on validation int8 outputs by policy `{metrics['threshold_policy']}`"
         " (reject when p_defect >= threshold).",
         f"- int8 model: {meta['sha256'][:12]}, uint8 input scale {meta['input']['scale']} zero point "
