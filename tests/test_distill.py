@@ -99,4 +99,11 @@ def test_fit_distils_and_refuses_teachers_that_may_know_the_validation_images(
     assert fit("student", "--seed", "7", "--resume") == 2
     assert "--teacher [" in capsys.readouterr().err
     saved = json.loads((tmp_path / "student/checkpoints/options.json").read_text())
-    assert saved["options"]["teachers"] == [str(tmp_path / "teacher")]
+    assert saved["options"]["teachers"] == [f"{tmp_path / 'teacher'} (float model "
+                                            f"{record['teachers'][0]['float_model_sha256'][:16]})"]
+    assert fit("student", "--seed", "7", "--teacher", str(tmp_path / "teacher"), "--resume") == 0  # same teacher
+    # ... nor a teacher retrained in place since the interruption.
+    assert fit("teacher", "--seed", "11", "--force") == 0
+    capsys.readouterr()
+    assert fit("student", "--seed", "7", "--teacher", str(tmp_path / "teacher"), "--resume") == 2
+    assert "--teacher [" in capsys.readouterr().err

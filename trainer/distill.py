@@ -59,6 +59,17 @@ def preflight(paths: list[Path], out: Path | None = None) -> None:
                                "int8 model alone is too coarse a teacher and cannot run inside the training graph)")
 
 
+def identities(paths: list[Path]) -> list[str]:
+    """Each teacher as "path (float model sha256 prefix)", for the resume record: a teacher
+    retrained in place between an interruption and its --resume is a different teacher."""
+    out = []
+    for path in paths:
+        meta = bundle_fmt.load(path).meta
+        float_file = path / str(meta.get("float_model", "model.keras"))
+        out.append(f"{path} (float model {hashlib.sha256(float_file.read_bytes()).hexdigest()[:16]})")
+    return out
+
+
 def load(paths: list[Path], image_size: tuple[int, int], train_fingerprint: str, validation_fingerprint: str,
          split: tuple[int, float, int | None]) -> list[Teacher]:
     """Load and vet each teacher bundle; raises TeacherError naming the bundle and the problem."""

@@ -388,7 +388,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
     distill.preflight(opts.teachers, opts.out)
     prepare_output(opts)
     # what the checkpoints are trained with
-    as_run = _jsonable({**asdict(opts), "augment": aug_name})
+    as_run = _jsonable({**asdict(opts), "augment": aug_name, "teachers": distill.identities(opts.teachers)})
     resume.check_options(opts.out / "checkpoints", as_run)
     t_start = time.perf_counter()
 
