@@ -114,5 +114,6 @@ def main() -> None:
             cells.append(f"{right}/{k}")
         print(f"{k:10d} | " + " | ".join(cells))
 
+
 if __name__ == "__main__":
     main()

@@ -29,7 +29,7 @@ from edge.tracker import PartTracker, Track
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
-OVERRUN_LOG_EVERY_S = 60.0  # the overrun warning repeats at most this often (the metric counts each)
+WARN_EVERY_S = 60.0  # a tracking warning repeats at most this often (the overrun metric counts each)
 # Inspected frames in a row with parts in view and none followed before the daemon says so:
 # a part is followed from its second sighting, so on a belt that moves as configured this
 # never exceeds a few frames.
@@ -83,9 +83,9 @@ class Daemon:
         self._locate = LocateConfig(min_diameter=cfg.inspect.min_diameter_px,
                                     max_diameter=cfg.inspect.max_diameter_px)
         self._tracker: PartTracker | None = None
-        self._overrun_logged = -OVERRUN_LOG_EVERY_S
+        self._overrun_logged = -WARN_EVERY_S
         self._unfollowed_frames = 0  # inspected frames in a row with parts in view, none followed
-        self._unfollowed_logged = -OVERRUN_LOG_EVERY_S
+        self._unfollowed_logged = -WARN_EVERY_S
         self._triggers: queue.Queue[tuple[str, float, float | None]] = queue.Queue(maxsize=1000)
         self._seen_parts: OrderedDict[str, None] = OrderedDict()
         self._recent: OrderedDict[int, Frame] = OrderedDict()
@@ -181,7 +181,7 @@ class Daemon:
             self._recent.popitem(last=False)
         overruns = self._tracker.overruns
         handed = self._tracker.update(frame.index, boxes, frame.gray.shape[1])
-        if self._tracker.overruns > overruns and time.monotonic() - self._overrun_logged > OVERRUN_LOG_EVERY_S:
+        if self._tracker.overruns > overruns and time.monotonic() - self._overrun_logged > WARN_EVERY_S:
             self._overrun_logged = time.monotonic()
             hint = "" if self.cfg.inspect.belt_speed_px_per_frame else (
                 "; setting inspect.belt_speed_px_per_frame lets the tracker predict across such gaps")
@@ -202,7 +202,7 @@ class Daemon:
         speed, would otherwise make no decision at all, silently."""
         self._unfollowed_frames = self._unfollowed_frames + 1 if unfollowed else 0
         if (self._unfollowed_frames >= UNFOLLOWED_WARN_FRAMES
-                and time.monotonic() - self._unfollowed_logged > OVERRUN_LOG_EVERY_S):
+                and time.monotonic() - self._unfollowed_logged > WARN_EVERY_S):
             self._unfollowed_logged = time.monotonic()
             inspect = self.cfg.inspect
             log.warning(f"parts are in view but none is followed ({self._unfollowed_frames} inspected frames in a "

@@ -15,7 +15,6 @@ from the same training data and the same fit/validation split as the student.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,39 +43,37 @@ class Teacher:
     record: dict[str, Any]  # what model.json of the student says about this teacher
 
 
-def preflight(paths: list[Path], out: Path | None = None) -> None:
-    """Fail fast, before the output folder is touched or any image decoded, on a teacher
-    that is no bundle at all or is the run's own output folder."""
-    for path in paths:
-        if out is not None and path.resolve() == out.resolve():
-            raise TeacherError(f"--teacher {path}: is this run's --out; a model cannot teach itself")
-        try:
-            b = bundle_fmt.load(path)
-        except bundle_fmt.BundleError as exc:
-            raise TeacherError(f"--teacher {path}: {exc}") from None
-        if not (path / str(b.meta.get("float_model", "model.keras"))).is_file():
-            raise TeacherError(f"--teacher {path}: no float model {b.meta.get('float_model', 'model.keras')} (the "
-                               "int8 model alone is too coarse a teacher and cannot run inside the training graph)")
+def _open(path: Path, out: Path | None = None) -> tuple[bundle_fmt.Bundle, Path]:
+    """(the teacher's bundle, its float model file), or TeacherError saying why not."""
+    if out is not None and path.resolve() == out.resolve():
+        raise TeacherError(f"--teacher {path}: is this run's --out; a model cannot teach itself")
+    try:
+        b = bundle_fmt.load(path)
+    except bundle_fmt.BundleError as exc:
+        raise TeacherError(f"--teacher {path}: {exc}") from None
+    float_file = path / str(b.meta.get("float_model", "model.keras"))
+    if not float_file.is_file():
+        raise TeacherError(f"--teacher {path}: no float model {float_file.name} (the int8 model alone is too "
+                           "coarse a teacher and cannot run inside the training graph)")
+    return b, float_file
 
 
-def identities(paths: list[Path]) -> list[str]:
-    """Each teacher as "path (float model sha256 prefix)", for the resume record: a teacher
-    retrained in place between an interruption and its --resume is a different teacher."""
-    out = []
-    for path in paths:
-        meta = bundle_fmt.load(path).meta
-        float_file = path / str(meta.get("float_model", "model.keras"))
-        out.append(f"{path} (float model {hashlib.sha256(float_file.read_bytes()).hexdigest()[:16]})")
-    return out
+def identities(paths: list[Path], out: Path | None = None) -> list[str]:
+    """Each teacher as "path (float model sha256 prefix)", checked to be a usable bundle.
+
+    Called before the output folder is touched or any image decoded, so a wrong
+    --teacher fails fast; the strings go into the resume record, where a teacher
+    retrained in place between an interruption and its --resume is a different teacher.
+    """
+    return [f"{p} (float model {bundle_fmt.sha256_file(_open(p, out)[1])[:16]})" for p in paths]
 
 
 def load(paths: list[Path], image_size: tuple[int, int], train_fingerprint: str, validation_fingerprint: str,
          split: tuple[int, float, int | None]) -> list[Teacher]:
     """Load and vet each teacher bundle; raises TeacherError naming the bundle and the problem."""
-    preflight(paths)
     teachers = []
     for path in paths:
-        b = bundle_fmt.load(path)
+        b, float_file = _open(path)
         data = b.meta.get("training", {}).get("data", {})
         if data.get("train_fingerprint") != train_fingerprint:
             raise TeacherError(
@@ -92,7 +89,6 @@ def load(paths: list[Path], image_size: tuple[int, int], train_fingerprint: str,
         if recorded is not None and recorded != validation_fingerprint:
             raise TeacherError(f"--teacher {path}: its validation images (fingerprint {recorded[:12]}...) are not "
                                f"this run's ({validation_fingerprint[:12]}...)")
-        float_file = path / str(b.meta.get("float_model", "model.keras"))
         try:
             model = keras.models.load_model(float_file, compile=False)
         except Exception as exc:  # noqa: BLE001 - Keras raises many kinds for a bad file
@@ -101,7 +97,7 @@ def load(paths: list[Path], image_size: tuple[int, int], train_fingerprint: str,
             raise TeacherError(f"--teacher {float_file}: input {model.input_shape} / output {model.output_shape}; "
                                f"expected (None, {image_size[0]}, {image_size[1]}, 1) -> (None, 1)")
         record = {"bundle": str(path), "architecture": b.meta.get("architecture"),
-                  "float_model_sha256": hashlib.sha256(float_file.read_bytes()).hexdigest(),
+                  "float_model_sha256": bundle_fmt.sha256_file(float_file),
                   "validation_fingerprint_checked": recorded is not None}
         teachers.append(Teacher(path, model, record))
         log.info("teacher loaded", extra=record)

@@ -385,10 +385,10 @@ def run(opts: FitOptions) -> dict[str, Any]:
     for split in ("train", "test"):
         if not (opts.data / split).is_dir():
             raise DatasetError(f"{opts.data / split}: missing (expected {opts.data}/train and {opts.data}/test)")
-    distill.preflight(opts.teachers, opts.out)
+    teacher_ids = distill.identities(opts.teachers, opts.out)  # before the output folder is touched
     prepare_output(opts)
     # what the checkpoints are trained with
-    as_run = _jsonable({**asdict(opts), "augment": aug_name, "teachers": distill.identities(opts.teachers)})
+    as_run = _jsonable({**asdict(opts), "augment": aug_name, "teachers": teacher_ids})
     resume.check_options(opts.out / "checkpoints", as_run)
     t_start = time.perf_counter()
 
