@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -127,68 +128,62 @@ def test_continuous_one_decision_per_part_matching_replay(broker: Mosquitto, lin
         assert saved["seq"] == d["seq"] and saved["p_defect"] == d["p_defect"]
 
 
+def _transformed(video: Path, dest: Path, turn: Callable[[np.ndarray], np.ndarray]) -> Path:
+    """`video` with every frame (grayscale) passed through `turn`, as another camera would film it."""
+    cap = cv2.VideoCapture(str(video))
+    frames = []
+    while (got := cap.read())[0]:
+        frames.append(turn(cv2.cvtColor(got[1], cv2.COLOR_BGR2GRAY)))
+    write_video(dest, iter(frames), fps=25)
+    return dest
+
+
+def _run_until_the_video_ends(broker: Mosquitto, run_dir: Path, video: Path, n_expected: int,
+                              **over: Any) -> tuple[str, list[str]]:
+    """(daemon output, decisions in arrival order) of one daemon run over `video`."""
+    prefix = f"test/{run_dir.parent.name[-10:]}-{run_dir.name}/cam1"
+    sub = Collector(broker.port, [Topics(prefix).decision])
+    try:
+        assert sub.subscribed.wait(5)
+        config = write_config(run_dir, broker.port, prefix, video, audit={"dir": None}, **over)
+        with DaemonProcess(config) as proc:
+            out = proc.join()
+        assert proc.returncode == 0, out[-3000:]
+        sub.wait(lambda ms: len(ms) >= n_expected, 10)
+        time.sleep(0.5)  # nothing more may arrive
+        return out, [m.json["decision"] for m in sub.on(Topics(prefix).decision)]
+    finally:
+        sub.close()
+
+
 def test_a_belt_running_the_other_way_is_reported_then_followed_once_configured(
         broker: Mosquitto, line: Line, tmp_path: Path) -> None:
     """The same line filmed mirrored (parts cross right to left): with the default
     belt_direction no part is followed, which the daemon must say rather than stay silent;
     with belt_direction: right_to_left every part is decided once, in order."""
-    mirrored = tmp_path / "mirrored.avi"
-    cap = cv2.VideoCapture(str(line.video))
-    frames = []
-    while (got := cap.read())[0]:
-        frames.append(cv2.cvtColor(got[1], cv2.COLOR_BGR2GRAY)[:, ::-1])
-    write_video(mirrored, iter(frames), fps=25)
+    mirrored = _transformed(line.video, tmp_path / "mirrored.avi", lambda g: g[:, ::-1])
     truth = ["reject" if label == "def_front" else "accept" for label in line.labels]
     for direction in ("left_to_right", "right_to_left"):
-        run_dir = tmp_path / direction
-        run_dir.mkdir()
-        prefix = f"test/{tmp_path.name[-10:]}-{direction[0]}/cam1"
-        sub = Collector(broker.port, [Topics(prefix).decision])
-        try:
-            assert sub.subscribed.wait(5)
-            config = write_config(run_dir, broker.port, prefix, mirrored, inspect={"belt_direction": direction},
-                                  audit={"dir": None})
-            with DaemonProcess(config) as proc:
-                out = proc.join()
-            assert proc.returncode == 0, out[-3000:]
-            if direction == "left_to_right":
-                assert "parts are in view but none is followed" in out and "belt_direction" in out, out[-3000:]
-                time.sleep(1.0)
-                assert sub.on(Topics(prefix).decision) == []
-            else:
-                assert sub.wait(lambda ms: len(ms) >= len(truth), 10), out[-3000:]
-                assert "none is followed" not in out
-                got = [m.json["decision"] for m in sub.on(Topics(prefix).decision)]
-                assert len(got) == len(truth)
-                assert sum(g == want for g, want in zip(got, truth)) >= len(truth) - 1, (got, truth)
-        finally:
-            sub.close()
+        (tmp_path / direction).mkdir()
+        out, got = _run_until_the_video_ends(broker, tmp_path / direction, mirrored,
+                                             len(truth) if direction == "right_to_left" else 1,
+                                             inspect={"belt_direction": direction})
+        if direction == "left_to_right":
+            assert "parts are in view but none is followed" in out and "belt_direction" in out, out[-3000:]
+            assert got == []
+        else:
+            assert "none is followed" not in out
+            assert len(got) == len(truth), out[-3000:]
+            assert sum(g == want for g, want in zip(got, truth)) >= len(truth) - 1, (got, truth)
 
 
 def test_a_camera_mounted_across_the_belt_is_turned_by_config(broker: Mosquitto, line: Line, tmp_path: Path) -> None:
     """The line filmed with the camera turned a quarter (parts run top to bottom):
     camera.rotate: 270 turns each frame back, and every part is decided once, in order."""
-    upright = tmp_path / "upright.avi"
-    cap = cv2.VideoCapture(str(line.video))
-    frames = []
-    while (got := cap.read())[0]:
-        frames.append(cv2.rotate(cv2.cvtColor(got[1], cv2.COLOR_BGR2GRAY), cv2.ROTATE_90_CLOCKWISE))
-    write_video(upright, iter(frames), fps=25)
-    prefix = f"test/{tmp_path.name[-10:]}/cam1"
-    sub = Collector(broker.port, [Topics(prefix).decision])
-    try:
-        assert sub.subscribed.wait(5)
-        config = write_config(tmp_path, broker.port, prefix, upright, camera={"rotate": 270}, audit={"dir": None})
-        with DaemonProcess(config) as proc:
-            out = proc.join()
-        assert proc.returncode == 0, out[-3000:]
-        truth = ["reject" if label == "def_front" else "accept" for label in line.labels]
-        assert sub.wait(lambda ms: len(ms) >= len(truth), 10), out[-3000:]
-        time.sleep(0.5)
-        got = [m.json["decision"] for m in sub.on(Topics(prefix).decision)]
-    finally:
-        sub.close()
-    assert len(got) == len(truth)
+    turned = _transformed(line.video, tmp_path / "turned.avi", lambda g: cv2.rotate(g, cv2.ROTATE_90_CLOCKWISE))
+    truth = ["reject" if label == "def_front" else "accept" for label in line.labels]
+    out, got = _run_until_the_video_ends(broker, tmp_path, turned, len(truth), camera={"rotate": 270})
+    assert len(got) == len(truth), out[-3000:]
     assert sum(g == want for g, want in zip(got, truth)) >= len(truth) - 1, (got, truth)
 
 
