@@ -87,6 +87,33 @@ def _check_quant(meta: dict[str, Any], key: str, where: str) -> list[str]:
     return errors
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_image_stats(meta: dict[str, Any], where: str) -> list[str]:
+    """`image_stats` is optional (older bundles lack it) but the drift watch trusts it, so a
+    damaged entry is refused here rather than crashing the daemon at start or on reload."""
+    st = meta.get("image_stats")
+    if st is None:
+        return []
+    if not isinstance(st, dict):
+        return [f"{where}: 'image_stats' must be an object, got {type(st).__name__}"]
+    errors = []
+    for name in ("brightness", "contrast", "sharpness"):
+        entry = st.get(name)
+        if entry is None:
+            continue
+        if not isinstance(entry, dict) or not _finite(entry.get("mean")) or not _finite(entry.get("std")) \
+                or entry["std"] < 0:
+            errors.append(f"{where}: 'image_stats.{name}' must be {{\"mean\": number, \"std\": number >= 0}}, "
+                          f"got {entry!r}")
+    for key in ("fit_mean", "fit_std"):
+        if key in st and not _finite(st[key]):
+            errors.append(f"{where}: 'image_stats.{key}' must be a number, got {st[key]!r}")
+    return errors
+
+
 def validate(meta: dict[str, Any], where: str = SIDECAR_FILE) -> list[str]:
     """Every problem with a sidecar's fields, as readable sentences; [] when valid."""
     errors = []
@@ -117,6 +144,7 @@ def validate(meta: dict[str, Any], where: str = SIDECAR_FILE) -> list[str]:
         errors.append(f"{where}: 'threshold' must be in (0, 1], got {t!r}")
     errors += _check_quant(meta, "input", where)
     errors += _check_quant(meta, "output", where)
+    errors += _check_image_stats(meta, where)
     if len(str(meta["sha256"])) != 64:
         errors.append(f"{where}: 'sha256' is not a sha256 hex digest")
     return errors

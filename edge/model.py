@@ -7,6 +7,7 @@ that only have it. TensorFlow is never imported here.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,31 @@ class Classifier:
         if clf.input_shape != expected:
             raise BundleError(f"{bundle.model_path}: input shape {clf.input_shape} does not "
                               f"match image_size {list(bundle.image_size)} in model.json")
+        problems = clf.quantization_mismatches(bundle.meta)
+        if problems:
+            raise BundleError(f"{bundle.model_path}: " + "; ".join(problems))
         return clf
+
+    def quantization_mismatches(self, meta: dict[str, Any]) -> list[str]:
+        """What the tflite file's input/output tensors say that model.json does not.
+
+        A model exported with a float output (TFLite's default when only the input type is
+        set) would otherwise be read as integers: every p_defect truncates to 0 and every
+        part is accepted. So the file itself must be full-integer and agree with its sidecar.
+        """
+        problems = []
+        for key, dtype, scale, zero in (("input", self.input_dtype, self.input_scale, self.input_zero),
+                                        ("output", self.output_dtype, self.output_scale, self.output_zero)):
+            if dtype not in (np.uint8, np.int8):
+                problems.append(f"the model's {key} is {dtype.name}, but edge-inspect runs full-integer "
+                                f"models only (uint8/int8 {key}; see docs/training.md, export)")
+                continue
+            q = meta[key]
+            if (q["dtype"] != dtype.name or q["zero_point"] != zero
+                    or not math.isclose(q["scale"], scale, rel_tol=1e-6)):
+                problems.append(f"the model's {key} is {dtype.name} scale {scale:g} zero point {zero}, "
+                                f"model.json says {q['dtype']} scale {q['scale']:g} zero point {q['zero_point']}")
+        return problems
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -87,10 +112,9 @@ class Classifier:
         return int(self._it.get_tensor(self._out_index).reshape(-1)[0])
 
     def p_defect(self, gray: np.ndarray) -> float:
-        q = self.raw_output(gray)
-        if self.output_dtype in (np.uint8, np.int8):
-            return float(self.output_scale * (q - self.output_zero))
-        return float(q)  # pragma: no cover - float output models
+        if self.output_dtype not in (np.uint8, np.int8):
+            raise BundleError(f"the model's output is {self.output_dtype.name}, not a quantized probability")
+        return float(self.output_scale * (self.raw_output(gray) - self.output_zero))
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """p_defect for each uint8 (N, H, W) image."""
