@@ -22,7 +22,7 @@ from edge.camera import Camera, Frame
 from edge.config import Config, InspectSection
 from edge.drift import DriftWatch
 from edge.inspector import Inspector
-from edge.locate import LocateConfig, crop_part, crop_roi, find_parts
+from edge.locate import DATASET_CONFIG, LocateConfig, crop_part, crop_roi, find_parts
 from edge.telemetry import Telemetry
 from edge.tracker import PartTracker, Track
 
@@ -88,7 +88,6 @@ class Daemon:
         self._unfollowed_logged = -WARN_EVERY_S
         self._triggers: queue.Queue[tuple[str, float, float | None]] = queue.Queue(maxsize=1000)
         self._seen_parts: OrderedDict[str, None] = OrderedDict()
-        self._recent: OrderedDict[int, Frame] = OrderedDict()
         self._serial = 0
         self._run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         self.stop_event = threading.Event()
@@ -155,14 +154,24 @@ class Daemon:
         self._emit(self.inspector.decide(part_id, crop, frame.ts, frame.mono), crop, diameter)
 
     def _crop_for_trigger(self, frame: Frame) -> tuple[np.ndarray, float | None] | None:
-        """(crop, rim diameter in the frame) of the part nearest the inspection line."""
+        """(crop, rim diameter in the frame) of the part the trigger announced; None if it
+        is not there to be judged.
+
+        The announced part is the one the inspection line crosses. Any other part in view
+        (the previous one, still leaving) must never answer for it: were the announced part
+        still entering, cut by the frame edge, its neighbour's verdict would be sent in its
+        name. With a fixed ROI the crop must hold a whole part framed like the training
+        images, or an empty or misloaded fixture would be judged as a part.
+        """
         if self.cfg.inspect.locate == "roi" and self.cfg.inspect.roi:
-            return crop_roi(frame.gray, self.cfg.inspect.roi, self.inspector.image_size), None
-        boxes = [b for b in find_parts(frame.gray, self._locate) if b.fully_in_view]
+            crop = crop_roi(frame.gray, self.cfg.inspect.roi, self.inspector.image_size)
+            if not any(b.fully_in_view for b in find_parts(crop, DATASET_CONFIG)):
+                return None
+            return crop, None
+        line_x = self.cfg.inspect.inspection_line * frame.gray.shape[1]
+        boxes = [b for b in find_parts(frame.gray, self._locate) if b.fully_in_view and abs(b.cx - line_x) <= b.radius]
         if not boxes:
             return None
-        w = frame.gray.shape[1]
-        line_x = self.cfg.inspect.inspection_line * w
         best = min(boxes, key=lambda b: abs(b.cx - line_x))
         return crop_part(frame.gray, best, self.inspector.image_size), 2 * best.radius
 
@@ -176,11 +185,10 @@ class Daemon:
             for due in self._tracker.due(frame.index):
                 self._decide_track(due, frame)
         boxes = find_parts(frame.gray, self._locate)
-        self._recent[frame.index] = frame
-        while len(self._recent) > 32:
-            self._recent.popitem(last=False)
         overruns = self._tracker.overruns
-        handed = self._tracker.update(frame.index, boxes, frame.gray.shape[1])
+        # The tracker keeps the frame of each part's best view itself: however slow the belt,
+        # the part is cropped from the frame it was judged best on.
+        handed = self._tracker.update(frame.index, boxes, frame.gray.shape[1], payload=frame)
         if self._tracker.overruns > overruns and time.monotonic() - self._overrun_logged > WARN_EVERY_S:
             self._overrun_logged = time.monotonic()
             hint = "" if self.cfg.inspect.belt_speed_px_per_frame else (
@@ -190,11 +198,10 @@ class Daemon:
                         extra={"overruns": self._tracker.overruns, "frames_dropped": self.camera.dropped})
         self._watch_unfollowed(bool(boxes) and not handed and self._tracker.followed == 0)
         for done in handed:
-            best_frame = self._recent.get(done.frame_index)
-            if best_frame is None:  # pragma: no cover - the tracker emits within a few frames
-                log.error("frame of a tracked part is gone", extra={"frame": done.frame_index})
-                continue
-            self._decide_track(done, best_frame)
+            if done.reason == "unseen":
+                self._reject_unseen(done)
+            else:
+                self._decide_track(done, done.payload)
 
     def _watch_unfollowed(self, unfollowed: bool) -> None:
         """Say so when parts are in view but the tracker follows none of them: a belt that
@@ -211,11 +218,25 @@ class Daemon:
                         f"(now {inspect.belt_speed_px_per_frame:g})",
                         extra={"frames_dropped": self.camera.dropped})
 
-    def _decide_track(self, track: Track, frame: Frame) -> None:
+    def _next_part_id(self) -> str:
         self._serial += 1
-        part_id = f"{self._run_id}-{self._serial:06d}"
+        return f"{self._run_id}-{self._serial:06d}"
+
+    def _decide_track(self, track: Track, frame: Frame) -> None:
+        part_id = self._next_part_id()
         crop = crop_part(frame.gray, track.box, self.inspector.image_size)
         self._emit(self.inspector.decide(part_id, crop, frame.ts, frame.mono), crop, 2 * track.box.radius)
+
+    def _reject_unseen(self, track: Track) -> None:
+        """A part that passed the line without ever being fully in view (cut by the frame's
+        top or bottom edge, or larger than the view): never judged on half a part, never
+        left unanswered either."""
+        part_id = self._next_part_id()
+        frame: Frame = track.payload
+        log.warning("a part passed the inspection line without ever being fully in view: rejected",
+                    extra={"part_id": part_id, "cy": round(track.box.cy), "radius": round(track.box.radius),
+                           "frame_height": frame.gray.shape[0]})
+        self._emit(self.inspector.fault(part_id, "not_in_full_view", frame.ts, frame.mono))
 
     # -- shared ----------------------------------------------------------------------
     def _emit(self, decision: dict[str, Any], crop: np.ndarray | None = None, diameter: float | None = None) -> None:

@@ -35,7 +35,8 @@ class Track:
     last_frame: int
     hits: int  # frames in which the part was detected
     reason: str  # "predicted" / "nearest": at its closest to the line; "crossed": passed it; "exit";
-    # "passed": handed over before a part behind it; "flush"
+    # "passed": handed over before a part behind it; "flush"; "unseen": it passed the line but
+    # was never fully in view, so it cannot be inspected (box and payload: its crossing frame)
 
 
 @dataclass
@@ -50,6 +51,7 @@ class _Live:
     crossed: bool = False
     emitted: bool = False
     best: tuple[float, int, PartBox, Any] | None = field(default=None)  # (|dx|, frame, box, payload)
+    crossing: tuple[int, PartBox, Any] | None = None  # (frame, box, payload) where it crossed the line
 
 
 class PartTracker:
@@ -71,6 +73,11 @@ class PartTracker:
     belt do not overlap, so centres of different parts are at least two radii apart, and
     never move against the belt. A track seen once is dropped when next looked for and
     not found. Parts handed over together come in belt order.
+
+    A part followed past the line that is never fully in view (riding along the frame's
+    top or bottom edge, larger than the frame) cannot be inspected, but a decision is
+    still owed for it: it is handed over with reason "unseen" (the caller rejects it as a
+    fault), when a part behind it is handed over or at the latest when its track closes.
     """
 
     def __init__(
@@ -182,8 +189,11 @@ class PartTracker:
                 handed.append(tr)
         # A part further down the belt than one handed over now (lost for a while: frames
         # skipped, detector misses) goes first, so the gate gets parts in belt order.
-        for tr in self._pending_ahead([h.box.cx for h in handed], frame_index):
+        xs = [h.box.cx for h in handed]
+        for tr in self._pending_ahead(xs, frame_index):
             ready.append(self._emit(tr, "passed"))
+        for tr in self._unseen_ahead(xs, frame_index):
+            ready.append(self._emit_unseen(tr))
         keep = []
         for tr in self._live:
             if tr.steady >= 2 and tr.velocity[0] * self.direction > 0 and tr.last_frame == frame_index:
@@ -192,6 +202,8 @@ class PartTracker:
             if self._closed(tr, frame_index):
                 if self._eligible(tr):
                     ready.append(self._emit(tr, "exit"))
+                elif self._unseen(tr):
+                    ready.append(self._emit_unseen(tr))
                 log.debug("track closed", extra={"track": tr.track_id, "hits": tr.hits, "emitted": tr.emitted})
             else:
                 keep.append(tr)
@@ -236,8 +248,10 @@ class PartTracker:
         return out
 
     def flush(self) -> list[Track]:
-        """End of stream: emit every pending part that was ever fully in view."""
+        """End of stream: emit every pending part that was ever fully in view (and, as
+        "unseen", every one that passed the line without that)."""
         ready = [self._emit(tr, "flush") for tr in self._live if self._eligible(tr)]
+        ready += [self._emit_unseen(tr) for tr in self._live if self._unseen(tr)]
         self._live = []
         ready.sort(key=lambda t: (t.frame_index, -t.box.cx * self.direction, t.track_id))  # belt order
         return ready
@@ -249,6 +263,28 @@ class PartTracker:
         behind = min(x * self.direction for x in xs)
         return [tr for tr in self._live if tr is not exclude and self._eligible(tr)
                 and (tr.box.cx + tr.velocity[0] * (frame_index - tr.last_frame)) * self.direction > behind]
+
+    def _unseen(self, tr: _Live) -> bool:
+        """Followed past the line, never fully in view, not handed over: owed a fault. Three
+        sightings, not two, so a belt feature seen twice at the frame edge is not a part."""
+        return not tr.emitted and tr.best is None and tr.crossing is not None and tr.hits >= max(self.min_hits, 3)
+
+    def _unseen_ahead(self, xs: list[float], frame_index: int) -> list[_Live]:
+        """Unseen parts downstream of a part handed over now: one cut by the frame's top or
+        bottom edge never comes fully into view, and its fault must not follow the part behind."""
+        if not xs:
+            return []
+        behind = min(x * self.direction for x in xs)
+        return [tr for tr in self._live if self._unseen(tr)
+                and (tr.box.cx + tr.velocity[0] * (frame_index - tr.last_frame)) * self.direction > behind]
+
+    def _emit_unseen(self, tr: _Live) -> Track:
+        assert tr.crossing is not None
+        tr.emitted = True
+        frame, box, payload = tr.crossing
+        tr.crossing = None
+        log.debug("part passed unseen", extra={"track": tr.track_id, "frame": frame})
+        return Track(tr.track_id, frame, box, payload, tr.first_frame, tr.last_frame, tr.hits, "unseen")
 
     def _eligible(self, tr: _Live) -> bool:
         """Not yet emitted, seen often enough, and fully in view at least once."""
@@ -277,7 +313,12 @@ class PartTracker:
         return px + tr.box.radius < 0 or px - tr.box.radius > (self.frame_width or 0) - 1  # left the view
 
     def _observe(self, tr: _Live, frame_index: int, box: PartBox, payload: Any, line: float) -> None:
-        tr.crossed = tr.crossed or (box.cx - line) * self.direction >= 0
+        if not tr.crossed and (box.cx - line) * self.direction >= 0:
+            tr.crossed = True
+            if tr.best is None:  # kept only while the part has no full view to be judged on
+                tr.crossing = (frame_index, box, payload)
+        if tr.best is not None:
+            tr.crossing = None
         if box.fully_in_view and not tr.emitted:
             dist = abs(box.cx - line)
             # Past the line the part only moves away: the nearest so far stays the best,

@@ -23,7 +23,8 @@ from test_lifecycle import drawn_line  # noqa: F401 - fixture
 
 from edge.contract import Topics
 from edge.journal import Journal
-from edge.simulate import DATASET_BACKDROP_LEVEL, belt, write_video
+from edge.simulate import DATASET_BACKDROP_LEVEL, belt, place_part, synthetic_part, write_video
+from edge.simulate import camera as camera_fx
 
 
 @pytest.fixture(autouse=True)
@@ -268,3 +269,80 @@ def test_clock_jump_forward_during_an_outage_sends_decisions_late_never_to_the_g
     counts = journal.counts()
     journal.close()
     assert counts["late"] == 3 and counts["pending"] == 0
+
+
+def _belt_with(*parts: tuple[bool, float, float], n: int = 30, seed: int = 0) -> list[np.ndarray]:
+    """n noisy frames of one still scene: drawn parts (defective?, cx, cy), rim 300 px."""
+    scene = belt(level=DATASET_BACKDROP_LEVEL)
+    for k, (defect, cx, cy) in enumerate(parts):
+        scene = place_part(scene, synthetic_part(3 if defect else 1, defect=defect), cx, cy, 300, 0, context=1.2)
+    rng = np.random.default_rng(seed)
+    return [camera_fx(scene, noise=rng.normal(0, 1.5, scene.shape).astype(np.float32)) for _ in range(n)]
+
+
+def _one_trigger(mosquitto: Mosquitto, tmp_path: Path, frames: list[np.ndarray], **inspect: object) -> dict:
+    prefix = f"test/{tmp_path.name[-10:]}/cam1"
+    t = Topics(prefix)
+    cfg = write_config(tmp_path, mosquitto.port, prefix, video(tmp_path / "scene.avi", frames),
+                       camera={"loop": True}, inspect={"mode": "trigger", "trigger_wait_s": 0.5, **inspect})
+    sub = Collector(mosquitto.port, [t.decision, t.status])
+    try:
+        with DaemonProcess(cfg) as proc:
+            assert sub.wait(lambda ms: any(m.topic == t.status and m.json["state"] == "online" for m in ms), 30)
+            (got,) = trigger_and_collect(sub, t, ["P-1"], 1)
+            out = proc.stop()
+    finally:
+        sub.close()
+    assert proc.returncode == 0, out[-2000:]
+    return got
+
+
+def test_a_trigger_is_never_answered_with_the_neighbours_verdict(mosquitto: Mosquitto,  # noqa: F811
+                                                                 tmp_path: Path) -> None:
+    # The announced part (defective) is still entering, cut by the frame edge; the good part
+    # before it is fully in view, far past the line. Judging that one accepted a defect.
+    (tmp_path / "alone").mkdir()
+    alone = _one_trigger(mosquitto, tmp_path / "alone", _belt_with((True, 640, 360)))
+    assert (alone["decision"], alone["reason"]) == ("reject", "model")  # the control: it is seen as a defect
+    got = _one_trigger(mosquitto, tmp_path, _belt_with((False, 1100, 360), (True, 40, 360)))
+    assert (got["decision"], got["reason"]) == ("reject", "fault:no_part"), got
+
+
+@pytest.mark.parametrize("scene", ["empty", "part"])
+def test_a_fixed_roi_without_a_whole_part_in_it_is_a_fault_not_a_verdict(mosquitto: Mosquitto,  # noqa: F811
+                                                                         tmp_path: Path, scene: str) -> None:
+    # An empty or misloaded fixture used to be cropped and judged: an empty belt was accepted.
+    frames = _belt_with((False, 640, 360)) if scene == "part" else _belt_with()
+    got = _one_trigger(mosquitto, tmp_path, frames, locate="roi", roi=[455, 175, 370, 370])
+    if scene == "part":
+        assert (got["decision"], got["reason"]) == ("accept", "model"), got
+    else:
+        assert (got["decision"], got["reason"]) == ("reject", "fault:no_part"), got
+
+
+def test_a_part_never_fully_in_view_is_rejected_as_a_fault_in_belt_order(mosquitto: Mosquitto,  # noqa: F811
+                                                                         tmp_path: Path) -> None:
+    # Continuous mode: the second part rides along the top edge of the frame, half cut off.
+    # It cannot be judged, but it must not pass unanswered either.
+    prefix = f"test/{tmp_path.name[-10:]}/cam1"
+    t = Topics(prefix)
+    rng = np.random.default_rng(0)
+    good = synthetic_part(1)
+    frames = []
+    for i in range(60):
+        scene = belt(level=DATASET_BACKDROP_LEVEL)
+        for cx, cy in ((-200 + 40 * i, 360), (-200 + 40 * (i - 14), 40)):
+            scene = place_part(scene, good, cx, cy, 300, 0, context=1.2)
+        frames.append(camera_fx(scene, noise=rng.normal(0, 1.5, scene.shape).astype(np.float32)))
+    cfg = write_config(tmp_path, mosquitto.port, prefix, video(tmp_path / "line.avi", frames))
+    sub = Collector(mosquitto.port, [t.decision])
+    try:
+        with DaemonProcess(cfg) as proc:
+            out = proc.join()
+        assert sub.wait(lambda ms: len(ms) >= 2, 10), out[-2000:]
+        got = [m.json for m in sub.on(t.decision)]
+    finally:
+        sub.close()
+    assert proc.returncode == 0, out[-2000:]
+    assert [(d["decision"], d["reason"]) for d in got] == [("accept", "model"), ("reject", "fault:not_in_full_view")]
+    assert got[0]["seq"] < got[1]["seq"] and "without ever being fully in view" in out

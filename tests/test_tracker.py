@@ -84,8 +84,25 @@ def test_part_crossing_while_cut_by_the_frame_uses_its_first_full_view() -> None
     assert [(t.frame_index, t.box.cx, t.reason) for t in out] == [(2, 100, "crossed")]
 
 
-def test_part_that_is_never_fully_in_view_is_never_emitted() -> None:
+def test_part_that_is_never_fully_in_view_is_handed_over_as_unseen_never_for_judging() -> None:
     out = run(PartTracker(0.5, frame_width=W), [[box(x, r=600)] for x in range(0, 1000, 100)])
+    # owed a (fault) answer, reported with its crossing frame
+    assert [(t.reason, t.frame_index, t.payload, t.box.cx) for t in out] == [("unseen", 5, 5, 500)]
+
+
+def test_an_unseen_part_ahead_is_handed_over_before_the_part_behind_it() -> None:
+    # part A rides the top edge (cut: never fully in view), part B follows mid-belt
+    def a(x: float) -> PartBox:
+        return PartBox(x, 20.0, R, 1.0, False)
+
+    frames = [[a(100 + 60 * i)] + ([box(60 * (i - 6))] if i >= 8 else []) for i in range(16)]
+    out = run(PartTracker(0.5, frame_width=W), frames)
+    assert [(t.track_id, t.reason) for t in out] == [(0, "unseen"), (1, "nearest")]  # A before B, not at its exit
+    assert out[0].frame_index == 7  # where A crossed the line (cx 520)
+
+
+def test_a_feature_seen_twice_at_the_edge_is_not_an_unseen_part() -> None:
+    out = run(PartTracker(0.5, frame_width=W), [[PartBox(x, 20.0, R, 1.0, False)] for x in (480, 540)] + [[]] * 12)
     assert out == []
 
 
