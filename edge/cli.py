@@ -5,7 +5,9 @@
   edge-inspect --replay DIR                     validate a bundle offline on images
 
 Exit status: 0 ran (replay: bad files are listed, not fatal); 2 usage error, invalid
-config, unusable bundle, or a replay folder with no images; 1 the daemon failed at start.
+config, a setting unusable on this box (camera file missing, folder that cannot be created,
+unreadable password or TLS file), unusable bundle, or a replay folder with no images;
+1 the daemon failed at start for another reason.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     try:
         daemon = service.run(cfg, args.duration, on_decision=None if args.quiet else _print_decision,
                              config_path=args.config)
-    except (BundleError, DatasetError) as exc:
+    except (BundleError, DatasetError, service.SettingError) as exc:
         log.error(str(exc))
         return 2
     except service.StartError as exc:

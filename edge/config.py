@@ -15,11 +15,13 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from edge.bundle import DEFAULT_BUNDLE
+from edge.camera import _is_url
 from edge.contract import check_prefix
 from edge.simulate import DATASET_BACKDROP_LEVEL, DEMO_CONTEXT
 
@@ -33,7 +35,9 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf/nan in any float: `.inf` is valid YAML and would pass a bare `gt=0`, then crash
+    # the daemon at start (int(inf)) or make a timeout wait forever.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSection(_Strict):
@@ -46,10 +50,11 @@ class CameraSection(_Strict):
     source: str | int = Field(
         "sim",
         description="sim | V4L2 index or /dev/videoN | video file | image folder | rtsp:// or http(s):// URL | "
-        "GStreamer pipeline ending in appsink",
+        "GStreamer pipeline ending in appsink; a relative file or folder is taken from the config file's folder",
     )
     loop: bool = Field(True, description="restart a video file or folder at its end")
-    fps: float | None = Field(None, gt=0, le=1000, description="pace files/folders/sim at this rate")
+    fps: float | None = Field(None, gt=0, le=1000, description="pace a video file or image folder at this rate; "
+                              "null = the file's own rate, 5 fps for a folder (the simulated line uses sim.fps)")
     width: int | None = Field(None, gt=0, description="request this frame width from a device")
     height: int | None = Field(None, gt=0)
     rotate: Literal[0, 90, 180, 270] = Field(
@@ -59,8 +64,9 @@ class CameraSection(_Strict):
     read_timeout_s: float = Field(2.0, gt=0, le=120)
     stale_after_s: float = Field(0.5, gt=0, le=60, description="no new frame for this long is a camera fault")
     frozen_after: int = Field(30, ge=2, description="this many identical frames in a row is a camera fault")
-    reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    # Bounded: Event.wait() raises OverflowError for a huge timeout, which would end reconnecting.
+    reconnect_min_s: float = Field(0.5, gt=0, le=3600)
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600)
 
     @field_validator("source")
     @classmethod
@@ -115,6 +121,10 @@ class InspectSection(_Strict):
     def _roi_when_needed(self) -> InspectSection:
         if self.locate == "roi" and self.roi is None:
             raise ValueError("locate: roi needs roi: [x, y, width, height]")
+        if self.locate == "roi" and self.mode == "continuous":
+            # Continuous mode follows parts across the whole frame; a fixed ROI would be ignored.
+            raise ValueError("locate: roi is for trigger mode (a fixture that holds each part in one place); "
+                             "continuous mode finds and follows parts anywhere in the frame: use locate: auto")
         if self.roi is not None and (self.roi[2] <= 0 or self.roi[3] <= 0 or min(self.roi[:2]) < 0):
             raise ValueError(f"roi {list(self.roi)}: x, y must be >= 0 and width, height > 0")
         if self.max_diameter_px < self.min_diameter_px:
@@ -124,13 +134,23 @@ class InspectSection(_Strict):
 
 class TlsSection(_Strict):
     ca_file: Path | None = Field(None, description="CA bundle; the system store when empty")
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    cert_file: Path | None = Field(None, description="client certificate (with key_file)")
+    key_file: Path | None = Field(None, validate_default=True, description="the client certificate's key")
     insecure: bool = Field(False, description="skip certificate verification (never on a real line)")
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_with_cert(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        # The publisher refuses this too, but only at start: say it here, at key_file's line.
+        if "cert_file" in info.data and (info.data["cert_file"] is None) != (v is None):
+            given, missing = ("key_file", "cert_file") if v is not None else ("cert_file", "key_file")
+            raise ValueError(f"{given} without {missing}: the client certificate and its key go together")
+        return v
 
 
 class MqttSection(_Strict):
-    host: str | None = Field(None, description="broker host; empty = start a local mosquitto (demo)")
+    host: str | None = Field(None, description="broker host; null = start a local mosquitto on a free loopback "
+                             "port (demo; decisions only journaled where mosquitto is not installed)")
     port: int = Field(1883, ge=1, le=65535)
     prefix: str = "casting/line1/cam1"
     client_id: str = "edge-inspect-cam1"
@@ -147,6 +167,27 @@ class MqttSection(_Strict):
     @classmethod
     def _prefix(cls, v: str) -> str:
         return check_prefix(v)  # the MQTT contract's own rule; its ContractError is a ValueError
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str | None) -> str | None:
+        # An empty host (an unset template variable) must not quietly mean localhost:1883.
+        if v is not None and not v.strip():
+            raise ValueError("must not be empty: the broker's host name, or null to start a local "
+                             "mosquitto (demo)")
+        return v
+
+    @field_validator("password_file", "password_env")
+    @classmethod
+    def _password_pairing(cls, v: Any, info: ValidationInfo) -> Any:
+        # Same rules as MqttSettings, checked here so --check-config reports them with a line.
+        if v is None:
+            return v
+        if info.field_name == "password_env" and info.data.get("password_file") is not None:
+            raise ValueError("give password_file or password_env, not both")
+        if "username" in info.data and not info.data["username"]:
+            raise ValueError("a password needs a username (mqtt.username)")
+        return v
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -205,29 +246,70 @@ class Config(_Strict):
 
 # --- YAML with line numbers -------------------------------------------------------
 
-def _lines(node: yaml.Node, path: tuple = ()) -> dict[tuple, int]:
-    """Map each key path (as pydantic reports it) to its 1-based line in the file."""
+def _key(node: yaml.Node) -> Any:
+    """A mapping key as YAML will construct it (`1` and `01` are one key), or its text."""
+    try:
+        key = yaml.SafeLoader("").construct_object(node, deep=True)
+        hash(key)
+    except (yaml.YAMLError, TypeError, ValueError):
+        return (node.tag, str(node.value))
+    return key
+
+
+def _lines(node: yaml.Node, path: tuple = (), repeats: list[tuple[tuple, int, int]] | None = None,
+           _within: frozenset[int] = frozenset()) -> dict[tuple, int]:
+    """Map each key path (as pydantic reports it) to its 1-based line in the file.
+
+    A key given twice in one mapping is appended to `repeats` as (path, first line, line):
+    YAML keeps only the last one, which would silently drop a whole section or setting.
+    """
     out = {path: node.start_mark.line + 1}
+    if id(node) in _within:  # an alias to its own ancestor (`a: &x [*x]`): nothing more to map
+        return out
+    _within = _within | {id(node)}
     if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
         for k, v in node.value:
             key = k.value
-            out[path + (key,)] = k.start_mark.line + 1
-            out.update({p: ln for p, ln in _lines(v, path + (key,)).items() if p != path + (key,)})
+            line = k.start_mark.line + 1
+            ident = _key(k)
+            if repeats is not None and ident in first:
+                repeats.append((path + (key,), first[ident], line))
+            first.setdefault(ident, line)
+            out[path + (key,)] = line
+            out.update({p: ln for p, ln in _lines(v, path + (key,), repeats, _within).items()
+                        if p != path + (key,)})
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
-            out.update(_lines(v, path + (i,)))
+            out.update(_lines(v, path + (i,), repeats, _within))
     return out
 
 
+def _is_path_source(source: str | int) -> bool:
+    """Whether camera.source names a file or folder (as edge.camera.open_source reads it).
+
+    Anything else (sim, a device, a URL, a GStreamer pipeline) must not be joined to a folder.
+    """
+    if not isinstance(source, str) or source == "sim" or source.isdigit():
+        return False
+    return not (source.startswith("/dev/") or _is_url(source) or "://" in source or "!" in source)
+
+
 def _resolve(cfg: Config, base: Path) -> Config:
+    """Join relative paths to `base` (the config's folder): a service's working directory is elsewhere."""
     def fix(p: Path | None) -> Path | None:
         return p if p is None or p.is_absolute() else (base / p)
+
+    source = cfg.camera.source
+    if _is_path_source(source):
+        source = str(fix(Path(source)))
 
     mqtt_tls = cfg.mqtt.tls
     if mqtt_tls:
         mqtt_tls = mqtt_tls.model_copy(update={k: fix(getattr(mqtt_tls, k)) for k in ("ca_file", "cert_file", "key_file")})
     return cfg.model_copy(update={
         "model": cfg.model.model_copy(update={"bundle": fix(cfg.model.bundle)}),
+        "camera": cfg.camera.model_copy(update={"source": source}),
         "sim": cfg.sim.model_copy(update={"images": fix(cfg.sim.images)}),
         "mqtt": cfg.mqtt.model_copy(update={"password_file": fix(cfg.mqtt.password_file), "tls": mqtt_tls}),
         "journal": cfg.journal.model_copy(update={"path": fix(cfg.journal.path)}),
@@ -236,6 +318,7 @@ def _resolve(cfg: Config, base: Path) -> Config:
 
 
 def parse(text: str, source: str = "<config>", base: Path | None = None) -> Config:
+    """Validate YAML text; every problem (with `source:line: key:`) is raised at once as ConfigError."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -247,11 +330,14 @@ def parse(text: str, source: str = "<config>", base: Path | None = None) -> Conf
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{source}:1: the top level must be a mapping of sections (model, camera, ...)"])
-    lines = _lines(node) if node is not None else {}
+    repeats: list[tuple[tuple, int, int]] = []
+    lines = _lines(node, (), repeats) if node is not None else {}
+    problems = [f"{source}:{line}: {'.'.join(str(p) for p in path)}: repeated key (first on line {was}); "
+                "YAML would keep only the last one, so remove or merge the other" for path, was, line in repeats]
+    cfg: Config | None = None
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        problems = []
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("int", "str", "function-after")))
             line = next((lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines), None)
@@ -259,6 +345,7 @@ def parse(text: str, source: str = "<config>", base: Path | None = None) -> Conf
             msg = "unknown key (not in the schema; check its spelling)" if err["type"] == "extra_forbidden" else err["msg"]
             got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err.get('input')!r})"
             problems.append(f"{source}:{line or '?'}: {key}: {msg}{got}")
+    if problems or cfg is None:
         raise ConfigError(sorted(set(problems), key=lambda s: (int(s.split(':')[1]) if s.split(':')[1].isdigit() else 0, s))) from None
     return _resolve(cfg, base or Path.cwd())
 

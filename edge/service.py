@@ -18,7 +18,7 @@ import numpy as np
 
 from edge import bundle as bundle_fmt
 from edge.audit import AuditSettings, AuditTrail
-from edge.camera import Camera, IterSource, Source, open_source
+from edge.camera import Camera, IterSource, Source, SourceError, open_source
 from edge.config import Config
 from edge.daemon import Daemon
 from edge.dataset import (
@@ -32,7 +32,7 @@ from edge.drift import DriftSettings, DriftWatch
 from edge.inspector import Inspector
 from edge.journal import Journal
 from edge.lifecycle import Lifecycle, reload_model
-from edge.publish import MqttSettings, Publisher
+from edge.publish import MqttConfigError, MqttSettings, Publisher
 from edge.simulate import SimulatedLine
 from edge.telemetry import Telemetry
 
@@ -40,7 +40,17 @@ log = logging.getLogger(__name__)
 
 
 class StartError(RuntimeError):
-    """The daemon cannot start (no broker binary for the demo, camera source invalid...)."""
+    """The daemon cannot start (no broker binary for the demo, metrics port taken...)."""
+
+
+class SettingError(StartError):
+    """A setting the schema accepted that cannot be used on this box: a camera file that is not
+    there, a folder that cannot be created, an unreadable password or TLS file.
+
+    Retrying will not fix it, so the CLI exits 2 (bad config) with this one line, which names
+    the key and the path. Faults that can pass (broker down, camera unplugged) are not this:
+    the daemon starts degraded and reconnects.
+    """
 
 
 def sim_parts(cfg: Config) -> tuple[list[np.ndarray], list[str | None]]:
@@ -111,19 +121,33 @@ def run(cfg: Config, duration_s: float | None = None,
         host, port = cfg.mqtt.host, cfg.mqtt.port
         if host is None:
             host, port = _local_broker(stack)
-        Path(cfg.journal.path).parent.mkdir(parents=True, exist_ok=True)
-        journal = Journal(cfg.journal.path, retention_days=cfg.journal.retention_days, max_rows=cfg.journal.max_rows)
+        try:
+            Path(cfg.journal.path).parent.mkdir(parents=True, exist_ok=True)
+            journal = Journal(cfg.journal.path, retention_days=cfg.journal.retention_days,
+                              max_rows=cfg.journal.max_rows)
+        except OSError as exc:
+            raise SettingError(f"journal.path {cfg.journal.path}: cannot create it: {_why(exc)}") from exc
         stack.callback(journal.close)
-        camera = Camera(build_source(cfg), stale_after_s=cfg.camera.stale_after_s,
+        try:
+            source = build_source(cfg)
+        except SourceError as exc:
+            raise SettingError(f"camera.source: {exc}") from exc
+        camera = Camera(source, stale_after_s=cfg.camera.stale_after_s,
                         frozen_after=cfg.camera.frozen_after, reconnect_min_s=cfg.camera.reconnect_min_s,
                         reconnect_max_s=cfg.camera.reconnect_max_s, rotate=cfg.camera.rotate)
         daemon_ref: list[Daemon] = []
-        publisher = Publisher(mqtt_settings(cfg, host or "127.0.0.1", port), journal,
-                              status_fn=lambda: daemon_ref[0].status() if daemon_ref else {})
+        try:
+            settings = mqtt_settings(cfg, host or "127.0.0.1", port)
+        except MqttConfigError as exc:  # the schema checks the same rules; kept as a backstop
+            raise SettingError(f"mqtt: {exc}") from exc
+        publisher = Publisher(settings, journal, status_fn=lambda: daemon_ref[0].status() if daemon_ref else {})
         audit = None
         if cfg.audit.dir is not None:
-            audit = AuditTrail(AuditSettings(Path(cfg.audit.dir), cfg.audit.sample_accepted,
-                                             int(cfg.audit.max_mb * 2**20)))
+            try:
+                audit = AuditTrail(AuditSettings(Path(cfg.audit.dir), cfg.audit.sample_accepted,
+                                                 int(cfg.audit.max_mb * 2**20)))
+            except OSError as exc:
+                raise SettingError(f"audit.dir {cfg.audit.dir}: cannot create it: {_why(exc)}") from exc
             stack.callback(audit.close)
         daemon = Daemon(cfg, camera, publisher, inspector, on_decision=on_decision, audit=audit)
         daemon_ref.append(daemon)
@@ -134,7 +158,10 @@ def run(cfg: Config, duration_s: float | None = None,
         if cfg.inspect.mode == "trigger":
             publisher.on_trigger(lambda t: daemon.trigger(t.part_id, t.received_mono, t.ts))
         if host is not None:
-            publisher.start()
+            try:
+                publisher.start()  # reads the password and TLS files; connects in the background
+            except MqttConfigError as exc:
+                raise SettingError(f"{_mqtt_key(str(exc))}: {exc}") from exc
             stack.callback(publisher.stop)
         camera.start()
         stack.callback(camera.stop)
@@ -166,6 +193,21 @@ def run(cfg: Config, duration_s: float | None = None,
         daemon.run(duration_s)
         log.info("stopping", extra={"parts": daemon.counters.parts})
     return daemon
+
+
+def _why(exc: OSError) -> str:
+    """An OSError's reason and the path it hit, which may be a parent of the configured one."""
+    if isinstance(exc, (NotADirectoryError, FileExistsError)):
+        return f"part of the path is a file, not a folder ({exc.filename})"
+    return f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc.strerror or exc)
+
+
+def _mqtt_key(message: str) -> str:
+    """The mqtt key a publisher start error is about, so the operator knows which line to fix."""
+    for key in ("password_file", "password_env"):
+        if key in message:
+            return f"mqtt.{key}"
+    return "mqtt.tls" if "TLS" in message else "mqtt"
 
 
 def _status_loop(publisher: Publisher, stop: threading.Event, interval_s: float) -> None:
