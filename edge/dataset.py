@@ -63,9 +63,75 @@ def _class_dirs(root: Path) -> dict[int, list[Path]]:
     return found
 
 
-def _files(folder: Path) -> list[Path]:
-    # Broken links are kept: they fail later with a reason instead of vanishing.
-    return [p for p in sorted(folder.rglob("*")) if (p.is_file() or p.is_symlink()) and is_image_file(p)]
+DirId = tuple[int, int]  # (st_dev, st_ino): one folder however it is reached
+
+
+def _dir_id(path: Path | str) -> DirId | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _walk(folder: Path, skip: frozenset[str] = frozenset(), fenced: frozenset[DirId] = frozenset()) -> list[Path]:
+    """Image files below `folder`, sorted as Paths, following symlinked folders.
+
+    A folder reached twice (two links to it, or a link back up the tree) is listed once,
+    so a cycle ends. Broken links are kept: they fail later with a reason instead of
+    vanishing. `skip` names top-level subfolders (lower case) to leave out; a link into a
+    `fenced` folder (another class folder, the labelled root) is not followed, so no image
+    is listed under a second label.
+    """
+    seen: set[DirId] = set()
+    found: list[Path] = []
+
+    def unreadable(exc: OSError) -> None:
+        log.warning(f"cannot list folder {exc.filename}: {exc.strerror or exc}; its images are not used")
+
+    top = str(folder)
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
+        ident = _dir_id(dirpath)
+        if ident is None:
+            log.warning(f"cannot list folder {dirpath}: it vanished or cannot be read; its images are not used")
+            dirnames[:] = []
+            continue
+        if ident in seen:
+            log.info(f"folder {dirpath} already listed through another path; skipped")
+            dirnames[:] = []
+            continue
+        if ident in fenced and dirpath != top:
+            log.warning(f"folder {dirpath} links to {os.path.realpath(dirpath)}, listed on its own; skipped here")
+            dirnames[:] = []
+            continue
+        seen.add(ident)
+        dirnames.sort()
+        if skip and dirpath == top:
+            dirnames[:] = [d for d in dirnames if d.lower() not in skip]
+        for name in filenames:
+            path = Path(dirpath, name)
+            if is_image_file(path) and (path.is_file() or path.is_symlink()):
+                found.append(path)
+    return sorted(found)
+
+
+def scan_labelled(root: str | Path, require_both: bool = True) -> tuple[list[Sample], list[Path]]:
+    """Samples of a labelled folder, and the image files outside its class folders.
+
+    Those outside files are not used (they have no label); they are logged with a count
+    and an example so a folder is never silently half-scored.
+    """
+    root = Path(root)
+    samples = _labelled_samples(root, require_both)
+    fenced = _fence(root)
+    outside = _walk(root, skip=frozenset(CLASS_ALIASES), fenced=fenced)
+    if outside:
+        log.warning(
+            f"{root}: {len(outside)} image file(s) outside the class folders "
+            f"({', '.join(sorted({d.name for ds in _class_dirs(root).values() for d in ds}))}) "
+            f"are not used, e.g. {outside[0]}"
+        )
+    return samples, outside
 
 
 def list_labelled(root: str | Path, require_both: bool = True) -> list[Sample]:
@@ -74,11 +140,16 @@ def list_labelled(root: str | Path, require_both: bool = True) -> list[Sample]:
     Raises DatasetError naming the folder when a class folder is missing or holds no
     image files: training on one class silently would produce a useless model.
     Replay passes require_both=False: a folder of defects alone is a fine check.
+    Image files outside the class folders are warned about (see scan_labelled).
     """
-    root = Path(root)
+    return scan_labelled(root, require_both)[0]
+
+
+def _labelled_samples(root: Path, require_both: bool) -> list[Sample]:
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
     dirs = _class_dirs(root)
+    fence = _fence(root)
     samples: list[Sample] = []
     for label, name in enumerate(CLASS_NAMES):
         if label not in dirs and not require_both:
@@ -88,12 +159,18 @@ def list_labelled(root: str | Path, require_both: bool = True) -> list[Sample]:
                 f"{root}: missing class folder '{name}' (expected subfolders "
                 f"{' and '.join(CLASS_NAMES)}, or ok and defect)"
             )
-        images = [p for d in dirs[label] for p in _files(d)]
+        images = [p for d in dirs[label] for p in _walk(d, fenced=fence)]
         if not images and require_both:
             where = ", ".join(str(d) for d in dirs[label])
             raise DatasetError(f"{where}: class folder holds no image files")
         samples.extend(Sample(p, label) for p in images)
     return samples
+
+
+def _fence(root: Path) -> frozenset[DirId]:
+    """The labelled root and its class folders: a link into one of them is not followed."""
+    ids = [_dir_id(root)] + [_dir_id(d) for ds in _class_dirs(root).values() for d in ds]
+    return frozenset(i for i in ids if i is not None)
 
 
 def is_labelled(root: str | Path) -> bool:
@@ -105,7 +182,7 @@ def list_unlabelled(root: str | Path) -> list[Sample]:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
-    return [Sample(p, None) for p in _files(root)]
+    return [Sample(p, None) for p in _walk(root)]
 
 
 def load_samples(samples: list[Sample], size: tuple[int, int] = IMAGE_SIZE) -> LoadedImages:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,8 +27,8 @@ from edge.dataset import (
     CLASS_NAMES,
     Sample,
     is_labelled,
-    list_labelled,
     list_unlabelled,
+    scan_labelled,
 )
 from edge.metrics import summarize
 from edge.model import Classifier, decide
@@ -53,12 +53,27 @@ class ReplayRun:
     results: list[Result]
     summary: dict[str, Any]
     images: dict[str, np.ndarray]  # model inputs of misclassified images, for the report
+    outside: list[str] = field(default_factory=list)  # labelled mode: image files with no class folder
 
 
-def list_folder(folder: Path) -> tuple[list[Sample], bool]:
+def list_folder(folder: Path) -> tuple[list[Sample], bool, list[Path]]:
+    """(samples, labelled, image files outside the class folders that are not scored)."""
     if is_labelled(folder):
-        return list_labelled(folder, require_both=False), True
-    return list_unlabelled(folder), False
+        samples, outside = scan_labelled(folder, require_both=False)
+        return samples, True, outside
+    return list_unlabelled(folder), False, []
+
+
+def printable(text: str) -> str:
+    """`text` with undecodable file-name bytes as \\xNN escapes: safe to print or write as UTF-8.
+
+    Paths from the file system carry such bytes as lone surrogates, which a strict UTF-8
+    stream refuses (and OpenCV's putText crashes on); valid names pass unchanged.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that did not come from a file name
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _Scorer:
@@ -86,6 +101,10 @@ class _Scorer:
             except ImageError as exc:
                 out.append((Result(str(s.path), label, None, None, str(exc)), None))
                 continue
+            except Exception as exc:  # a bad file never stops a run; the log keeps the trace
+                log.exception("unexpected error decoding image", extra={"path": printable(str(s.path))})
+                out.append((Result(str(s.path), label, None, None, f"unexpected {type(exc).__name__}: {exc}"), None))
+                continue
             p = clf.p_defect(img)
             r = Result(str(s.path), label, round(p, 6), decide(p, self.threshold))
             out.append((r, img if keep(r) else None))
@@ -103,7 +122,7 @@ def _misclassified(r: Result) -> bool:
 
 def replay(folder: Path, bundle: Bundle, threshold: float | None = None, workers: int | None = None,
            progress: Callable[[int, int], None] | None = None, keep_images: bool = False) -> ReplayRun:
-    samples, labelled = list_folder(folder)
+    samples, labelled, outside = list_folder(folder)
     t = bundle.threshold if threshold is None else threshold
     scorer = _Scorer(bundle, t)
     workers = workers or min(os.cpu_count() or 1, 8)
@@ -120,11 +139,12 @@ def replay(folder: Path, bundle: Bundle, threshold: float | None = None, workers
             if progress:
                 progress(len(results), len(samples))
     seconds = time.perf_counter() - t0
-    return ReplayRun(results, summarize_run(results, bundle, t, folder, labelled, seconds, workers), images)
+    summary = summarize_run(results, bundle, t, folder, labelled, seconds, workers, len(outside))
+    return ReplayRun(results, summary, images, [str(p) for p in outside])
 
 
 def summarize_run(results: list[Result], bundle: Bundle, threshold: float, folder: Path, labelled: bool,
-                  seconds: float, workers: int) -> dict[str, Any]:
+                  seconds: float, workers: int, outside: int = 0) -> dict[str, Any]:
     scored = [r for r in results if r.p_defect is not None]
     errors = [r for r in results if r.error]
     summary: dict[str, Any] = {
@@ -142,6 +162,8 @@ def summarize_run(results: list[Result], bundle: Bundle, threshold: float, folde
         "images_per_s": round(len(results) / seconds, 1) if seconds > 0 else None,
         "workers": workers,
     }
+    if labelled:
+        summary["outside_class_folders"] = outside  # image files not scored: no class folder
     with_label = [r for r in scored if r.label is not None]
     if labelled and with_label:
         y = np.array([CLASS_NAMES.index(r.label) for r in with_label])
@@ -155,24 +177,31 @@ def write_json(path: Path, run: ReplayRun) -> None:
 
 
 def write_csv(path: Path, run: ReplayRun) -> None:
-    """One row per image; the summary follows as '#' comment lines (read_csv(comment='#'))."""
-    with open(path, "w", newline="") as f:
+    """One row per image; the summary follows as '#' comment lines (read_csv(comment='#')).
+
+    Always valid UTF-8: undecodable name bytes are written as \\xNN (the JSON keeps them exactly).
+    """
+    with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", "p_defect", "decision", "error"])
         for r in run.results:
-            w.writerow([r.path, r.label or "", "" if r.p_defect is None else f"{r.p_defect:.6f}",
-                        r.decision or "", r.error or ""])
+            w.writerow([printable(r.path), r.label or "", "" if r.p_defect is None else f"{r.p_defect:.6f}",
+                        r.decision or "", printable(r.error or "")])
         for k, v in run.summary.items():
             f.write(f"# {k}: {json.dumps(v)}\n")
 
 
 def format_summary(run: ReplayRun) -> str:
+    """The printed summary; file-name bytes that are not UTF-8 appear as \\xNN, so it always prints."""
     s = run.summary
     lines = [
         f"replay of {s['folder']} with {s['model']} (sha256 {s['model_sha256'][:12]}, threshold {s['threshold']:.4f})",
         f"  files {s['files']}   scored {s['scored']}   errors {s['errors']}   "
         f"accept {s['accept']}   reject {s['reject']}   {s['images_per_s']} images/s ({s['workers']} threads)",
     ]
+    if run.outside:
+        lines.append(f"  {len(run.outside)} image file(s) outside the class folders were not scored "
+                     f"(no label), e.g. {run.outside[0]}")
     m = s.get("metrics")
     if m:
         (tn, fp), (fn, tp) = m["confusion"]
@@ -190,7 +219,7 @@ def format_summary(run: ReplayRun) -> str:
     if errs:
         lines += ["", f"  {len(errs)} file(s) could not be inspected:"]
         lines += [f"    {r.path}: {r.error}" for r in errs]
-    return "\n".join(lines)
+    return printable("\n".join(lines))
 
 
 def _pct(v: float | None) -> str:

@@ -168,3 +168,86 @@ def test_edge_never_imports_tensorflow(tmp_path: Path) -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr
+
+
+def test_labelled_folder_counts_and_reports_images_outside_the_class_folders(tmp_path: Path) -> None:
+    # One subfolder named OK made the whole line folder labelled: the dated batch vanished.
+    folder = tmp_path / "line"
+    for rel in ("OK/a.png", "top.jpg", "2026-11-25/b.png", "2026-11-25/c.png"):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / rel), part_image(len(rel)))
+    out, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    r = run_cli("--replay", str(folder), "--json", str(out), "--csv", str(out_csv))
+    assert r.returncode == 0, r.stderr
+    s = json.loads(out.read_text())["summary"]
+    assert (s["labelled"], s["files"], s["outside_class_folders"]) == (True, 1, 3)
+    assert "# outside_class_folders: 3" in out_csv.read_text()
+    assert "3 image file(s) outside the class folders were not scored" in r.stdout
+    assert "3 image file(s) outside the class folders" in r.stderr and "2026-11-25" in r.stderr
+
+
+def test_symlinked_batches_are_replayed(tmp_path: Path) -> None:
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    cv2.imwrite(str(batch / "a.png"), part_image(20))
+    (tmp_path / "replay").mkdir()
+    (tmp_path / "replay" / "monday").symlink_to(batch, target_is_directory=True)
+    (tmp_path / "replay" / "monday-again").symlink_to(batch, target_is_directory=True)
+    out = tmp_path / "r.json"
+    assert main(["--replay", str(tmp_path / "replay"), "--json", str(out), "--no-progress"]) == 0
+    assert [Path(x["path"]).relative_to(tmp_path).as_posix() for x in json.loads(out.read_text())["images"]] == [
+        "replay/monday/a.png"]
+
+
+def test_odd_depths_long_images_and_padded_jpegs_never_stop_the_run(tmp_path: Path) -> None:
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    gray = part_image(8)
+    bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    cv2.imwrite(str(folder / "good.png"), gray)
+    cv2.imwrite(str(folder / "bgr_f64.tiff"), bgr.astype(np.float64) / 255)
+    cv2.imwrite(str(folder / "bgr_s16.tiff"), bgr.astype(np.int16))
+    cv2.imwrite(str(folder / "bgr_s32.tiff"), bgr.astype(np.int32))
+    cv2.imwrite(str(folder / "f32_255.tiff"), gray.astype(np.float32))
+    cv2.imwrite(str(folder / "line.png"), np.full((1, 60000), 128, np.uint8))
+    ok, enc = cv2.imencode(".jpg", gray)
+    (folder / "padded.jpg").write_bytes(enc.tobytes() + bytes(100))
+    out = tmp_path / "r.json"
+    r = run_cli("--replay", str(folder), "--json", str(out))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    by_name = {Path(x["path"]).name: x for x in json.loads(out.read_text())["images"]}
+    refused = {"bgr_s16.tiff": "unsupported pixel type int16", "bgr_s32.tiff": "unsupported pixel type int32",
+               "f32_255.tiff": "outside [0, 1]", "line.png": "would be padded to 60000x60000"}
+    for name, reason in refused.items():
+        assert reason in by_name[name]["error"] and by_name[name]["p_defect"] is None, by_name[name]
+        assert f"{name}: " in r.stdout
+    for name in ("bgr_f64.tiff", "padded.jpg"):
+        assert by_name[name]["error"] is None and by_name[name]["p_defect"] == by_name["good.png"]["p_defect"]
+
+
+def test_file_names_that_are_not_utf8_reach_every_output(tmp_path: Path) -> None:
+    # A Latin-1 name crashed the CSV writer, the printed summary and (segfault) the report.
+    folder = os.fsdecode(os.fsencode(tmp_path) + b"/lab\xe9")
+    ok = Path(folder) / "OK"
+    ok.mkdir(parents=True)
+    names = [b"caf\xe9.png", b"\xff\xfe.png", "ünï.png".encode()]
+    for i, raw in enumerate(names):  # cv2.imwrite itself crashes on such a name: write the bytes
+        (ok / os.fsdecode(raw)).write_bytes(cv2.imencode(".png", part_image(30 + i))[1].tobytes())
+    (ok / os.fsdecode(b"bad\xe9.jpg")).write_text("not an image")
+    out, out_csv, report = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / os.fsdecode(b"rep\xe9")
+    # threshold 0.001 rejects every ok part: all are misclassified and drawn in the report
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "--replay", os.fsencode(folder), "--json", out,
+                        "--csv", out_csv, "--report", report, "--threshold", "0.001"],
+                       capture_output=True, timeout=300, cwd=ROOT,
+                       env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})  # as under a UTF-8 locale
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    stdout = r.stdout.decode("utf-8")  # strict: the summary is always valid text
+    assert "lab\\xe9" in stdout and "bad\\xe9.jpg: not a decodable image" in stdout
+    images = json.loads(out.read_text())["images"]  # exact names survive a JSON round trip
+    assert sorted(os.fsencode(Path(x["path"]).name) for x in images) == sorted([*names, b"bad\xe9.jpg"])
+    rows = list(csv.DictReader(line for line in out_csv.read_text(encoding="utf-8").splitlines()
+                               if not line.startswith("#")))
+    assert sorted(Path(row["path"]).name for row in rows) == sorted(
+        ["caf\\xe9.png", "\\xff\\xfe.png", "ünï.png", "bad\\xe9.jpg"])
+    for png in ("misclassified.png", "confusion.png"):  # cv2.imread would crash on this folder name too
+        assert cv2.imdecode(np.frombuffer((report / png).read_bytes(), np.uint8), cv2.IMREAD_COLOR) is not None
