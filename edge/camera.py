@@ -7,8 +7,11 @@ exponential backoff and reports a fault when frames stop coming or stop changing
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +37,11 @@ class Frame:
 
 
 class Source(Protocol):
-    """One connection to a camera; `read` blocks for the next frame, None when it ends or fails."""
+    """One connection to a camera; `read` blocks for the next frame, None when it ends or fails.
+
+    A source with a true `finite` attribute (a file or folder played once) has ended, not
+    failed, when `read` returns None; without the attribute a source is taken to be endless.
+    """
 
     name: str
 
@@ -53,40 +60,106 @@ def _is_url(s: str) -> bool:
     return s.split("://", 1)[0].lower() in ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp")
 
 
+@functools.cache
+def _has_gstreamer() -> bool:
+    """Whether this OpenCV can open GStreamer pipelines (the opencv-python wheels from PyPI cannot)."""
+    for line in cv2.getBuildInformation().splitlines():
+        key, _, value = line.strip().partition(":")
+        if key.strip() == "GStreamer":
+            return value.strip().upper().startswith("YES")
+    return False
+
+
+V4L_SELECT_TIMEOUT_ENV = "OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT"
+
+
+def _limit_v4l2_wait(read_timeout_s: float) -> None:
+    """V4L2 takes no read-timeout parameter: how long it waits for a frame is this variable
+    (whole seconds, 10 by default), read on the process's first V4L2 frame. Setting it from
+    read_timeout_s makes a stalled USB camera fail over that time, not 10 s per read; an
+    operator's own setting wins. Called from the constructor, before the grabber thread runs."""
+    if V4L_SELECT_TIMEOUT_ENV not in os.environ:
+        os.environ[V4L_SELECT_TIMEOUT_ENV] = str(max(1, math.ceil(read_timeout_s)))
+
+
 class OpenCVSource:
-    """V4L2 device, video file, stream URL or GStreamer pipeline via cv2.VideoCapture."""
+    """V4L2 device, video file, stream URL or GStreamer pipeline via cv2.VideoCapture.
+
+    backend forces an OpenCV API (a cv2.CAP_* constant) instead of the one the spec implies.
+    """
 
     def __init__(self, spec: str | int, open_timeout_s: float = 5.0, read_timeout_s: float = 2.0,
                  loop: bool = False, fps: float | None = None, width: int | None = None,
-                 height: int | None = None) -> None:
+                 height: int | None = None, backend: int | None = None) -> None:
         self.spec = spec
+        self.backend = backend
         self.name = str(spec)
         self.loop, self.fps, self.width, self.height = loop, fps, width, height
         self.open_timeout_s, self.read_timeout_s = open_timeout_s, read_timeout_s
         self._cap: cv2.VideoCapture | None = None
         self._is_file = isinstance(spec, str) and Path(spec).is_file()
         self._next_t = 0.0
+        self._timeouts_refused = False  # this backend opened only without the timeout parameters
+        if self._backend_and_target()[0] == cv2.CAP_V4L2:
+            _limit_v4l2_wait(read_timeout_s)
+
+    @property
+    def finite(self) -> bool:
+        """A video file played once ends; a device or stream that stops has failed."""
+        return self._is_file and not self.loop
 
     def _backend_and_target(self) -> tuple[int, str | int]:
         s = self.spec
+        target: str | int = s
         if isinstance(s, int) or (isinstance(s, str) and s.isdigit()):
-            return cv2.CAP_V4L2, int(s)
-        if isinstance(s, str) and s.startswith("/dev/video"):
-            return cv2.CAP_V4L2, s
-        if isinstance(s, str) and "!" in s and "appsink" in s:
-            return cv2.CAP_GSTREAMER, s
-        if isinstance(s, str) and _is_url(s):
-            return cv2.CAP_FFMPEG, s
-        return cv2.CAP_ANY, s
+            backend, target = cv2.CAP_V4L2, int(s)
+        elif s.startswith("/dev/video"):
+            backend = cv2.CAP_V4L2
+        elif "!" in s and "appsink" in s:
+            backend = cv2.CAP_GSTREAMER
+        elif _is_url(s):
+            backend = cv2.CAP_FFMPEG
+        else:
+            backend = cv2.CAP_ANY
+        return (backend if self.backend is None else self.backend), target
+
+    def open_attempts(self) -> list[list[int]]:
+        """The open parameters to try, in order.
+
+        Only some backends take parameters in open(); V4L2 and DSHOW (like CAP_IMAGES) refuse
+        the call outright ("unsupported parameter"), so a device would never open with them.
+        FFmpeg (streams) takes the timeouts and gets no retry without them, which would wait
+        for a dead camera with no limit; any other backend falls back to none.
+        """
+        backend, _ = self._backend_and_target()
+        timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.open_timeout_s * 1000),
+                    cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.read_timeout_s * 1000)]
+        if backend in (cv2.CAP_V4L2, cv2.CAP_DSHOW) or self._timeouts_refused:
+            return [[]]
+        if backend == cv2.CAP_FFMPEG:
+            return [timeouts]
+        return [timeouts, []]
+
+    def _cannot_open(self) -> str:
+        if isinstance(self.spec, str) and "!" in self.spec and not _has_gstreamer():
+            return (f"camera {self.name}: cannot open: this OpenCV build has no GStreamer "
+                    "(cv2.getBuildInformation()); a GStreamer pipeline needs an OpenCV built with GStreamer")
+        return f"camera {self.name}: cannot open"
 
     def open(self) -> None:
         backend, target = self._backend_and_target()
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.open_timeout_s * 1000),
-                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.read_timeout_s * 1000)]
-        cap = cv2.VideoCapture(target, backend, params)
-        if not cap.isOpened():
+        attempts = self.open_attempts()
+        for i, params in enumerate(attempts):
+            cap = cv2.VideoCapture(target, backend, params)
+            if cap.isOpened():
+                break
             cap.release()
-            raise SourceError(f"camera {self.name}: cannot open")
+        else:
+            raise SourceError(self._cannot_open())
+        if i > 0:  # opened only without the timeouts: remember, and say so once
+            self._timeouts_refused = True
+            log.info("camera opened without timeout parameters (its OpenCV backend refuses them)",
+                     extra={"camera": self.name, "backend": cap.getBackendName()})
         if self.width:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
         if self.height:
@@ -133,6 +206,11 @@ class FolderSource:
         self._it: Iterator[Path] = iter(())
         self._next_t = 0.0
 
+    @property
+    def finite(self) -> bool:
+        """Played once (loop false), the folder ends after its last image."""
+        return not self.loop
+
     def open(self) -> None:
         self._files = [p for p in sorted(self.folder.rglob("*")) if p.is_file() and is_image_file(p)]
         if not self._files:
@@ -162,7 +240,12 @@ class FolderSource:
 
 
 class IterSource:
-    """Frames from a Python iterator factory (the simulated line), paced at fps."""
+    """Frames from a Python iterator factory (the simulated line), paced at fps.
+
+    Endless: an iterator that runs out is a connection that stopped, opened again with backoff.
+    """
+
+    finite = False
 
     def __init__(self, name: str, factory: Callable[[], Iterator[np.ndarray]], fps: float) -> None:
         self.name, self._factory, self.fps = name, factory, fps
@@ -195,6 +278,15 @@ def _digest(gray: np.ndarray) -> bytes:
     return hashlib.blake2b(gray[::8, ::8].tobytes(), digest_size=16).digest()
 
 
+def _why(exc: BaseException) -> str:
+    """An exception as one log-friendly line (cv2.error texts span several)."""
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, SourceError) else f"{type(exc).__name__}: {text}"
+
+
+BAD_FRAME_LOG_EVERY_S = 60.0  # a camera sending only unusable frames logs once a minute, not per frame
+
+
 class Camera:
     """Latest-frame grabber with reconnect/backoff, freshness watchdog and frozen detection."""
 
@@ -216,8 +308,10 @@ class Camera:
         self.frames = 0  # frames captured
         self.consumed = 0  # frames handed to the inspection loop
         self.reconnects = 0
+        self.bad_frames = 0  # frames skipped because they cannot be made 8-bit gray
+        self._bad_logged = -math.inf
         self.connected = False
-        self.ended = False  # the source ended and will not come back (non-looping file)
+        self.ended = False  # the source ended and will not come back (file or folder played once)
         self._fps_t: list[float] = []
 
     # -- grabber thread ------------------------------------------------------------
@@ -231,17 +325,29 @@ class Camera:
             self._cond.notify_all()
         if self._thread:
             self._thread.join(timeout=5)
-        self.source.close()
+        self._close_source()
+
+    def _close_source(self) -> None:
+        try:
+            self.source.close()
+        except Exception as exc:  # noqa: BLE001 - a driver that fails to let go must not stop the reconnect
+            log.warning("camera close failed", extra={"camera": self.source.name, "error": _why(exc)})
 
     def _run(self) -> None:
+        """Open, read, reconnect with backoff, until stopped or a finite source ends.
+
+        Nothing a source raises may end this thread: the daemon would go on pinging the
+        watchdog with no frames and the camera still marked connected, i.e. stop silently.
+        """
         delay = self.reconnect_min_s
         first = True
         while not self._stop.is_set():
             try:
                 self.source.open()
-            except SourceError as exc:
-                log.warning("camera open failed", extra={"camera": self.source.name, "error": str(exc),
+            except Exception as exc:  # noqa: BLE001 - SourceError, or whatever a driver raises
+                log.warning("camera open failed", extra={"camera": self.source.name, "error": _why(exc),
                                                          "retry_s": round(delay, 2)})
+                self._close_source()
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.reconnect_max_s)
                 continue
@@ -251,27 +357,59 @@ class Camera:
             self.connected = True
             log.info("camera open", extra={"camera": self.source.name})
             got_any = False
+            error: str | None = None
             while not self._stop.is_set():
-                raw = self.source.read()
+                try:
+                    raw = self.source.read()
+                except Exception as exc:  # noqa: BLE001 - any driver failure: reconnect, never die
+                    error = _why(exc)
+                    break
                 if raw is None:
+                    break
+                try:
+                    self._publish(raw)
+                except ImageError as exc:  # one odd buffer: skip it, the next may be fine
+                    self._skip_frame(raw, exc)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - as for read: reconnect, never die
+                    error = _why(exc)
                     break
                 got_any = True
                 delay = self.reconnect_min_s
-                self._publish(raw)
             self.connected = False
-            self.source.close()
+            self._close_source()
             if self._stop.is_set():
                 break
-            if isinstance(self.source, OpenCVSource) and self.source._is_file and not self.source.loop:
-                self.ended = True
-                log.info("camera source ended", extra={"camera": self.source.name})
-                with self._cond:
-                    self._cond.notify_all()
+            if error is None and getattr(self.source, "finite", False):
+                self._end()
                 break
-            log.warning("camera stopped delivering; reconnecting",
-                        extra={"camera": self.source.name, "retry_s": round(delay, 2), "had_frames": got_any})
+            if error is not None:
+                log.warning("camera read failed; reconnecting",
+                            extra={"camera": self.source.name, "error": error, "retry_s": round(delay, 2)})
+            else:
+                log.warning("camera stopped delivering; reconnecting",
+                            extra={"camera": self.source.name, "retry_s": round(delay, 2), "had_frames": got_any})
             self._stop.wait(delay)
             delay = min(delay * 2, self.reconnect_max_s)
+
+    def _end(self) -> None:
+        """A file or folder played once is over: say so, and wake the consumer so it stops waiting."""
+        self.ended = True
+        if self.frames:
+            log.info("camera source ended", extra={"camera": self.source.name, "frames": self.frames})
+        else:
+            log.warning("camera source ended without delivering a frame", extra={"camera": self.source.name})
+        with self._cond:
+            self._cond.notify_all()
+
+    def _skip_frame(self, raw: np.ndarray, exc: ImageError) -> None:
+        self.bad_frames += 1
+        now = time.monotonic()
+        if now - self._bad_logged >= BAD_FRAME_LOG_EVERY_S:
+            self._bad_logged = now
+            log.warning("skipping camera frame that cannot be made 8-bit gray",
+                        extra={"camera": self.source.name, "error": str(exc), "shape": str(raw.shape),
+                               "dtype": str(raw.dtype), "skipped_total": self.bad_frames})
 
     def _publish(self, raw: np.ndarray) -> None:
         gray = raw if raw.ndim == 2 and raw.dtype == np.uint8 else to_gray_u8(raw)

@@ -55,7 +55,22 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 
 
 class JournalError(RuntimeError):
-    """The journal cannot be opened or written; the daemon must fail safe."""
+    """The journal cannot be opened, read or written; the daemon must fail safe."""
+
+
+def _error(path: Path, what: str, exc: sqlite3.DatabaseError) -> JournalError:
+    """A JournalError naming the file; for a damaged file it also says what the operator must do,
+    since a restart (systemd's) cannot fix it and a deleted journal would hand out used seqs again."""
+    code = getattr(exc, "sqlite_errorname", "")
+    todo = ("stop the service and rebuild the file from its readable rows as docs/operations.md "
+            "('Journal file corrupt') shows, which keeps seq and every readable undelivered decision; do not just "
+            "delete it, seq would start again at 1")
+    if code == "SQLITE_NOTADB":
+        return JournalError(f"journal {path} is not an SQLite database ({exc}): check journal.path; "
+                            f"if it is the journal, it is corrupt: {todo}")
+    if code == "SQLITE_CORRUPT":
+        return JournalError(f"journal {path} is corrupt ({what}: {exc}): {todo}")
+    return JournalError(f"{path}: {what}: {exc}")
 
 
 @dataclass(frozen=True)
@@ -112,19 +127,25 @@ class Journal:
         self._create_private(self.path)
         try:
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise JournalError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
-            raise JournalError(f"{self.path}: cannot open journal: {exc}") from exc
+            raise _error(self.path, "cannot open journal", exc) from exc
         self._closed = False
-        c = self.counts()
-        log.info("journal opened", extra={"path": str(self.path), "synchronous": synchronous, **c,
-                                          "last_seq": self.last_seq})
-        self.prune()
+        try:
+            with self._named_errors("cannot open journal"):
+                mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise JournalError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
+                self._db.execute(f"PRAGMA synchronous={synchronous}")
+                self._db.executescript(_SCHEMA)
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            c = self.counts()
+            log.info("journal opened", extra={"path": str(self.path), "synchronous": synchronous, **c,
+                                              "last_seq": self.last_seq})
+            self.prune()
+        except BaseException:
+            self._db.close()  # a refused journal must not keep the file open
+            self._closed = True
+            raise
 
     @staticmethod
     def _create_private(path: Path) -> None:
@@ -163,7 +184,16 @@ class Journal:
                     self._db.execute("ROLLBACK")
                 raise
         except sqlite3.DatabaseError as exc:
-            raise JournalError(f"{self.path}: {what}: {exc}") from exc
+            raise _error(self.path, what, exc) from exc
+
+    @contextmanager
+    def _named_errors(self, what: str) -> Iterator[None]:
+        """SQLite errors outside a transaction (reads) become a JournalError naming the file: a damaged
+        file must stop the daemon with one clear line, not a traceback from some thread."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            raise _error(self.path, what, exc) from exc
 
     def append_row(self, decision: Mapping[str, Any], deadline_ts: float) -> Row:
         """Like append(), returning the whole row so the caller publishes exactly `payload`."""
@@ -198,12 +228,10 @@ class Journal:
     def _finish(self, seq: int, state: str) -> bool:
         with self._lock:
             self._check_open()
-            try:
+            with self._named_errors(f"cannot mark seq {seq} {state}"):
                 cur = self._db.execute(
                     "UPDATE decisions SET state = ?, done_ts = ? WHERE seq = ? AND state = 'pending'",
                     (state, self._clock(), seq))
-            except sqlite3.DatabaseError as exc:
-                raise JournalError(f"{self.path}: cannot mark seq {seq} {state}: {exc}") from exc
             changed = cur.rowcount == 1
         if not changed:
             log.debug("journal row not pending; mark ignored", extra={"seq": seq, "state": state})
@@ -254,7 +282,7 @@ class Journal:
     # -- reads -----------------------------------------------------------------------
     def undelivered(self, limit: int | None = None, after_seq: int = 0) -> list[Row]:
         """Pending rows in seq order (paged with after_seq/limit so a big backlog stays out of memory)."""
-        with self._lock:
+        with self._lock, self._named_errors("cannot read undelivered decisions"):
             self._check_open()
             cur = self._db.execute(
                 "SELECT seq, part_id, created_ts, deadline_ts, state, done_ts, payload FROM decisions "
@@ -263,21 +291,21 @@ class Journal:
             return [Row(*r) for r in cur.fetchall()]
 
     def get(self, seq: int) -> Row | None:
-        with self._lock:
+        with self._lock, self._named_errors(f"cannot read seq {seq}"):
             self._check_open()
             r = self._db.execute("SELECT seq, part_id, created_ts, deadline_ts, state, done_ts, payload "
                                  "FROM decisions WHERE seq = ?", (seq,)).fetchone()
         return Row(*r) if r else None
 
     def is_pending(self, seq: int) -> bool:
-        with self._lock:
+        with self._lock, self._named_errors(f"cannot read seq {seq}"):
             self._check_open()
             r = self._db.execute("SELECT 1 FROM decisions WHERE seq = ? AND state = 'pending'", (seq,)).fetchone()
         return r is not None
 
     def counts(self) -> dict[str, int]:
         """total, pending, delivered, late (rows present) and dropped_undelivered (ever)."""
-        with self._lock:
+        with self._lock, self._named_errors("cannot count decisions"):
             self._check_open()
             by_state = dict(self._db.execute("SELECT state, COUNT(*) FROM decisions GROUP BY state").fetchall())
             dropped = self._db.execute("SELECT value FROM meta WHERE key = 'dropped_undelivered'").fetchone()
@@ -287,7 +315,7 @@ class Journal:
     @property
     def last_seq(self) -> int:
         """The highest seq ever assigned (survives pruning and restarts)."""
-        with self._lock:
+        with self._lock, self._named_errors("cannot read the last seq"):
             self._check_open()
             r = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'decisions'").fetchone()
         return int(r[0]) if r else 0

@@ -1,6 +1,9 @@
 """Camera adapters on real files written with OpenCV: latest frame, faults, reconnect."""
 
+import logging
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -8,8 +11,10 @@ import numpy as np
 import pytest
 
 from edge.camera import (
+    V4L_SELECT_TIMEOUT_ENV,
     Camera,
     FolderSource,
+    Frame,
     IterSource,
     OpenCVSource,
     SourceError,
@@ -135,3 +140,127 @@ def test_frames_are_turned_as_configured(tmp_path: Path, rotate: int) -> None:
 def test_a_rotation_that_is_no_quarter_turn_is_refused() -> None:
     with pytest.raises(ValueError, match="rotate must be one of"):
         Camera(IterSource("none", lambda: iter([]), fps=10), rotate=45)
+
+
+def write_sequence(folder: Path, n: int) -> str:
+    """An image sequence `img_00.png`... as OpenCV's CAP_IMAGES backend reads it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"img_{i:02d}.png"), np.full((40, 60), 30 + i * 40, np.uint8))
+    return str(folder / "img_%02d.png")
+
+
+def drain(cam: Camera, limit_s: float = 3.0) -> list[Frame]:
+    """Every frame until the camera ends or nothing comes for a while, at most limit_s."""
+    out: list[Frame] = []
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end:
+        f = cam.next_frame(out[-1].index if out else 0, 0.5)
+        if f is None:
+            break
+        out.append(f)
+    return out
+
+
+def test_a_backend_that_takes_no_open_parameters_still_opens(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """V4L2 (like CAP_IMAGES here) refuses the timeout open parameters; the camera must still open."""
+    spec = write_sequence(tmp_path / "seq", 3)
+    source = OpenCVSource(spec, backend=cv2.CAP_IMAGES)
+    assert source.open_attempts()[0] != []  # tried with the timeouts first, as an unknown backend is
+    cam = Camera(source)
+    with caplog.at_level(logging.INFO, "edge.camera"):
+        cam.start()
+        first = cam.next_frame(0, 2.0)
+        end = time.monotonic() + 2.0
+        while cam.frames < 3 and time.monotonic() < end:
+            time.sleep(0.01)
+        cam.stop()
+    assert first is not None and int(first.gray[0, 0]) in (30, 70, 110) and cam.frames >= 3
+    rec = next(r for r in caplog.records if "without timeout parameters" in r.getMessage())
+    assert vars(rec)["camera"] == spec and source.open_attempts() == [[]]  # not tried again on reconnect
+
+
+def test_devices_are_opened_without_the_timeouts_v4l2_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(V4L_SELECT_TIMEOUT_ENV, "")
+    monkeypatch.delenv(V4L_SELECT_TIMEOUT_ENV)  # restored to unset afterwards
+    for spec in (0, "2", "/dev/video0"):
+        assert OpenCVSource(spec, read_timeout_s=2.5).open_attempts() == [[]], spec
+    assert os.environ[V4L_SELECT_TIMEOUT_ENV] == "3"  # V4L2's own wait, whole seconds, from read_timeout_s
+    monkeypatch.setenv(V4L_SELECT_TIMEOUT_ENV, "7")
+    OpenCVSource(0, read_timeout_s=1)
+    assert os.environ[V4L_SELECT_TIMEOUT_ENV] == "7"  # the operator's setting wins
+    stream = OpenCVSource("rtsp://cam.local/stream", open_timeout_s=3, read_timeout_s=1)
+    assert stream.open_attempts() == [[cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 3000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 1000]]
+
+
+@pytest.mark.skipif("GStreamer:                   YES" in cv2.getBuildInformation(),
+                    reason="this OpenCV has GStreamer")
+def test_a_gstreamer_pipeline_on_an_opencv_without_gstreamer_says_so() -> None:
+    src = OpenCVSource("videotestsrc ! videoconvert ! appsink")
+    with pytest.raises(SourceError, match="this OpenCV build has no GStreamer"):
+        src.open()
+
+
+def test_a_frame_that_cannot_be_made_gray_is_skipped_and_frames_keep_coming(
+        caplog: pytest.LogCaptureFixture) -> None:
+    def frames() -> Iterator[np.ndarray]:
+        yield np.full((48, 64), 10, np.uint8)
+        yield np.zeros((48, 64, 2), np.uint8)  # a YUYV buffer handed over unconverted
+        for i in range(1, 1000):
+            yield np.full((48, 64), i % 256, np.uint8)
+
+    cam = Camera(IterSource("odd-buffer", frames, fps=200), reconnect_min_s=5)
+    with caplog.at_level(logging.WARNING, "edge.camera"):
+        cam.start()
+        time.sleep(0.3)
+        thread_alive = cam._thread is not None and cam._thread.is_alive()
+        got = drain(cam, 0.3)
+        cam.stop()
+    assert thread_alive and cam.connected is False  # stopped by us, not by the bad frame
+    assert got and cam.frames > 20 and cam.bad_frames == 1 and cam.reconnects == 0
+    rec = next(r for r in caplog.records if "skipping camera frame" in r.getMessage())
+    assert vars(rec)["camera"] == "odd-buffer" and "channel" in vars(rec)["error"]
+
+
+def test_a_read_or_open_that_raises_reconnects_and_frames_keep_coming(
+        caplog: pytest.LogCaptureFixture) -> None:
+    opens: list[int] = []
+
+    def frames(n: int) -> Iterator[np.ndarray]:
+        if n == 2:
+            yield np.full((48, 64), 1, np.uint8)
+            raise cv2.error("driver hiccup")
+        for i in range(1000):
+            yield np.full((48, 64), i % 256, np.uint8)
+
+    def connection() -> Iterator[np.ndarray]:  # open #1 fails, #2 breaks after a frame, #3 works
+        opens.append(1)
+        if len(opens) == 1:
+            raise OSError("device busy")
+        return frames(len(opens))
+
+    cam = Camera(IterSource("flaky-driver", connection, fps=200), reconnect_min_s=0.05)
+    with caplog.at_level(logging.WARNING, "edge.camera"):
+        cam.start()
+        time.sleep(0.6)
+        alive = cam._thread is not None and cam._thread.is_alive()
+        connected = cam.connected
+        got = drain(cam, 0.3)
+        cam.stop()
+    assert alive and connected and len(opens) == 3 and cam.reconnects == 1
+    assert got and cam.frames > 20
+    msgs = [(r.getMessage(), vars(r).get("camera"), str(vars(r).get("error"))) for r in caplog.records]
+    assert any("open failed" in m and c == "flaky-driver" and "device busy" in e for m, c, e in msgs)
+    assert any("read failed" in m and c == "flaky-driver" and "driver hiccup" in e for m, c, e in msgs)
+
+
+def test_a_folder_without_loop_plays_once_and_ends(tmp_path: Path) -> None:
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((50, 50), i * 80, np.uint8))
+    cam = Camera(FolderSource(tmp_path, fps=300, loop=False), reconnect_min_s=0.05)
+    cam.start()
+    frames = drain(cam)
+    cam.stop()
+    assert [int(f.gray[0, 0]) for f in frames] == [0, 80, 160]
+    assert cam.ended and cam.frames == 3 and cam.reconnects == 0

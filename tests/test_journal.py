@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import signal
 import sqlite3
 import stat
@@ -204,3 +205,60 @@ def test_bad_arguments_and_closed_journal(tmp_path: Path) -> None:
     (tmp_path / "bad.db").write_bytes(b"this is not a database" * 100)
     with pytest.raises(JournalError):
         Journal(tmp_path / "bad.db")
+
+
+def journal_with_rows(path: Path, n: int = 3000) -> Path:
+    """A closed journal of n pending decisions the size of real ones (about 260 bytes each)."""
+    with Journal(path, synchronous="NORMAL") as j:
+        for i in range(n):
+            j.append(d(f"P-{i}", pad="x" * 200), 0.0)
+    return path
+
+
+def leaf_pages(path: Path, btree: str) -> list[int]:
+    """Page numbers (from 1) of a table's or index's leaf pages, from SQLite's dbstat."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return [r[0] for r in db.execute("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' "
+                                         "ORDER BY pageno", (btree,))]
+
+
+def overwrite_page(path: Path, page: int) -> None:
+    """4 KiB of 0xff over one page, as a failing SD card leaves it."""
+    with open(path, "r+b") as f:
+        f.seek((page - 1) * 4096)
+        f.write(b"\xff" * 4096)
+
+
+def test_a_corrupt_journal_is_refused_at_start_with_the_file_named(tmp_path: Path) -> None:
+    path = journal_with_rows(tmp_path / "journal.sqlite")
+    pages = leaf_pages(path, "decisions_state_seq")  # the index counts() reads
+    overwrite_page(path, pages[len(pages) // 2])
+    with sqlite3.connect(path) as db, pytest.raises(sqlite3.DatabaseError, match="malformed"):
+        db.execute("SELECT state, COUNT(*) FROM decisions GROUP BY state").fetchall()
+    with pytest.raises(JournalError) as err:
+        Journal(path)
+    msg = str(err.value)
+    assert str(path) in msg and "corrupt" in msg and "Journal file corrupt" in msg  # the docs' recipe
+
+
+def test_reads_from_a_damaged_journal_raise_journal_error(tmp_path: Path) -> None:
+    path = journal_with_rows(tmp_path / "journal.sqlite")
+    page = path.read_bytes().index(b'"part_id":"P-1500"') // 4096 + 1  # the table page holding P-1500
+    assert page in leaf_pages(path, "decisions")
+    overwrite_page(path, page)
+    # counts() and a prune without retention read indexes only: the damage shows on the first real read
+    with Journal(path, retention_days=None) as j:
+        seq = 1501
+        for read in (lambda: j.undelivered(), lambda: j.get(seq), lambda: j.is_pending(seq)):
+            with pytest.raises(JournalError, match=f"{path}.*corrupt"):
+                read()
+        with pytest.raises(JournalError, match=f"{path}.*corrupt"):
+            j.mark_delivered(seq)
+
+
+def test_a_file_that_is_no_database_at_all_is_refused_with_the_file_named(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    path.write_bytes(random.Random(0).randbytes(64 * 1024))
+    with pytest.raises(JournalError) as err:
+        Journal(path)
+    assert str(path) in str(err.value) and "not an SQLite database" in str(err.value)
