@@ -108,7 +108,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     except JournalError as exc:
         # No decision goes out that is not journaled: stop, publish `offline`, let the
         # gate reject and systemd restart us once the disk is fixed.
-        log.critical(f"journal write failed, stopping: {exc}")
+        log.critical(f"journal {'unusable' if exc.damaged else 'write failed'}, stopping: {exc}")
         return 1
     c = daemon.counters
     print(f"stopped: {c.parts} parts, {c.decisions.get('accept', 0)} accepted, "

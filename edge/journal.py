@@ -55,7 +55,14 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 
 
 class JournalError(RuntimeError):
-    """The journal cannot be opened, read or written; the daemon must fail safe."""
+    """The journal cannot be opened, read or written; the daemon must fail safe.
+
+    `damaged`: the file itself is bad (a restart cannot fix it), not a failed write.
+    """
+
+    def __init__(self, message: str, damaged: bool = False) -> None:
+        super().__init__(message)
+        self.damaged = damaged
 
 
 def _error(path: Path, what: str, exc: sqlite3.DatabaseError) -> JournalError:
@@ -67,9 +74,9 @@ def _error(path: Path, what: str, exc: sqlite3.DatabaseError) -> JournalError:
             "delete it, seq would start again at 1")
     if code == "SQLITE_NOTADB":
         return JournalError(f"journal {path} is not an SQLite database ({exc}): check journal.path; "
-                            f"if it is the journal, it is corrupt: {todo}")
+                            f"if it is the journal, it is corrupt: {todo}", damaged=True)
     if code == "SQLITE_CORRUPT":
-        return JournalError(f"journal {path} is corrupt ({what}: {exc}): {todo}")
+        return JournalError(f"journal {path} is corrupt ({what}: {exc}): {todo}", damaged=True)
     return JournalError(f"{path}: {what}: {exc}")
 
 

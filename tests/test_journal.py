@@ -239,6 +239,14 @@ def test_a_corrupt_journal_is_refused_at_start_with_the_file_named(tmp_path: Pat
         Journal(path)
     msg = str(err.value)
     assert str(path) in msg and "corrupt" in msg and "Journal file corrupt" in msg  # the docs' recipe
+    assert err.value.damaged
+    # The daemon says so in one line (not "write failed", not a traceback) and exits 1.
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"journal:\n  path: {path}\nmqtt:\n  host: 127.0.0.1\n  port: 9\naudit:\n  dir: null\n")
+    run = subprocess.run([sys.executable, "-m", "edge.cli", "--config", str(cfg), "--duration", "1", "--quiet"],
+                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
+    assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout, run.stderr[-2000:]
+    assert "journal unusable, stopping" in run.stderr and str(path) in run.stderr, run.stderr[-2000:]
 
 
 def test_reads_from_a_damaged_journal_raise_journal_error(tmp_path: Path) -> None:
