@@ -102,7 +102,8 @@ class InspectSection(_Strict):
     mode: Literal["continuous", "trigger"] = "continuous"
     locate: Literal["auto", "roi"] = "auto"
     roi: tuple[int, int, int, int] | None = Field(None, description="x, y, width, height in frame pixels")
-    inspection_line: float = Field(0.5, ge=0, le=1, description="fraction of frame width where parts are inspected")
+    inspection_line: float = Field(0.5, ge=0, le=1, description="fraction of frame width where parts are inspected; "
+                                   "trigger mode judges only a whole part this line crosses")
     predictive_crop: bool = Field(True, description="continuous mode: judge a part at its predicted position in the "
                                   "frame where it is nearest the line, before searching that frame (lower latency)")
     belt_direction: Literal["left_to_right", "right_to_left"] = Field(
