@@ -56,7 +56,7 @@ class SourceError(RuntimeError):
     pass
 
 
-def _is_url(s: str) -> bool:
+def is_url(s: str) -> bool:
     return s.split("://", 1)[0].lower() in ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp")
 
 
@@ -117,7 +117,7 @@ class OpenCVSource:
             backend = cv2.CAP_V4L2
         elif "!" in s and "appsink" in s:
             backend = cv2.CAP_GSTREAMER
-        elif _is_url(s):
+        elif is_url(s):
             backend = cv2.CAP_FFMPEG
         else:
             backend = cv2.CAP_ANY
@@ -475,7 +475,7 @@ def open_source(spec: str | int, *, loop: bool = True, fps: float | None = None,
     """The adapter for a config `camera.source` (except 'sim', which the daemon builds)."""
     if isinstance(spec, str) and Path(spec).is_dir():
         return FolderSource(Path(spec), fps=fps or 5.0, loop=loop)
-    if isinstance(spec, str) and not (spec.isdigit() or spec.startswith("/dev/video") or _is_url(spec)
+    if isinstance(spec, str) and not (spec.isdigit() or spec.startswith("/dev/video") or is_url(spec)
                                       or ("!" in spec and "appsink" in spec)) and not Path(spec).exists():
         raise SourceError(f"camera source {spec!r}: no such file or folder, and not a device, URL or "
                           "GStreamer pipeline")

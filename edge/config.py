@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from edge.bundle import DEFAULT_BUNDLE
-from edge.camera import _is_url
+from edge.camera import is_url
 from edge.contract import check_prefix
 from edge.simulate import DATASET_BACKDROP_LEVEL, DEMO_CONTEXT
 
@@ -293,7 +293,7 @@ def _is_path_source(source: str | int) -> bool:
     """
     if not isinstance(source, str) or source == "sim" or source.isdigit():
         return False
-    return not (source.startswith("/dev/") or _is_url(source) or "://" in source or "!" in source)
+    return not (source.startswith("/dev/") or is_url(source) or "://" in source or "!" in source)
 
 
 def _resolve(cfg: Config, base: Path) -> Config:

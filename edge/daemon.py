@@ -300,5 +300,6 @@ class Daemon:
             "frame_age_max_ms": round(c.frame_age_max_ms, 2),
             "camera": {"connected": self.camera.connected, "fps": round(self.camera.fps(), 1),
                        "frames": self.camera.frames, "dropped": self.camera.dropped,
-                       "reconnects": self.camera.reconnects, "fault": self.camera.fault()},
+                       "reconnects": self.camera.reconnects, "bad_frames": self.camera.bad_frames,
+                       "fault": self.camera.fault()},
         }

@@ -664,6 +664,8 @@ class Publisher:
                     self._switch_to_311()
                 if self._connected:
                     self._drain()
+            except JournalError as exc:  # a damaged page: the message says what to do; no traceback
+                log.error("re-send pass failed; retrying later", extra={"error": str(exc)})
             except Exception:
                 log.exception("re-send pass failed; retrying later")
 

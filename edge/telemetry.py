@@ -37,6 +37,8 @@ class _State(Collector):
         yield CounterMetricFamily("edge_frames_dropped", "Frames never inspected (the loop takes the newest)",
                                   value=cam.get("dropped", 0))
         yield CounterMetricFamily("edge_camera_reconnects", "Camera re-opens", value=cam.get("reconnects", 0))
+        yield CounterMetricFamily("edge_camera_bad_frames", "Frames skipped because they cannot be made 8-bit gray",
+                                  value=cam.get("bad_frames", 0))
         yield CounterMetricFamily("edge_tracking_overruns", "Inspected frames after a gap in which a part moved "
                                   "more than its diameter (parts may be missed or confused)",
                                   value=s.get("tracking_overruns", 0))

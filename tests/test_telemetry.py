@@ -67,6 +67,7 @@ def test_metrics_match_the_decisions_published(mosquitto: Mosquitto, drawn_line:
     assert m["edge_decision_latency_seconds_count"] == len([d for d in got if d["latency_ms"] is not None])
     assert m["edge_parts_inspected_total"] == 6
     assert m["edge_frames_captured_total"] > 0 and m["edge_camera_connected"] == 1.0
+    assert m["edge_camera_bad_frames_total"] == 0  # exported (a camera sending odd buffers counts here)
     assert m["edge_tracking_overruns_total"] == 0  # trigger mode tracks nothing
     assert m["edge_broker_connected"] == 1.0 and m["edge_journal_backlog"] >= 0
     info = m["edge_model_info"]
