@@ -1,7 +1,11 @@
 """Champion/challenger comparison on validation (the bundles themselves: see test_fit)."""
 
-import numpy as np
+from pathlib import Path
 
+import numpy as np
+import pytest
+
+from trainer.cli import main
 from trainer.compare import cost, paired_bootstrap
 from trainer.threshold import parse_policy
 
@@ -39,3 +43,15 @@ def test_a_model_with_good_parts_among_the_defects_loses_nearly_always() -> None
     # Measured on other scores (a refocused set) at the threshold chosen on the clean ones.
     r = paired_bootstrap(labels, (clean, clean), (clean, dirty), (COST20, COST20), 20, 300, seed=2)
     assert r["b_higher"] > 0.95
+
+
+@pytest.mark.parametrize("bad", [["--cost-ratio", "inf"], ["--cost-ratio", "nan"], ["--json", "missing/x.json"]])
+def test_bad_options_exit_2_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             bad: list[str]) -> None:
+    """Refused up front, not after decoding and scoring every validation image (the bundles here
+    do not even exist: the option is what is named)."""
+    if bad[0] == "--json":
+        bad = [bad[0], str(tmp_path / bad[1])]
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--data", str(tmp_path), *bad]) == 2
+    err = capsys.readouterr().err
+    assert bad[0] in err and "Traceback" not in err

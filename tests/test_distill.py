@@ -94,6 +94,9 @@ def test_fit_distils_and_refuses_teachers_that_may_know_the_validation_images(
     assert not (tmp_path / "typo").exists()  # nothing written, so the corrected command needs no --force
     assert fit("refused", "--teacher", str(tmp_path / "teacher"), "--distill-weight", "0.7", "--force") == 2
     assert "--distill-weight must be above 0 and at most 0.5" in capsys.readouterr().err
+    assert fit("plain", "--seed", "7", "--distill-weight", "0.3", "--force") == 2  # would be ignored
+    assert "--distill-weight without --teacher" in capsys.readouterr().err
+    assert bundle.load(tmp_path / "plain")  # refused before --force could clear it
 
     # A resume may not add, drop or swap a teacher.
     assert fit("student", "--seed", "7", "--resume") == 2

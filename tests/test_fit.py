@@ -19,6 +19,7 @@ from edge.perturb import FOCUS_CHANGES, refocus_all  # noqa: E402
 from tests.conftest import part_image, write_split  # noqa: E402
 from trainer.cli import main  # noqa: E402
 from trainer.export import ExportError, check_int8_accuracy  # noqa: E402
+from trainer.fit import FitOptions, run  # noqa: E402
 
 QUICK = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "16", "--max-int8-drop", "100"]
 
@@ -146,12 +147,26 @@ def test_resume_refuses_other_options_or_data_than_the_checkpoints(tmp_path: Pat
         assert main(args + extra + ["--resume"]) == 2
         err = capsys.readouterr().err
         assert message in err and "options.json" in err and "Traceback" not in err
-    cv2.imwrite(str(data / "train/ok_front/extra.png"), part_image(77))
+    skipped = (out / "skipped.txt").read_text()
+    (data / "train/ok_front/junk.jpg").write_bytes(b"not a jpeg")  # other data, and one more skipped file
     assert main(args + ["--resume"]) == 2
     assert "other training data" in capsys.readouterr().err
-    (data / "train/ok_front/extra.png").unlink()
-    assert main(args[:-len(QUICK)] + ["--epochs", "2"] + QUICK[2:] + ["--resume"]) == 0  # --epochs may grow
-    assert len((out / "history.csv").read_text().strip().splitlines()) == 3  # header + epochs 1, 2
+    assert (out / "skipped.txt").read_text() == skipped  # the refused resume left the run's record alone
+    (data / "train/ok_front/junk.jpg").unlink()
+    two = args[:-len(QUICK)] + ["--epochs", "2"] + QUICK[2:]
+    assert main(two + ["--resume"]) == 0  # --epochs may grow
+    resumed = (out / "history.csv").read_text().strip().splitlines()
+    assert len(resumed) == 3  # header + epochs 1, 2
+    # The resumed epoch trained on the batches an uninterrupted run sees, not epoch 1's again.
+    assert main([a if a != str(out) else str(tmp_path / "straight") for a in two]) == 0
+    straight = (tmp_path / "straight/history.csv").read_text().strip().splitlines()
+    for got, want in zip(resumed[1:], straight[1:], strict=True):
+        np.testing.assert_allclose([float(v) for v in got.split(",")], [float(v) for v in want.split(",")],
+                                   rtol=1e-4)
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 2  # --epochs 1: fewer than the 2 the checkpoints hold
+    err = capsys.readouterr().err
+    assert "--epochs 1" in err and "2 epochs" in err and "Traceback" not in err
     # Checkpoints from before the record existed: resumed on trust, with a warning, and recorded.
     (out / "checkpoints/options.json").unlink()
     capsys.readouterr()
@@ -178,13 +193,18 @@ def test_fit_runs_mirrored_over_two_devices(tmp_path: Path) -> None:
     assert set(metrics["batchnorm_recalibration"]) >= {"best_checkpoint", "final_weights", "weight_average"}
 
 
-@pytest.mark.parametrize("case", ["missing_class", "empty_class", "no_test", "no_validation"])
+@pytest.mark.parametrize("case", ["missing_class", "empty_class", "no_test", "no_validation", "unreadable_class"])
 def test_bad_data_folders_exit_2_with_message_and_no_traceback(tmp_path: Path, case: str) -> None:
+    """... and leave --out untouched, so the corrected command needs no --force."""
     data = tmp_path / "data"
     write_split(data / "train", 2)
     write_split(data / "test", 2)
     expected = {"missing_class": "missing class folder 'def_front'", "empty_class": "holds no image files",
-                "no_test": "data/test: missing", "no_validation": "split into 2 to fit and 0 to validate"}[case]
+                "no_test": "data/test: missing", "no_validation": "split into 2 to fit and 0 to validate",
+                "unreadable_class": "no readable images left"}[case]
+    if case == "unreadable_class":
+        for f in (data / "test/def_front").iterdir():
+            f.write_bytes(b"not a jpeg")
     if case == "missing_class":
         for f in (data / "train/def_front").iterdir():
             f.unlink()
@@ -203,6 +223,45 @@ def test_bad_data_folders_exit_2_with_message_and_no_traceback(tmp_path: Path, c
                         str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert expected in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_gate_or_diverged_training_leaves_no_bundle(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A loadable bundle next to a rejected run's metrics would be shipped as if it had passed."""
+    data = tmp_path / "data"
+    write_split(data / "train", 12, seed=1)
+    write_split(data / "test", 4, seed=2)
+    out = tmp_path / "run"
+    args = ["fit", "--data", str(data), "--out", str(out), "--arch", "seed"] + QUICK
+    assert main(args) == 0
+    # The same run resumed with a gate no model can pass (below any CLI value: the library takes it).
+    with pytest.raises(ExportError, match="no bundle written"):
+        run(FitOptions(data=data, out=out, arch="seed", epochs=1, steps_per_epoch=2, batch_size=16,
+                       resume=True, max_int8_drop=-101.0))
+    assert not (out / "model.json").exists() and not (out / "model.tflite").exists()
+    with pytest.raises(bundle.BundleError):
+        bundle.load(out)
+    assert (out / "rejected.tflite").is_file() and (out / "metrics.json").is_file()
+    # A rate that overflows the weights: the loss turns NaN, the run stops, nothing is shipped.
+    capsys.readouterr()
+    assert main(args + ["--force", "--learning-rate", "1e30"]) == 1
+    err = capsys.readouterr().err
+    assert "non-finite" in err and "--learning-rate" in err and "Traceback" not in err
+    assert not (out / "model.json").exists() and not (out / "model.tflite").exists()
+    assert not (out / "rejected.tflite").exists()  # --force cleared the earlier run's rejected model
+
+
+@pytest.mark.parametrize("flag,value", [("--learning-rate", "nan"), ("--learning-rate", "0"),
+                                        ("--learning-rate", "inf"), ("--max-int8-drop", "nan"),
+                                        ("--max-int8-drop", "-1"), ("--max-int8-drop", "inf"),
+                                        ("--swa-learning-rate", "inf"), ("--distill-weight", "0.3")])
+def test_bad_numeric_options_exit_2_before_touching_out(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        flag: str, value: str) -> None:
+    out = tmp_path / "out"
+    assert main(["fit", "--data", str(tmp_path), "--out", str(out), flag, value]) == 2
+    assert flag in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_int8_gate_refuses_a_model_that_lost_accuracy() -> None:

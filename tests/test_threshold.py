@@ -7,7 +7,7 @@ from trainer.threshold import Policy, PolicyError, choose, evidence, parse_polic
 def test_parse_policy_accepts_cost_and_recall_and_names_bad_input() -> None:
     assert parse_policy("cost:20") == Policy("cost", 20.0)
     assert parse_policy("recall:0.999") == Policy("recall", 0.999)
-    for bad in ("cost:-1", "recall:1.5", "precision:0.9", "cost:abc"):
+    for bad in ("cost:-1", "recall:1.5", "precision:0.9", "cost:abc", "cost:inf", "cost:nan", "recall:nan"):
         with pytest.raises(PolicyError, match=bad):
             parse_policy(bad)
 

@@ -1,8 +1,8 @@
 """`edge-train`: thin command line over trainer.fit and trainer.compare.
 
-Exit status of `fit`: 0 bundle written; 1 the int8 export failed its accuracy gate;
-2 bad usage, data or output folder (message, no traceback). `compare`: 0 compared;
-2 bad usage, bundle or data.
+Exit status of `fit`: 0 bundle written; 1 no bundle: training diverged or the int8 export
+failed its accuracy gate; 2 bad usage, data or output folder (message, no traceback).
+`compare`: 0 compared; 2 bad usage, bundle or data.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shlex
 import sys
@@ -61,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distil from this trained bundle (repeat for several; their probabilities are averaged "
                         "in logit space); it must come from the same training data and split (see "
                         "docs/training.md)")
-    f.add_argument("--distill-weight", type=float, default=0.5,
+    f.add_argument("--distill-weight", type=float, default=None,
                    help="share of the teachers' probability in each training target, above 0 and at most "
-                        "0.5 so the label always keeps the larger say (default 0.5)")
+                        "0.5 so the label always keeps the larger say (default 0.5; only with --teacher)")
     f.add_argument("--max-int8-drop", type=float, default=0.5,
                    help="fail when int8 test accuracy is this many points below float (default 0.5)")
     g = f.add_mutually_exclusive_group()
@@ -92,8 +93,13 @@ def compare_main(args: argparse.Namespace) -> int:
     from trainer.compare import CompareError, compare, render  # noqa: PLC0415
     from trainer.threshold import PolicyError  # noqa: PLC0415
 
-    if args.resamples < 1 or args.cost_ratio <= 0:
-        log.error(f"--resamples must be >= 1 and --cost-ratio > 0, got {args.resamples} and {args.cost_ratio}")
+    if args.resamples < 1 or not (math.isfinite(args.cost_ratio) and args.cost_ratio > 0):
+        log.error(f"--resamples must be >= 1 and --cost-ratio finite and > 0, got {args.resamples} "
+                  f"and {args.cost_ratio}")
+        return 2
+    if args.json is not None and (not args.json.parent.is_dir() or args.json.is_dir()):
+        log.error(f"--json {args.json}: needs an existing folder to write the file in (checked before the "
+                  "comparison runs)")
         return 2
     try:
         result = compare(args.champion, args.challenger, args.data or default_data_root(), args.cost_ratio,
@@ -103,7 +109,11 @@ def compare_main(args: argparse.Namespace) -> int:
         return 2
     print(render(result))  # noqa: T201 - the command's output
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        try:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        except OSError as exc:
+            log.error(f"--json {args.json}: cannot write ({exc.strerror or exc}); the comparison is printed above")
+            return 2
     return 0
 
 
@@ -119,13 +129,26 @@ def main(argv: list[str] | None = None) -> int:
         if value < 1:
             log.error(f"{name} must be at least 1, got {value}")
             return 2
-    if args.swa_epochs < 0 or args.swa_learning_rate <= 0:
-        log.error(f"--swa-epochs must be >= 0 and --swa-learning-rate > 0, got {args.swa_epochs} "
+    if args.swa_epochs < 0 or not (math.isfinite(args.swa_learning_rate) and args.swa_learning_rate > 0):
+        log.error(f"--swa-epochs must be >= 0 and --swa-learning-rate finite and > 0, got {args.swa_epochs} "
                   f"and {args.swa_learning_rate}")
+        return 2
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        log.error(f"--learning-rate must be finite and > 0, got {args.learning_rate}")
+        return 2
+    if not (math.isfinite(args.max_int8_drop) and args.max_int8_drop >= 0):
+        log.error(f"--max-int8-drop must be finite and >= 0 (accuracy points), got {args.max_int8_drop}")
         return 2
     if not 0 < args.val_fraction < 1:
         log.error(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
         return 2
+    if args.distill_weight is not None and not args.teachers:
+        # It would be ignored, yet recorded in the bundle and enforced on --resume.
+        log.error(f"--distill-weight without --teacher: there is no teacher to weigh; add --teacher BUNDLE "
+                  f"or drop --distill-weight {args.distill_weight}")
+        return 2
+    if args.distill_weight is None:
+        args.distill_weight = 0.5  # recorded for runs without teachers too, as in every existing record
     if not 0 < args.distill_weight <= 0.5:
         log.error(f"--distill-weight must be above 0 and at most 0.5, got {args.distill_weight}")
         return 2
@@ -135,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from edge.dataset import DatasetError  # noqa: PLC0415
     from trainer.export import ExportError  # noqa: PLC0415 - imports TensorFlow
-    from trainer.fit import FitOptions, OutputError, run  # noqa: PLC0415
+    from trainer.fit import FitOptions, OutputError, TrainingError, run  # noqa: PLC0415
     from trainer.resume import ResumeMismatch  # noqa: PLC0415
     from trainer.threshold import PolicyError  # noqa: PLC0415
 
@@ -157,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ExportError as exc:
         log.error(f"export failed: {exc}")
+        return 1
+    except TrainingError as exc:
+        log.error(f"training failed: {exc}")
         return 1
     except KeyboardInterrupt:
         log.error(f"interrupted: continue with the same command plus --resume (out: {args.out})")

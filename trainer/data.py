@@ -14,15 +14,20 @@ from trainer.augment import AugmentConfig, augment
 
 
 def train_dataset(
-    images: np.ndarray, labels: np.ndarray, batch_size: int, cfg: AugmentConfig, seed: int
+    images: np.ndarray, labels: np.ndarray, batch_size: int, cfg: AugmentConfig, seed: int, start_step: int = 0
 ) -> tf.data.Dataset:
-    """Endless shuffled, augmented batches of (float32 (B, H, W, 1), float32 (B, 1))."""
+    """Endless shuffled, augmented batches of (float32 (B, H, W, 1), float32 (B, 1)).
+
+    Batch k is a function of (seed, k) alone. `start_step` starts the stream at batch k,
+    so a run resumed after k steps trains on exactly the batches an uninterrupted run
+    would have seen next, not on the first ones again. Only indices are skipped: cheap.
+    """
     x = tf.constant(images[..., None])
     y = tf.constant(labels.astype(np.float32)[:, None])
     n = len(images)
     idx = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
-    idx = idx.batch(batch_size, drop_remainder=n >= batch_size)
-    steps = tf.data.Dataset.counter()
+    idx = idx.batch(batch_size, drop_remainder=n >= batch_size).skip(start_step)
+    steps = tf.data.Dataset.counter(start=start_step)
 
     def load(batch_idx: tf.Tensor, step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         s = tf.stack([tf.constant(seed, tf.int64), step * 16])

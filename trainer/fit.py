@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -44,12 +45,18 @@ from trainer.threshold import choose, evidence, parse_policy
 log = logging.getLogger(__name__)
 
 FLOAT_MODEL = "model.keras"
-RUN_FILES = ("model.tflite", "model.json", FLOAT_MODEL, "metrics.json", "report.md", "history.csv",
-             "skipped.txt", "figures", "checkpoints")
+# What a finished (or gate-rejected) run leaves besides its resume state: all of it describes
+# one trained model, so a resume that trains another replaces all of it at once.
+PRODUCTS = ("model.tflite", "model.json", "rejected.tflite", FLOAT_MODEL, "metrics.json", "report.md", "figures")
+RUN_FILES = (*PRODUCTS, "history.csv", "skipped.txt", "checkpoints")
 
 
 class OutputError(ValueError):
     """The output folder cannot be used as asked."""
+
+
+class TrainingError(RuntimeError):
+    """Training produced no usable model (it diverged); no bundle is written."""
 
 
 @dataclass
@@ -85,28 +92,47 @@ class FitOptions:
         return name, AUGMENTATIONS[name]
 
 
-def prepare_output(opts: FitOptions) -> None:
+def check_output(opts: FitOptions) -> None:
+    """Refuse an --out that cannot be used as asked, touching nothing, before any work."""
     out = opts.out
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is not a folder")
-    used = out.is_dir() and any((out / f).exists() for f in RUN_FILES)
     if opts.resume:
         if not (out / "checkpoints").is_dir():
             raise OutputError(f"{out}: nothing to resume (no checkpoints/ folder); drop --resume")
-    elif used:
-        if not opts.force:
-            raise OutputError(
-                f"{out}: output folder already holds a run; pass --resume to continue it, "
-                "--force to replace it, or choose another --out"
-            )
-        for f in RUN_FILES:
-            p = out / f
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    elif not opts.force and out.is_dir() and any((out / f).exists() for f in RUN_FILES):
+        raise OutputError(
+            f"{out}: output folder already holds a run; pass --resume to continue it, "
+            "--force to replace it, or choose another --out"
+        )
 
 
-def _load_split(root: Path, name: str, limit: int | None) -> tuple[list[Sample], LoadedImages]:
-    samples = first_per_class(list_labelled(root / name), limit)
+def prepare_output(opts: FitOptions) -> None:
+    """Clear the replaced run (--force) and create checkpoints/: only once the data passed every
+    check, so a run refused for its data leaves no folder that the corrected rerun must --force."""
+    if opts.force:
+        _remove(opts.out, RUN_FILES)
+    (opts.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+
+def _remove(out: Path, names: tuple[str, ...]) -> list[str]:
+    removed = [f for f in names if (out / f).exists() or (out / f).is_symlink()]
+    for f in removed:
+        p = out / f
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+    return removed
+
+
+def _json_text(value: Any, name: str) -> str:
+    """JSON without NaN/Infinity tokens, which strict readers reject and no model should produce."""
+    try:
+        return json.dumps(value, indent=2, allow_nan=False) + "\n"
+    except ValueError:
+        raise TrainingError(f"{name} would hold a non-finite number: the trained model is unusable; "
+                            "no bundle written") from None
+
+
+def _load_split(root: Path, name: str, samples: list[Sample]) -> LoadedImages:
     t = time.perf_counter()
     loaded = load_samples(samples)
     for label, cls in enumerate(CLASS_NAMES):
@@ -114,7 +140,7 @@ def _load_split(root: Path, name: str, limit: int | None) -> tuple[list[Sample],
             raise DatasetError(f"{root / name / cls}: no readable images left after skipping bad files")
     log.info("decoded split", extra={"split": name, "images": len(loaded.paths),
                                      "skipped": len(loaded.skipped), "s": round(time.perf_counter() - t, 1)})
-    return samples, loaded
+    return loaded
 
 
 def _strategy() -> tf.distribute.Strategy:
@@ -142,6 +168,75 @@ class EpochLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         values = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items() if k != "learning_rate")
         log.info(f"{self.label} {epoch + 1}/{self.epochs} {values} ({time.perf_counter() - self.t0:.0f}s)")
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stop with TrainingError when an epoch's loss or validation loss is NaN or infinite.
+
+    Such weights score every part alike (NaN compares false, so the edge would reject
+    all), and Keras trains on regardless. Placed first among the callbacks, it raises
+    before the epoch is backed up, checkpointed or logged, so --resume never continues
+    from diverged weights. Checked per epoch, not per batch: a per-batch check would
+    synchronise every step with the host.
+    """
+
+    def __init__(self, label: str, rate_flag: str, rate: float) -> None:
+        super().__init__()
+        self.label, self.rate_flag, self.rate = label, rate_flag, rate
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        for key in ("loss", "val_loss"):
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(float(value)):
+                raise TrainingError(
+                    f"{self.label} {epoch + 1}: {key} became {float(value)} (non-finite): training diverged; "
+                    f"try a lower {self.rate_flag} (now {self.rate:g}). No bundle written")
+
+
+RANDOM_STATE = "random_state.json"  # under checkpoints/, beside Keras' backup/
+
+
+def _seed_states(model: keras.Model) -> list[Any]:
+    """The counters of the model's seed generators (dropout's): its only random state."""
+    return [v for v in model.variables if v.name == "seed_generator_state"]
+
+
+class RandomStateBackup(keras.callbacks.Callback):
+    """Save the model's random state with each epoch's backup.
+
+    BackupAndRestore saves weights and optimizer but not the seed generators' counters,
+    so a resumed run would draw the first epochs' dropout masks again. Runs after it at
+    each epoch's end; the epoch tag tells restore_random_state which backup it belongs to.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        states = [np.asarray(v).tolist() for v in _seed_states(self.model)]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"epoch": epoch + 1, "states": states}))
+        tmp.replace(self.path)
+
+
+def restore_random_state(model: keras.Model, path: Path, epoch: int) -> None:
+    """Put back the seed generators' counters saved at the end of `epoch` (see RandomStateBackup)."""
+    variables = _seed_states(model)
+    if not variables:
+        return
+    try:
+        saved = json.loads(path.read_text())
+        states = saved["states"] if saved.get("epoch") == epoch else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        states = None
+    if not isinstance(states, list) or len(states) != len(variables):
+        log.warning("the checkpoints carry no random state for their last epoch (made before it was saved): "
+                    "the resumed epochs' dropout masks will differ from an uninterrupted run's",
+                    extra={"expected": str(path), "epoch": epoch})
+        return
+    for v, state in zip(variables, states, strict=True):
+        v.assign(np.asarray(state, dtype=v.dtype))
 
 
 def _best_val_loss(history_csv: Path) -> float | None:
@@ -187,6 +282,8 @@ def _learning_rate(opts: FitOptions) -> float | keras.optimizers.schedules.Learn
 def train(opts: FitOptions, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndarray,
           val_y: np.ndarray, aug: AugmentConfig,
           teachers: list[distill.Teacher] | None = None) -> tuple[keras.Model, list[dict[str, float]]]:
+    """Fit the model (continuing the checkpoints on --resume); returns the chosen weights and
+    the per-epoch history. Writes checkpoints/ and history.csv, no product of the run."""
     out, ckpt = opts.out, opts.out / "checkpoints"
     keras.utils.set_random_seed(opts.seed)
     strategy = _strategy()
@@ -195,7 +292,9 @@ def train(opts: FitOptions, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndar
         _compile(model, _learning_rate(opts))
     log.info("model built", extra={"arch": opts.arch, "params": model.count_params()})
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(ckpt / "backup"), delete_checkpoint=False),
+        StopOnNonFinite("epoch", "--learning-rate", opts.learning_rate),  # first: before anything is saved
+        keras.callbacks.BackupAndRestore(str(ckpt / resume.BACKUP), delete_checkpoint=False),
+        RandomStateBackup(ckpt / RANDOM_STATE),
         keras.callbacks.ModelCheckpoint(
             str(ckpt / "best.keras"), monitor="val_loss", save_best_only=True,
             initial_value_threshold=_best_val_loss(out / "history.csv") if opts.resume else None,
@@ -203,22 +302,28 @@ def train(opts: FitOptions, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndar
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=opts.resume),
         EpochLog(opts.epochs),
     ]
-    train_data = train_dataset(fit_x, fit_y, opts.batch_size, aug, opts.seed)
-    if teachers:
-        train_data = distill.soften(train_data, teachers, opts.distill_weight)
+
+    def stream(epoch: int) -> tf.data.Dataset:
+        """The batches from the start of `epoch` (0-based) on, as an uninterrupted run sees them."""
+        data = train_dataset(fit_x, fit_y, opts.batch_size, aug, opts.seed, start_step=epoch * opts.steps_per_epoch)
+        return distill.soften(data, teachers, opts.distill_weight) if teachers else data
+
+    # BackupAndRestore restores the weights and the epoch count, not the input pipeline's
+    # position nor dropout's random state: both are set here to where the backup was made.
+    done = resume.completed_epochs(ckpt) if opts.resume else 0
+    if done:
+        log.info("resuming", extra={"epochs_done": done, "epochs": opts.epochs})
+        with strategy.scope():
+            restore_random_state(model, ckpt / RANDOM_STATE, done)
     val_data = eval_dataset(val_x, val_y, opts.batch_size)
-    model.fit(train_data, steps_per_epoch=opts.steps_per_epoch, epochs=opts.epochs,
+    model.fit(stream(done), steps_per_epoch=opts.steps_per_epoch, epochs=opts.epochs,
               validation_data=val_data, callbacks=callbacks, verbose=0)
     candidates = {"best_checkpoint": keras.models.load_model(ckpt / "best.keras"), "final_weights": model}
     if opts.swa_epochs > 0:
         with strategy.scope():
-            candidates["weight_average"] = swa_phase(opts, model, train_data, val_data)
+            candidates["weight_average"] = swa_phase(opts, model, stream(opts.epochs), val_data)
     has_bn = any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
     best = _choose_weights(opts, candidates, fit_x, val_data, recalibrate=opts.recalibrate_bn and has_bn)
-    # The float model without optimizer state, for audits and float-vs-int8 comparisons.
-    plain = ARCHITECTURES[opts.arch](IMAGE_SIZE)
-    plain.set_weights(best.get_weights())
-    plain.save(out / FLOAT_MODEL)
     return best, report.read_history(out / "history.csv")
 
 
@@ -277,9 +382,10 @@ def swa_phase(opts: FitOptions, model: keras.Model, train_data: tf.data.Dataset,
     _compile(model, opts.swa_learning_rate)
     model._initial_epoch = None  # set by BackupAndRestore on --resume; would skip this fit's epochs
     average = WeightAverage()
+    callbacks = [StopOnNonFinite("swa epoch", "--swa-learning-rate", opts.swa_learning_rate), average,
+                 EpochLog(opts.swa_epochs, "swa epoch")]
     history = model.fit(train_data, steps_per_epoch=opts.steps_per_epoch, epochs=opts.swa_epochs,
-                        validation_data=val_data, callbacks=[average, EpochLog(opts.swa_epochs, "swa epoch")],
-                        verbose=0)
+                        validation_data=val_data, callbacks=callbacks, verbose=0)
     opts.extra["weight_average"] = {
         "epochs": opts.swa_epochs, "learning_rate": opts.swa_learning_rate,
         "val_loss_per_epoch": [round(float(v), 5) for v in history.history.get("val_loss", [])]}
@@ -377,7 +483,8 @@ def _brief(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(opts: FitOptions) -> dict[str, Any]:
-    """The whole fit; returns the metrics dict. Raises DatasetError/OutputError/ExportError."""
+    """The whole fit; returns the metrics dict. Raises DatasetError/OutputError/PolicyError/ResumeMismatch
+    (before --out is touched), TrainingError (training diverged) or ExportError (int8 gate failed)."""
     if opts.arch not in ARCHITECTURES:
         raise OutputError(f"--arch {opts.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
     policy = parse_policy(opts.threshold_policy)
@@ -386,21 +493,31 @@ def run(opts: FitOptions) -> dict[str, Any]:
         if not (opts.data / split).is_dir():
             raise DatasetError(f"{opts.data / split}: missing (expected {opts.data}/train and {opts.data}/test)")
     teacher_ids = distill.identities(opts.teachers, opts.out)  # before the output folder is touched
-    prepare_output(opts)
+    check_output(opts)
+    ckpt = opts.out / "checkpoints"
     # what the checkpoints are trained with
     as_run = _jsonable({**asdict(opts), "augment": aug_name, "teachers": teacher_ids})
-    resume.check_options(opts.out / "checkpoints", as_run)
+    if opts.resume:
+        resume.check_options(ckpt, as_run)
+        done = resume.completed_epochs(ckpt)
+        if opts.epochs < done:
+            raise resume.ResumeMismatch(
+                f"{opts.out}: --epochs {opts.epochs} is fewer than the {done} epochs the checkpoints already "
+                f"hold; resume with --epochs {done} or more, or start afresh with --force")
     t_start = time.perf_counter()
 
-    train_samples, train_set = _load_split(opts.data, "train", opts.limit)
-    test_samples, test_set = _load_split(opts.data, "test", opts.limit)
+    # Every check on the data comes before --out is touched (see prepare_output).
+    train_samples, test_samples = (first_per_class(list_labelled(opts.data / split), opts.limit)
+                                   for split in ("train", "test"))
+    train_set = _load_split(opts.data, "train", train_samples)
+    test_set = _load_split(opts.data, "test", test_samples)
     skipped = train_set.skipped + test_set.skipped
-    (opts.out / "skipped.txt").write_text("".join(f"{p}\t{why}\n" for p, why in skipped))
     digests = file_digests(train_samples + test_samples)
     train_digests = {digests[p] for p in train_set.paths}
     unique = np.array([digests[p] not in train_digests for p in test_set.paths])
     train_fingerprint = fingerprint(train_samples, opts.data, digests)
-    resume.check_data(opts.out / "checkpoints", as_run, train_fingerprint)
+    if opts.resume:
+        resume.check_data(ckpt, train_fingerprint)
 
     fit_idx, val_idx = stratified_split(train_set.labels, opts.val_fraction, opts.split_seed)
     for label, cls in enumerate(CLASS_NAMES):
@@ -419,9 +536,25 @@ def run(opts: FitOptions) -> dict[str, Any]:
     log.info("split", extra={"fit": len(fit_idx), "validation": len(val_idx), "test": len(test_set.paths),
                              "test_unique": int(unique.sum())})
 
+    prepare_output(opts)
+    resume.record(ckpt, as_run, train_fingerprint)
+    (opts.out / "skipped.txt").write_text("".join(f"{p}\t{why}\n" for p, why in skipped))
+
     model, history = train(opts, fit_x, fit_y, val_x, val_y, aug, teachers)
+    # From here on this run's model replaces whatever a resumed run had produced before: a
+    # bundle left beside this run's metrics, or a failed gate's, would describe another model.
+    removed = _remove(opts.out, PRODUCTS)
+    if removed:
+        log.info("replacing the previous outputs of this run folder", extra={"removed": removed})
+    # The float model without optimizer state, for audits and float-vs-int8 comparisons.
+    plain = ARCHITECTURES[opts.arch](IMAGE_SIZE)
+    plain.set_weights(model.get_weights())
+    plain.save(opts.out / FLOAT_MODEL)
     float_val = model.predict(eval_dataset(val_x, None, opts.batch_size), verbose=0).ravel()
     float_test = model.predict(eval_dataset(test_set.images, None, opts.batch_size), verbose=0).ravel()
+    if not (np.isfinite(float_val).all() and np.isfinite(float_test).all()):
+        raise TrainingError("the trained model outputs non-finite probabilities (training diverged); "
+                            f"try a lower --learning-rate (now {opts.learning_rate:g}). No bundle written")
 
     rng = np.random.default_rng(opts.seed)
     cal = fit_x[rng.choice(len(fit_x), size=min(opts.calibration_images, len(fit_x)), replace=False)]
@@ -470,7 +603,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
         "skipped_files": [[str(p), why] for p, why in skipped],
         "train_seconds": round(time.perf_counter() - t_start, 1),
     }
-    (opts.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (opts.out / "metrics.json").write_text(_json_text(metrics, "metrics.json"))
 
     try:
         check_int8_accuracy(metrics["test_all"]["float"]["accuracy"], metrics["test_all"]["int8"]["accuracy"],
@@ -514,6 +647,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
         "metrics": {k: metrics[k] for k in ("test_all", "test_unique", "validation", "int8_vs_float",
                                             "robustness", "focus", "int8_latency_ms_1_thread")},
     }
+    _json_text(meta, "model.json")  # bundle.write would let NaN through as a bare token
     written = bundle_fmt.write(opts.out, tflite, meta)
     report.write(opts.out, written.meta, metrics, history, train_set, test_set, unique,
                  float_test, int8_test, fit_x, fit_y, val_y, aug, opts, val_images=dict(zip(val_names, val_x)))

@@ -18,6 +18,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 RECORD = "options.json"
+BACKUP = "backup"  # Keras BackupAndRestore's folder under checkpoints/: last epoch's state
 # FitOptions fields that shape the trained weights, besides the data itself.
 TRAINING_OPTIONS = ("arch", "steps_per_epoch", "batch_size", "seed", "split_seed", "val_fraction",
                     "learning_rate", "augment", "limit", "teachers", "distill_weight")
@@ -63,19 +64,45 @@ def check_options(checkpoints: Path, options: dict[str, Any]) -> None:
         )
 
 
-def check_data(checkpoints: Path, options: dict[str, Any], train_fingerprint: str) -> None:
-    """Once the data is read: a resumed run must see the same images; a new run records both."""
+def check_data(checkpoints: Path, train_fingerprint: str) -> None:
+    """Once the data is read, before anything is written: a resumed run must see the same images."""
     saved = _saved(checkpoints)
-    if saved is None:
-        if any(p.name != RECORD for p in checkpoints.iterdir()):
-            log.warning("checkpoints carry no record of their options (made before it existed): "
-                        "resuming on trust that this command repeats the original options",
-                        extra={"checkpoints": str(checkpoints)})
-        record = {"options": {k: options[k] for k in TRAINING_OPTIONS}, "train_fingerprint": train_fingerprint}
-        (checkpoints / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-    elif saved["train_fingerprint"] != train_fingerprint:
+    if saved is not None and saved["train_fingerprint"] != train_fingerprint:
         raise ResumeMismatch(
             f"{checkpoints.parent}: --resume on other training data than the checkpoints were made with "
             f"(train fingerprint now {train_fingerprint[:12]}..., recorded {saved['train_fingerprint'][:12]}...). "
             "Point --data at the original images or start afresh with --force"
         )
+
+
+def record(checkpoints: Path, options: dict[str, Any], train_fingerprint: str) -> None:
+    """Write the record for a new run, or for checkpoints made before records existed."""
+    if _saved(checkpoints) is not None:
+        return
+    if any(p.name != RECORD for p in checkpoints.iterdir()):
+        log.warning("checkpoints carry no record of their options (made before it existed): "
+                    "resuming on trust that this command repeats the original options",
+                    extra={"checkpoints": str(checkpoints)})
+    saved = {"options": {k: options[k] for k in TRAINING_OPTIONS}, "train_fingerprint": train_fingerprint}
+    (checkpoints / RECORD).write_text(json.dumps(saved, indent=2, allow_nan=False) + "\n")
+
+
+def completed_epochs(checkpoints: Path) -> int:
+    """Epochs the checkpoints hold, from the metadata Keras' BackupAndRestore writes with them.
+
+    Known before the input pipeline is built, so a resumed run can start the data stream
+    where the interrupted one stopped (see trainer.data.train_dataset); 0 when no epoch
+    was completed.
+    """
+    path = checkpoints / BACKUP / "training_metadata.json"
+    if not path.exists():
+        return 0
+    try:
+        epoch = json.loads(path.read_text())["epoch"]
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0:
+            return epoch
+        problem = f"epoch {epoch!r} is not a count"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        problem = str(exc)
+    raise ResumeMismatch(f"{path}: unreadable ({problem}); cannot tell how far the run got: "
+                         "start afresh with --force")

@@ -10,6 +10,7 @@ both sides, leaning towards rejecting.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,16 +34,19 @@ class Policy:
 
 
 def parse_policy(text: str) -> Policy:
+    """`cost:R` or `recall:X`; PolicyError naming the text otherwise. R must be finite: an
+    infinite cost makes every score inf or nan (inf x 0), and the threshold chosen on those
+    would be meaningless."""
     kind, _, value = text.partition(":")
     try:
         v = float(value)
     except ValueError:
         raise PolicyError(f"threshold policy {text!r}: expected cost:R or recall:X") from None
-    if kind == "cost" and v > 0:
+    if kind == "cost" and math.isfinite(v) and v > 0:
         return Policy("cost", v)
     if kind == "recall" and 0 < v <= 1:
         return Policy("recall", v)
-    raise PolicyError(f"threshold policy {text!r}: expected cost:R (R > 0) or recall:X (0 < X <= 1)")
+    raise PolicyError(f"threshold policy {text!r}: expected cost:R (R finite and > 0) or recall:X (0 < X <= 1)")
 
 
 def choose(labels: np.ndarray, p_defect: np.ndarray, policy: Policy) -> float:
