@@ -185,12 +185,16 @@ def load(path: str | Path | None = None, verify_hash: bool = True) -> Bundle:
 def write(folder: str | Path, tflite: bytes, meta: dict[str, Any]) -> Bundle:
     """Write model.tflite and model.json (sha256 filled in), validated, atomically per file."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     meta = dict(meta, format_version=FORMAT_VERSION, sha256=hashlib.sha256(tflite).hexdigest())
     errors = validate(meta, str(folder / SIDECAR_FILE))
+    try:
+        text = _dumps(meta)
+    except ValueError:  # NaN/Infinity: not JSON a strict reader (or a PLC's) accepts
+        errors.append(f"{folder / SIDECAR_FILE}: a field holds a non-finite number (NaN or infinity)")
     if errors:
         raise BundleError("; ".join(errors))
-    for name, data in ((MODEL_FILE, tflite), (SIDECAR_FILE, _dumps(meta).encode())):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in ((MODEL_FILE, tflite), (SIDECAR_FILE, text.encode())):
         tmp = folder / (name + ".tmp")
         tmp.write_bytes(data)
         tmp.replace(folder / name)
@@ -198,4 +202,4 @@ def write(folder: str | Path, tflite: bytes, meta: dict[str, Any]) -> Bundle:
 
 
 def _dumps(meta: dict[str, Any]) -> str:
-    return json.dumps(meta, indent=2, sort_keys=False) + "\n"
+    return json.dumps(meta, indent=2, sort_keys=False, allow_nan=False) + "\n"

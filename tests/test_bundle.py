@@ -145,3 +145,9 @@ def test_a_model_with_a_float_output_is_refused_not_read_as_zero(tmp_path: Path)
     assert quantized.p_defect(np.full((300, 300), 128, np.uint8)) > 0.5  # the control: a real score
     with pytest.raises(BundleError, match="output is float32, but edge-inspect runs full-integer models only"):
         Classifier.from_bundle(bundle.load(export(None)))
+
+
+def test_a_non_finite_number_is_never_written_into_model_json(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="non-finite"):
+        bundle.write(tmp_path / "b", b"tflite", meta(metrics={"auc": float("nan")}))
+    assert not (tmp_path / "b").exists()
