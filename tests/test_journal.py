@@ -216,10 +216,28 @@ def journal_with_rows(path: Path, n: int = 3000) -> Path:
 
 
 def leaf_pages(path: Path, btree: str) -> list[int]:
-    """Page numbers (from 1) of a table's or index's leaf pages, from SQLite's dbstat."""
+    """Page numbers (from 1) of a table's or index's leaf pages, found by walking its b-tree in
+    the file (SQLite's file format), since the dbstat table is not in every SQLite build (nor in
+    the one TensorFlow loads into the same process)."""
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        return [r[0] for r in db.execute("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' "
-                                         "ORDER BY pageno", (btree,))]
+        (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (btree,)).fetchone()
+    data = path.read_bytes()
+    size = int.from_bytes(data[16:18], "big") or 65536
+    leaves, todo = [], [root]
+    while todo:
+        page = todo.pop()
+        base = (page - 1) * size
+        head = base + (100 if page == 1 else 0)
+        kind, cells = data[head], int.from_bytes(data[head + 3:head + 5], "big")
+        if kind in (0x0A, 0x0D):  # index / table leaf
+            leaves.append(page)
+            continue
+        assert kind in (0x02, 0x05), f"page {page}: not a b-tree page ({kind:#x})"
+        todo.append(int.from_bytes(data[head + 8:head + 12], "big"))  # right-most child
+        for i in range(cells):
+            at = base + int.from_bytes(data[head + 12 + 2 * i:head + 14 + 2 * i], "big")
+            todo.append(int.from_bytes(data[at:at + 4], "big"))  # each cell starts with its left child
+    return sorted(leaves)
 
 
 def overwrite_page(path: Path, page: int) -> None:
