@@ -65,29 +65,52 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _show(value: Any, limit: int = 40) -> str:
+    """A short repr for error messages: a payload's value may be huge (an int past str()'s digit limit)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        text = f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _finite_float(value: numbers.Real) -> float:
+    """float(value), or inf for an int no float can hold, so one isfinite() check refuses both."""
+    try:
+        return float(value)
+    except (OverflowError, ValueError):
+        return math.inf
+
+
 def parse_ts(value: Any, field: str = "ts") -> float:
     """ISO 8601 (naive means UTC) or epoch seconds -> epoch seconds; anything else is refused."""
     if isinstance(value, bool):
         raise ContractError(f"{field}: expected an ISO 8601 time or epoch seconds, got a boolean")
     if isinstance(value, numbers.Real):
-        if not math.isfinite(value) or value < 0:
-            raise ContractError(f"{field}: {value!r} is not a valid epoch time")
-        return float(value)
+        seconds = _finite_float(value)
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ContractError(f"{field}: {_show(value)} is not a valid epoch time")
+        return seconds
     if isinstance(value, str):
         try:
             dt = datetime.fromisoformat(value.strip())
-        except ValueError:
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=timezone.utc)
+            return dt.timestamp()
+        except (ValueError, OverflowError):
             raise ContractError(f"{field}: {value[:40]!r} is not an ISO 8601 time") from None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
-        return dt.timestamp()
     if isinstance(value, datetime):
         return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
     raise ContractError(f"{field}: expected an ISO 8601 time or epoch seconds, got {type(value).__name__}")
 
 
 def _norm_ts(value: Any, field: str) -> str:
-    return iso(parse_ts(value, field))
+    """parse_ts then iso: a time datetime cannot hold (year 0 or 10000+ in UTC) is a ContractError, not a crash."""
+    seconds = parse_ts(value, field)
+    try:
+        return iso(seconds)
+    except (ValueError, OverflowError, OSError):
+        raise ContractError(f"{field}: {_show(value)} is outside the representable time range") from None
 
 
 def check_part_id(value: Any, field: str = "part_id") -> str:
@@ -109,8 +132,8 @@ def _number(d: Mapping[str, Any], key: str, *, lo: float | None = None, hi: floa
         if optional:
             return None
         raise ContractError(f"{key}: missing")
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-        raise ContractError(f"{key}: expected a finite number, got {v!r}"[:120])
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(_finite_float(v)):
+        raise ContractError(f"{key}: expected a finite number, got {_show(v, 80)}")
     v = float(v)  # numpy scalars (np.float32 is not a float) become plain floats for JSON
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise ContractError(f"{key}: {v!r} is outside [{lo}, {hi}]")
@@ -173,7 +196,9 @@ def loads(payload: Payload, max_bytes: int | None = None) -> dict[str, Any]:
         raise ContractError("payload is not UTF-8") from None
     try:
         obj = json.loads(text, parse_constant=_reject_constant)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except ContractError:
+        raise
+    except (ValueError, RecursionError) as exc:  # ValueError also covers an int past the str->int digit limit
         raise ContractError(f"payload is not JSON: {exc}"[:120]) from None
     if not isinstance(obj, dict):
         raise ContractError(f"payload must be a JSON object, got {type(obj).__name__}")

@@ -46,6 +46,16 @@ from edge.publish import MqttConfigError, MqttSettings, make_client
 log = logging.getLogger("edge.gate")
 
 
+def _parse(parser: Callable[[Payload], dict[str, Any]], payload: Payload | Mapping[str, Any]) -> dict[str, Any]:
+    """Parse a payload or (tests, embedders) a mapping; a mapping JSON cannot carry is a ContractError too."""
+    if isinstance(payload, Mapping):
+        try:
+            payload = dumps(payload)
+        except (TypeError, ValueError) as exc:
+            raise ContractError(f"not a JSON payload: {exc}"[:120]) from None
+    return parser(payload)
+
+
 @dataclass(frozen=True)
 class GateAction:
     """What the gate did with one part.
@@ -126,7 +136,7 @@ class Gate:
                 act = self._act(part_id, "reject", "offline" if self._link_up else "link_down", now)
             else:
                 early = self._early.pop(part_id, None)
-                if early is not None and now - early[1] <= self.deadline_s:
+                if early is not None and now < early[1] + self.deadline_s:  # same boundary as tick()
                     act = self._act(part_id, early[0]["decision"], "decision", now, early[0]["seq"])
                 else:
                     self._pending[part_id] = now + self.deadline_s
@@ -134,9 +144,13 @@ class Gate:
         return self._emit([act])[0] if act else None
 
     def on_decision(self, payload: Payload | Mapping[str, Any]) -> GateAction | None:
-        """A message on {prefix}/decision. The first valid decision for a part wins."""
+        """A message on {prefix}/decision. The first valid decision for a part wins.
+
+        Returns the action it caused: the verdict, or the timeout reject of a part whose
+        deadline passed before the decision came (the ticker may not have run yet).
+        """
         try:
-            d = parse_decision(dumps(payload) if isinstance(payload, Mapping) else payload)
+            d = _parse(parse_decision, payload)
         except ContractError as exc:
             self.counters["invalid_decisions"] += 1
             log.warning("invalid decision ignored (the part will time out and be rejected)",
@@ -152,7 +166,22 @@ class Gate:
                 log.info("decision for a part already handled; ignored",
                          extra={"part_id": pid, "seq": d["seq"], "kind": key, "was": done.reason})
                 return None
-            if pid not in self._pending:
+            if not self.online:
+                # Nothing pends while not online; kept, it could accept a part after a reconnect.
+                self.counters["offline_decisions"] += 1
+                log.info("decision while the daemon is not known online or the link is down; ignored",
+                         extra={"part_id": pid, "seq": d["seq"]})
+                return None
+            deadline = self._pending.get(pid)
+            if deadline is not None and deadline <= now:
+                # Late: reject exactly as tick() would have; the decision counts as late, like one after tick().
+                del self._pending[pid]
+                act = self._act(pid, "reject", "timeout", now)
+                self.counters["late_decisions"] += 1
+                log.info("decision after the part's deadline; rejected on timeout",
+                         extra={"part_id": pid, "seq": d["seq"], "late_by_s": round(now - deadline, 3)})
+                return self._emit([act])[0]
+            if deadline is None:
                 if pid in self._early:
                     self.counters["duplicates"] += 1
                     return None
@@ -168,7 +197,7 @@ class Gate:
     def on_status(self, payload: Payload | Mapping[str, Any]) -> list[GateAction]:
         """A message on {prefix}/status: `offline` (or garbage) rejects everything pending."""
         try:
-            st = parse_status(dumps(payload) if isinstance(payload, Mapping) else payload)
+            st = _parse(parse_status, payload)
             online = st["state"] == "online"
             why = st.get("reason", "")
         except ContractError as exc:
@@ -201,15 +230,19 @@ class Gate:
                 if deadline <= now:
                     del self._pending[pid]
                     acts.append(self._act(pid, "reject", "timeout", now))
-            while self._early and now - next(iter(self._early.values()))[1] > self.deadline_s:
+            while self._early and next(iter(self._early.values()))[1] + self.deadline_s <= now:
                 self._early.popitem(last=False)
         return self._emit(acts)
 
     # -- helpers (hold the lock) ----------------------------------------------------------
     def _reject_all(self, reason: str, detail: str) -> list[GateAction]:
+        """Not online any more: reject what pends, and forget early decisions heard before the loss."""
         now = self._clock()
         acts = [self._act(pid, "reject", reason, now, detail=detail) for pid in self._pending]
         self._pending.clear()
+        if self._early:
+            log.info("early decisions forgotten", extra={"count": len(self._early), "reason": reason})
+            self._early.clear()
         return acts
 
     def _act(self, part_id: str, action: str, reason: str, now: float, seq: int | None = None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import timedelta, timezone
 
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -30,6 +31,19 @@ json_values = st.recursive(
 trigger_like = st.fixed_dictionaries({}, optional={"part_id": json_values | st.text(max_size=300), "ts": json_values})
 payloads = st.binary(max_size=300) | json_values.map(lambda v: json.dumps(v).encode()) | trigger_like.map(
     lambda d: json.dumps(d).encode())
+# Times at and beyond what datetime can hold (year 1 with +14:00 is year 0 in UTC), and numbers no float can hold.
+extreme_times = (st.sampled_from([1e20, 1e308, 2**63, 10**400, -(10**400), 253402300800, 253402300799.9995,
+                                  "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59.999-14:00"])
+                 | st.floats(min_value=0) | st.integers(min_value=0, max_value=10**30)
+                 | st.builds(lambda d, h: d.replace(tzinfo=timezone(timedelta(hours=h))).isoformat(),
+                             st.datetimes(), st.integers(-23, 23)))
+decision_like = st.fixed_dictionaries(
+    {"seq": st.integers(1, 9), "part_id": st.just("p1"), "decision": st.sampled_from(["accept", "reject"]),
+     "reason": st.just("model"), "model": st.just("m"), "ts": extreme_times},
+    optional={"frame_ts": extreme_times, "p_defect": st.just(10**400) | st.floats(0, 1),
+              "latency_ms": st.just(10**400) | st.floats(0)})
+gate_payloads = (payloads | decision_like.map(lambda d: json.dumps(d).encode())
+                 | st.integers(4301, 6000).map(lambda n: b'{"state": "online", "seq": ' + b"9" * n + b"}"))
 
 
 @settings(max_examples=400, deadline=None)
@@ -45,7 +59,7 @@ def test_trigger_parser_accepts_valid_or_raises_contract_error(payload: bytes) -
 
 
 @settings(max_examples=300, deadline=None)
-@given(payloads)
+@given(gate_payloads)
 def test_gate_side_parsers_never_crash(payload: bytes) -> None:
     for parser in (parse_decision, parse_status):
         try:

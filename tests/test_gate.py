@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import signal
 import subprocess
@@ -16,7 +17,13 @@ from broker import Mosquitto
 from conftest_mqtt import decision, mosquitto, prefix, settings  # noqa: F401 - fixtures
 
 from edge import gate as gate_mod
-from edge.contract import Topics
+from edge.contract import (
+    ContractError,
+    Topics,
+    parse_decision,
+    parse_status,
+    parse_trigger,
+)
 from edge.gate import Gate, GateAction, GateClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,6 +140,98 @@ def test_decision_before_the_part_is_announced_is_used_within_the_deadline(gate:
     clock.t += 3.0
     gate.tick()  # forgets decisions nobody announced in time
     assert gate.expect("stale") is None and gate.pending == ["stale"]
+
+
+def test_decision_arriving_after_the_deadline_is_a_timeout_even_before_tick(gate: Gate, clock: Clock,
+                                                                           acted: list[GateAction]) -> None:
+    """The ticker may run late; the deadline must hold on the decision path too."""
+    gate.expect("p1")
+    clock.t += 2.5  # past p1's deadline, no tick() yet
+    a = gate.on_decision(msg("p1", "accept", seq=1))
+    assert a is not None and (a.part_id, a.action, a.reason) == ("p1", "reject", "timeout")
+    assert gate.on_decision(msg("p1", "accept", seq=1)) is None  # a re-delivered copy: still late, never flips
+    assert gate.tick() == [] and gate.pending == []
+    gate.expect("p2")
+    clock.t += 2.0  # exactly at p2's deadline, where tick() would reject too
+    a = gate.on_decision(msg("p2", "accept", seq=2))
+    assert a is not None and (a.action, a.reason) == ("reject", "timeout")
+    assert [(x.part_id, x.action, x.reason) for x in acted] == [("p1", "reject", "timeout"),
+                                                                ("p2", "reject", "timeout")]
+    assert gate.counters["late_decisions"] == 3 and gate.counters["reject_timeout"] == 2
+    assert gate.counters["accept_decision"] == 0 and gate.counters["duplicates"] == 0
+
+
+def test_early_decision_needs_the_daemon_online_and_the_link_up_throughout(clock: Clock) -> None:
+    g = Gate(2.0, clock=clock)
+    g.on_decision(msg("p0", seq=1))  # no status yet: the daemon is not known to be online
+    g.on_status(ONLINE)
+    assert g.expect("p0") is None and g.pending == ["p0"]  # must wait for its own decision
+    clock.t += 2.0
+    g.tick()
+    for i, lose in enumerate((lambda: g.on_status(OFFLINE), lambda: g.on_status(b"{not json"),
+                              lambda: (g.link(False), g.link(True)))):
+        g.on_status(ONLINE)
+        g.on_decision(msg(f"p1-{i}", seq=2 + i))  # stored while everything was healthy...
+        lose()  # ...then the daemon or the gate's own link was lost
+        g.on_status(ONLINE)
+        assert g.expect(f"p1-{i}") is None and g.pending == [f"p1-{i}"], i
+        clock.t += 2.0
+        assert [(a.part_id, a.reason) for a in g.tick()] == [(f"p1-{i}", "timeout")]
+    g.link(False)
+    g.link(True)  # link back, daemon status not heard again yet
+    g.on_decision(msg("p2", seq=9))
+    g.on_status(ONLINE)
+    assert g.expect("p2") is None and g.pending == ["p2"]
+    assert g.counters["accept_decision"] == 0 and g.counters["offline_decisions"] == 2
+
+
+def test_early_decision_past_its_own_deadline_is_never_used(gate: Gate, clock: Clock) -> None:
+    gate.on_decision(msg("p1", seq=1))
+    clock.t += 2.0  # the stored decision is exactly as old as a deadline; no tick() has purged it
+    assert gate.expect("p1") is None and gate.pending == ["p1"]
+    gate.on_decision(msg("p2", seq=2))
+    clock.t += 2.0
+    assert [a.part_id for a in gate.tick()] == ["p1"]
+    assert gate.expect("p2") is None and gate.pending == ["p2"]
+    assert gate.counters["accept_decision"] == 0
+
+
+OUT_OF_RANGE_TIMES = [1e20, 1e308, 2**63, 10**400, 253402300800, "0001-01-01T00:00:00+14:00",
+                      "9999-12-31T23:59:59.999-14:00"]
+
+
+@pytest.mark.parametrize("field", ["ts", "frame_ts"])
+@pytest.mark.parametrize("value", OUT_OF_RANGE_TIMES, ids=lambda v: str(v)[:24])
+def test_out_of_range_decision_times_are_contract_errors(gate: Gate, field: str, value: object) -> None:
+    with pytest.raises(ContractError, match=field):
+        parse_decision(json.dumps({**msg("p1"), field: value}))
+    gate.expect("p1")
+    assert gate.on_decision(json.dumps({**msg("p1"), field: value}).encode()) is None
+    assert gate.counters["invalid_decisions"] == 1 and gate.pending == ["p1"]
+
+
+def test_numbers_beyond_float_range_are_contract_errors(gate: Gate, acted: list[GateAction]) -> None:
+    huge = "9" * 400  # a valid JSON integer that no float can hold
+    for bad in (f'{{"part_id": "x", "ts": {huge}}}', f'{{"part_id": "x", "ts": -{huge}}}'):
+        with pytest.raises(ContractError):
+            parse_trigger(bad, 0, 0)
+    for key in ("p_defect", "latency_ms", "threshold"):
+        with pytest.raises(ContractError, match=key):
+            parse_decision(json.dumps({**msg("p1"), key: 10**400}))
+    too_many_digits = '{"state": "online", "uptime_s": ' + "9" * 5000 + "}"  # int() digit limit
+    with pytest.raises(ContractError):
+        parse_status(too_many_digits)
+    gate.expect("p1")
+    assert gate.on_decision(b'{"seq": ' + b"1" * 5000 + b"}") is None
+    assert [(a.part_id, a.reason) for a in gate.on_status(too_many_digits)] == [("p1", "offline")]  # unreadable
+
+
+def test_unserialisable_mapping_is_an_invalid_message_not_a_crash(gate: Gate) -> None:
+    gate.expect("p1")
+    assert gate.on_decision({**msg("p1"), "p_defect": float("nan")}) is None
+    assert gate.on_decision({**msg("p1"), "extra": object()}) is None
+    assert gate.counters["invalid_decisions"] == 2 and gate.pending == ["p1"]
+    assert [a.reason for a in gate.on_status({"state": "online", "uptime_s": float("nan")})] == ["offline"]
 
 
 def test_repeated_part_ids(gate: Gate) -> None:
