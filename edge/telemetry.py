@@ -42,6 +42,13 @@ class _State(Collector):
         yield CounterMetricFamily("edge_tracking_overruns", "Inspected frames after a gap in which a part moved "
                                   "more than its diameter (parts may be missed or confused)",
                                   value=s.get("tracking_overruns", 0))
+        audit = s.get("audit", {})
+        yield CounterMetricFamily("edge_audit_errors", "Audit writes that failed (disk full, folder gone)",
+                                  value=audit.get("errors", 0))
+        yield CounterMetricFamily("edge_audit_dropped", "Audited decisions not saved: the disk did not keep up",
+                                  value=audit.get("dropped", 0))
+        yield CounterMetricFamily("edge_audit_evicted", "Audited decisions deleted, oldest first, to stay within "
+                                  "audit.max_mb", value=audit.get("evicted", 0))
         yield GaugeMetricFamily("edge_camera_fps", "Frames per second over the last 2 s", value=cam.get("fps", 0.0))
         yield GaugeMetricFamily("edge_camera_connected", "1 while the camera delivers",
                                 value=1.0 if cam.get("connected") else 0.0)

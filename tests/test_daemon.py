@@ -118,13 +118,13 @@ def test_continuous_one_decision_per_part_matching_replay(broker: Mosquitto, lin
     assert last is not None and last.json["state"] == "offline"
     # The audited crops are exactly what the model saw: replay gives the same answers.
     run = replay(tmp_path / "audit", bundle_fmt.load(BUNDLE))
-    by_part = {Path(r.path).stem: r for r in run.results}
-    assert set(by_part) == {d["part_id"] for d in got}
+    by_part = {Path(r.path).stem: r for r in run.results}  # <seq>-<part_id>: unique, in decision order
+    assert set(by_part) == {f"{d['seq']:012d}-{d['part_id']}" for d in got}
     for d in got:
-        r = by_part[d["part_id"]]
+        r = by_part[f"{d['seq']:012d}-{d['part_id']}"]
         assert r.error is None and r.decision == d["decision"]
         assert r.p_defect == pytest.approx(d["p_defect"], abs=1e-6)
-        saved = json.loads((tmp_path / "audit" / f"{d['part_id']}.json").read_text())
+        saved = json.loads(Path(r.path).with_suffix(".json").read_text())
         assert saved["seq"] == d["seq"] and saved["p_defect"] == d["p_defect"]
 
 
@@ -234,7 +234,8 @@ def test_trigger_answers_each_part_once_and_faults_reject(broker: Mosquitto, emp
         want = "fault:stale_trigger" if d["part_id"] == "OLD-1" else "fault:no_part"
         assert d["decision"] == "reject" and d["reason"] == want and d["p_defect"] is None
     # A reject is evidence: each has its decision JSON in the audit folder.
-    assert {p.stem for p in (tmp_path / "audit").glob("*.json")} == {"A-1", "A-2", "A-3", "OLD-1"}
+    audited = [json.loads(p.read_text()) for p in (tmp_path / "audit").glob("*.json")]
+    assert sorted(a["part_id"] for a in audited) == ["A-1", "A-2", "A-3", "OLD-1"]
 
 
 def test_broker_restart_mid_run_loses_no_decision(line: Line, tmp_path: Path) -> None:
