@@ -217,8 +217,9 @@ class DriftSection(_Strict):
 
 
 class ServiceSection(_Strict):
-    ready_timeout_s: float = Field(10.0, ge=0, le=600, description="wait this long for broker and camera "
-                                   "before reporting READY degraded")
+    # Below the unit's TimeoutStartSec (60 s), or systemd kills a start that would have come up degraded.
+    ready_timeout_s: float = Field(10.0, ge=0, le=50, description="wait this long for broker and camera "
+                                   "before reporting READY degraded (at most 50 s: the unit's TimeoutStartSec is 60 s)")
     metrics_listen: str | None = Field(None, description="host:port of the Prometheus endpoint; null = off")
 
     @field_validator("metrics_listen")

@@ -22,7 +22,7 @@ from edge.camera import Camera, Frame
 from edge.config import Config, InspectSection
 from edge.drift import DriftWatch
 from edge.inspector import Inspector
-from edge.locate import DATASET_CONFIG, LocateConfig, crop_part, crop_roi, find_parts
+from edge.locate import LocateConfig, crop_part, crop_roi, find_parts, framed_part
 from edge.telemetry import Telemetry
 from edge.tracker import PartTracker, Track
 
@@ -34,6 +34,7 @@ WARN_EVERY_S = 60.0  # a tracking warning repeats at most this often (the overru
 # a part is followed from its second sighting, so on a belt that moves as configured this
 # never exceeds a few frames.
 UNFOLLOWED_WARN_FRAMES = 25
+TRIGGER_WAIT_SLICE_S = 0.25  # the wait for a frame after a trigger pings the watchdog at least this often
 
 
 def tracker_for(inspect: InspectSection) -> PartTracker:
@@ -130,9 +131,13 @@ class Daemon:
         frame = None
         after = self.last_frame_index
         while time.monotonic() < deadline:
-            f = self.camera.next_frame(after, max(deadline - time.monotonic(), 0.001))
+            if self.on_tick is not None:  # a long trigger_wait_s with no camera must not starve the watchdog
+                self.on_tick()
+            f = self.camera.next_frame(after, min(max(deadline - time.monotonic(), 0.001), TRIGGER_WAIT_SLICE_S))
             if f is None:
-                break
+                if self.camera.ended or self.stop_event.is_set() or time.monotonic() >= deadline:
+                    break
+                continue
             after = f.index
             if f.mono >= t_mono:
                 frame = f
@@ -165,7 +170,7 @@ class Daemon:
         """
         if self.cfg.inspect.locate == "roi" and self.cfg.inspect.roi:
             crop = crop_roi(frame.gray, self.cfg.inspect.roi, self.inspector.image_size)
-            if not any(b.fully_in_view for b in find_parts(crop, DATASET_CONFIG)):
+            if not framed_part(crop):
                 return None
             return crop, None
         line_x = self.cfg.inspect.inspection_line * frame.gray.shape[1]
@@ -302,4 +307,5 @@ class Daemon:
                        "frames": self.camera.frames, "dropped": self.camera.dropped,
                        "reconnects": self.camera.reconnects, "bad_frames": self.camera.bad_frames,
                        "fault": self.camera.fault()},
+            "audit": self.audit.stats() if self.audit is not None else {},
         }

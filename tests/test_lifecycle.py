@@ -94,6 +94,37 @@ def test_ready_then_watchdog_from_the_loop_and_none_while_it_is_stuck(
     assert drain(notify_socket, 0.5)[-1:] == ["STOPPING=1"]
 
 
+def test_a_long_wait_for_a_frame_after_a_trigger_keeps_the_watchdog_fed(
+        mosquitto: Mosquitto, tmp_path: Path, notify_socket: socket.socket,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trigger mode with the camera gone (an empty folder never delivers a frame): each trigger
+    waits trigger_wait_s for a frame. That wait used to block the loop's watchdog pings, so a
+    trigger_wait_s longer than half of WatchdogSec got the service killed while it was
+    answering every part with a fail-safe reject, exactly as it should."""
+    if not (BUNDLE / "model.tflite").is_file():
+        pytest.skip(f"no bundle at {BUNDLE}")
+    (tmp_path / "no-camera").mkdir()
+    cfg = load(write_config(tmp_path, mosquitto.port, f"test/{tmp_path.name[-10:]}/cam1", tmp_path / "no-camera",
+                            camera={"loop": True}, inspect={"mode": "trigger", "trigger_wait_s": 4.0},
+                            service={"ready_timeout_s": 0}))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # WatchdogSec=1s: ping every 0.5 s
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    daemons: list = []
+    t = threading.Thread(target=run, args=(cfg,), kwargs={"ready": daemons.append}, daemon=True)
+    t.start()
+    assert any(m.startswith("READY=1") for m in drain(notify_socket, 2.0))
+    daemon = daemons[0]
+    daemon.trigger("P-1")
+    during = drain(notify_socket, 3.0)  # inside the 4 s wait
+    assert sum(m == "WATCHDOG=1" for m in during) >= 4, during
+    time.sleep(1.5)
+    assert daemon.counters.reasons == {"fault:no_frame_after_trigger": 1}  # and the part was still answered
+    daemon.stop_event.set()
+    t.join(15)
+    assert not t.is_alive()
+
+
 def test_sighup_switches_models_between_parts_and_refuses_a_corrupt_bundle(
         mosquitto: Mosquitto, drawn_line: Path, tmp_path: Path) -> None:  # noqa: F811
     if not (BUNDLE / "model.tflite").is_file():

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from edge.locate import (
+    framed_part,
     DATASET_CONFIG,
     RIM_DIAMETER_FRACTION,
     LocateConfig,
@@ -289,3 +290,20 @@ def test_config_is_frozen_and_range_is_respected() -> None:
     frame = place_part(belt(seed=11), part_image(6), 640, 360, 300, 0)
     assert len(find_parts(frame, replace(cfg, max_diameter=250))) == 0
     assert len(find_parts(frame, replace(cfg, min_diameter=350))) == 0
+
+
+def test_a_fixed_roi_is_checked_for_a_whole_framed_part(casting_data: Path) -> None:
+    # Every 40th dataset image is a correctly loaded fixture; empty belts, a part half out of
+    # the ROI and a part far too small for it are not (trigger mode answers those fault:no_part).
+    files = sorted((casting_data / "test").glob("*/*.jpeg"))[::40]
+    assert all(framed_part(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)) for f in files)
+    rng = np.random.default_rng(0)
+    for seed in range(20):
+        empty = np.clip(belt(300, 300, seed=seed, level=rng.uniform(60, 230)) + rng.normal(0, 3, (300, 300)), 0, 255)
+        assert not framed_part(empty.astype(np.uint8))
+    part = cv2.imread(str(files[0]), cv2.IMREAD_GRAYSCALE)
+    shifted = np.full_like(part, int(np.median(part[:, :20])))
+    shifted[:, 150:] = part[:, :150]  # the part half out of the fixture's view
+    assert not framed_part(shifted)
+    assert not framed_part(cv2.resize(cv2.copyMakeBorder(part, 300, 300, 300, 300, cv2.BORDER_REPLICATE), (300, 300),
+                                      interpolation=cv2.INTER_AREA))  # rim a third of the side
