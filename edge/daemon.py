@@ -87,6 +87,7 @@ class Daemon:
         self._overrun_logged = -WARN_EVERY_S
         self._unfollowed_frames = 0  # inspected frames in a row with parts in view, none followed
         self._unfollowed_logged = -WARN_EVERY_S
+        self._off_line_logged = -WARN_EVERY_S  # a trigger found whole parts, none on the inspection line
         self._triggers: queue.Queue[tuple[str, float, float | None]] = queue.Queue(maxsize=1000)
         self._seen_parts: OrderedDict[str, None] = OrderedDict()
         self._serial = 0
@@ -173,9 +174,17 @@ class Daemon:
             if not framed_part(crop):
                 return None
             return crop, None
-        line_x = self.cfg.inspect.inspection_line * frame.gray.shape[1]
-        boxes = [b for b in find_parts(frame.gray, self._locate) if b.fully_in_view and abs(b.cx - line_x) <= b.radius]
+        width = frame.gray.shape[1]
+        line_x = self.cfg.inspect.inspection_line * width
+        whole = [b for b in find_parts(frame.gray, self._locate) if b.fully_in_view]
+        boxes = [b for b in whole if abs(b.cx - line_x) <= b.radius]
         if not boxes:
+            if whole and time.monotonic() - self._off_line_logged > WARN_EVERY_S:
+                self._off_line_logged = time.monotonic()
+                log.warning("triggered with a whole part in view but none on the inspection line: answered "
+                            "fault:no_part; if parts stand elsewhere when the trigger fires, set "
+                            f"inspect.inspection_line (now {self.cfg.inspect.inspection_line:g}) to where they are",
+                            extra={"part_x": [round(b.cx / width, 3) for b in whole]})
             return None
         best = min(boxes, key=lambda b: abs(b.cx - line_x))
         return crop_part(frame.gray, best, self.inspector.image_size), 2 * best.radius

@@ -280,7 +280,9 @@ def _belt_with(*parts: tuple[bool, float, float], n: int = 30, seed: int = 0) ->
     return [camera_fx(scene, noise=rng.normal(0, 1.5, scene.shape).astype(np.float32)) for _ in range(n)]
 
 
-def _one_trigger(mosquitto: Mosquitto, tmp_path: Path, frames: list[np.ndarray], **inspect: object) -> dict:
+def _one_trigger(mosquitto: Mosquitto, tmp_path: Path, frames: list[np.ndarray],
+                 **inspect: object) -> tuple[dict, str]:
+    """The decision for one trigger on a looping still scene, and the daemon's output."""
     prefix = f"test/{tmp_path.name[-10:]}/cam1"
     t = Topics(prefix)
     cfg = write_config(tmp_path, mosquitto.port, prefix, video(tmp_path / "scene.avi", frames),
@@ -294,7 +296,7 @@ def _one_trigger(mosquitto: Mosquitto, tmp_path: Path, frames: list[np.ndarray],
     finally:
         sub.close()
     assert proc.returncode == 0, out[-2000:]
-    return got
+    return got, out
 
 
 def test_a_trigger_is_never_answered_with_the_neighbours_verdict(mosquitto: Mosquitto,  # noqa: F811
@@ -302,10 +304,12 @@ def test_a_trigger_is_never_answered_with_the_neighbours_verdict(mosquitto: Mosq
     # The announced part (defective) is still entering, cut by the frame edge; the good part
     # before it is fully in view, far past the line. Judging that one accepted a defect.
     (tmp_path / "alone").mkdir()
-    alone = _one_trigger(mosquitto, tmp_path / "alone", _belt_with((True, 640, 360)))
+    alone, _ = _one_trigger(mosquitto, tmp_path / "alone", _belt_with((True, 640, 360)))
     assert (alone["decision"], alone["reason"]) == ("reject", "model")  # the control: it is seen as a defect
-    got = _one_trigger(mosquitto, tmp_path, _belt_with((False, 1100, 360), (True, 40, 360)))
+    got, out = _one_trigger(mosquitto, tmp_path, _belt_with((False, 1100, 360), (True, 40, 360)))
     assert (got["decision"], got["reason"]) == ("reject", "fault:no_part"), got
+    # and the log says why, in case parts really stand elsewhere when triggered
+    assert "whole part in view but none on the inspection line" in out and "part_x=[0.859]" in out, out[-2000:]
 
 
 @pytest.mark.parametrize("scene", ["empty", "part"])
@@ -313,7 +317,7 @@ def test_a_fixed_roi_without_a_whole_part_in_it_is_a_fault_not_a_verdict(mosquit
                                                                          tmp_path: Path, scene: str) -> None:
     # An empty or misloaded fixture used to be cropped and judged: an empty belt was accepted.
     frames = _belt_with((False, 640, 360)) if scene == "part" else _belt_with()
-    got = _one_trigger(mosquitto, tmp_path, frames, locate="roi", roi=[455, 175, 370, 370])
+    got, _ = _one_trigger(mosquitto, tmp_path, frames, locate="roi", roi=[455, 175, 370, 370])
     if scene == "part":
         assert (got["decision"], got["reason"]) == ("accept", "model"), got
     else:

@@ -55,7 +55,11 @@ def check_options(checkpoints: Path, options: dict[str, Any]) -> None:
     if saved is None:
         return
     was = {k: saved["options"].get(k, _ADDED_LATER.get(k)) for k in TRAINING_OPTIONS}
-    differs = [f"{_flag(k)} {was[k]!r} (now {options[k]!r})" for k in TRAINING_OPTIONS if was[k] != options[k]]
+    # Without teachers the distillation weight shapes nothing (runs before --distill-weight needed
+    # --teacher may record any value): it must match only where there is something to weigh.
+    ignore = {"distill_weight"} if not was["teachers"] and not options["teachers"] else set()
+    differs = [f"{_flag(k)} {was[k]!r} (now {options[k]!r})" for k in TRAINING_OPTIONS
+               if k not in ignore and was[k] != options[k]]
     if differs:
         raise ResumeMismatch(
             f"{checkpoints.parent}: --resume with other training options than the checkpoints were made "

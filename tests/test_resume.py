@@ -1,0 +1,35 @@
+"""trainer.resume: what a --resume must repeat, checked against the record the first run left."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trainer.resume import RECORD, TRAINING_OPTIONS, ResumeMismatch, check_options
+
+
+def options(**over: object) -> dict:
+    base = {"arch": "edge", "steps_per_epoch": 150, "batch_size": 64, "seed": 123, "split_seed": 123,
+            "val_fraction": 0.2, "learning_rate": 1e-3, "augment": "line", "limit": None, "teachers": [],
+            "distill_weight": 0.5}
+    assert set(base) == set(TRAINING_OPTIONS)
+    return {**base, **over}
+
+
+def recorded(tmp_path: Path, **over: object) -> Path:
+    (tmp_path / RECORD).write_text(json.dumps({"options": options(**over), "train_fingerprint": "f" * 16}))
+    return tmp_path
+
+
+def test_a_distillation_weight_without_teachers_is_no_difference(tmp_path: Path) -> None:
+    # Runs from before --distill-weight required --teacher could record any weight; with no
+    # teacher it shaped nothing, so resuming them must not be refused for it.
+    check_options(recorded(tmp_path, distill_weight=0.3), options())
+    with pytest.raises(ResumeMismatch, match=r"--distill-weight 0.3 \(now 0.5\)"):
+        check_options(recorded(tmp_path, distill_weight=0.3, teachers=["t"]), options(teachers=["t"]))
+    with pytest.raises(ResumeMismatch, match=r"--teacher \[\] \(now \['t'\]\)"):
+        check_options(recorded(tmp_path), options(teachers=["t"]))
+    with pytest.raises(ResumeMismatch, match=r"--seed 123 \(now 7\)"):
+        check_options(recorded(tmp_path), options(seed=7))
