@@ -86,7 +86,12 @@ def run_daemon(args: argparse.Namespace) -> int:
     from edge import service  # noqa: PLC0415
     from edge.config import ConfigError, load  # noqa: PLC0415
 
-    if not args.config.is_file():
+    try:
+        found = args.config.is_file()
+    except OSError as exc:  # e.g. a config folder the service user may not enter (EACCES)
+        log.error(f"{args.config}: cannot look at the config file: {exc.strerror or exc}")
+        return 2
+    if not found:
         log.error(f"{args.config}: config file not found (give --config FILE)")
         return 2
     try:

@@ -94,3 +94,11 @@ def test_check_config_lists_what_used_to_pass(tmp_path: Path, text: str, where: 
 def test_the_shipped_config_checks_ok() -> None:
     r = _run(ROOT, "--check-config", str(ROOT / "config.yaml"))
     assert r.returncode == 0 and r.stdout.strip().endswith(": ok"), r.stderr
+
+
+def test_a_config_path_that_cannot_even_be_looked_at_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    # As for /etc/edge-inspect created 0750 root:root: the service user gets EACCES, which
+    # pathlib's is_file() raises. Root cannot be denied here; a name too long fails the same way.
+    run = _run(tmp_path, "--config", str(tmp_path / ("x" * 300)))
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "cannot look at the config file: File name too long" in run.stderr
