@@ -647,7 +647,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
         "metrics": {k: metrics[k] for k in ("test_all", "test_unique", "validation", "int8_vs_float",
                                             "robustness", "focus", "int8_latency_ms_1_thread")},
     }
-    _json_text(meta, "model.json")  # bundle.write would let NaN through as a bare token
+    _json_text(meta, "model.json")  # a non-finite number here means a diverged model: TrainingError, exit 1
     written = bundle_fmt.write(opts.out, tflite, meta)
     report.write(opts.out, written.meta, metrics, history, train_set, test_set, unique,
                  float_test, int8_test, fit_x, fit_y, val_y, aug, opts, val_images=dict(zip(val_names, val_x)))
