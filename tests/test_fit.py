@@ -129,15 +129,21 @@ def test_the_training_seed_leaves_the_validation_split_alone(tmp_path: Path,
     assert "its validation images" in capsys.readouterr().err
 
 
-def test_resume_refuses_other_options_or_data_than_the_checkpoints(tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """A resume that changed the seed, augmentation or images would ship weights no command made."""
+def _trained_seed_run(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """A tiny seed-architecture run to resume: (data folder, run folder, its fit arguments)."""
     data = tmp_path / "data"
     write_split(data / "train", 12, seed=1)
     write_split(data / "test", 4, seed=2)
     out = tmp_path / "run"
     args = ["fit", "--data", str(data), "--out", str(out), "--arch", "seed"] + QUICK
     assert main(args) == 0
+    return data, out, args
+
+
+def test_resume_refuses_other_options_or_data_than_the_checkpoints(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A resume that changed the seed, augmentation or images would ship weights no command made."""
+    data, out, args = _trained_seed_run(tmp_path)
     record = json.loads((out / "checkpoints/options.json").read_text())
     assert record["options"]["seed"] == 123 and record["options"]["augment"] == "notebook"  # auto, resolved
     capsys.readouterr()
@@ -229,12 +235,7 @@ def test_bad_data_folders_exit_2_with_message_and_no_traceback(tmp_path: Path, c
 def test_failed_gate_or_diverged_training_leaves_no_bundle(tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     """A loadable bundle next to a rejected run's metrics would be shipped as if it had passed."""
-    data = tmp_path / "data"
-    write_split(data / "train", 12, seed=1)
-    write_split(data / "test", 4, seed=2)
-    out = tmp_path / "run"
-    args = ["fit", "--data", str(data), "--out", str(out), "--arch", "seed"] + QUICK
-    assert main(args) == 0
+    data, out, args = _trained_seed_run(tmp_path)
     # The same run resumed with a gate no model can pass (below any CLI value: the library takes it).
     with pytest.raises(ExportError, match="no bundle written"):
         run(FitOptions(data=data, out=out, arch="seed", epochs=1, steps_per_epoch=2, batch_size=16,
