@@ -66,7 +66,9 @@ class Inspector:
         except Exception as exc:  # noqa: BLE001 - any model failure must still answer the gate
             log.error("model error: rejecting", extra={"part_id": part_id, "error": repr(exc)})
             return self.fault(part_id, "model_error", frame_ts, frame_mono)
-        return self._record(part_id, decide(p, self.threshold), round(p, 6), "model", frame_ts, frame_mono)
+        # p exactly as the model gave it (scale x q): rounded, a part at the threshold would show
+        # p_defect < threshold beside decision reject.
+        return self._record(part_id, decide(p, self.threshold), p, "model", frame_ts, frame_mono)
 
     def fault(self, part_id: str, what: str, frame_ts: float | None, frame_mono: float | None) -> dict[str, Any]:
         """A part that could not be inspected is rejected, with the reason."""

@@ -106,7 +106,7 @@ class _Scorer:
                 out.append((Result(str(s.path), label, None, None, f"unexpected {type(exc).__name__}: {exc}"), None))
                 continue
             p = clf.p_defect(img)
-            r = Result(str(s.path), label, round(p, 6), decide(p, self.threshold))
+            r = Result(str(s.path), label, p, decide(p, self.threshold))  # exact: metrics count what was decided
             out.append((r, img if keep(r) else None))
         return out
 
@@ -185,7 +185,7 @@ def write_csv(path: Path, run: ReplayRun) -> None:
         w = csv.writer(f)
         w.writerow(["path", "label", "p_defect", "decision", "error"])
         for r in run.results:
-            w.writerow([printable(r.path), r.label or "", "" if r.p_defect is None else f"{r.p_defect:.6f}",
+            w.writerow([printable(r.path), r.label or "", "" if r.p_defect is None else repr(r.p_defect),
                         r.decision or "", printable(r.error or "")])
         for k, v in run.summary.items():
             f.write(f"# {k}: {json.dumps(v)}\n")
@@ -195,7 +195,7 @@ def format_summary(run: ReplayRun) -> str:
     """The printed summary; file-name bytes that are not UTF-8 appear as \\xNN, so it always prints."""
     s = run.summary
     lines = [
-        f"replay of {s['folder']} with {s['model']} (sha256 {s['model_sha256'][:12]}, threshold {s['threshold']:.4f})",
+        f"replay of {s['folder']} with {s['model']} (sha256 {s['model_sha256'][:12]}, threshold {s['threshold']:.8g})",
         f"  files {s['files']}   scored {s['scored']}   errors {s['errors']}   "
         f"accept {s['accept']}   reject {s['reject']}   {s['images_per_s']} images/s ({s['workers']} threads)",
     ]

@@ -72,7 +72,7 @@ def write(folder: Path, run: ReplayRun) -> list[Path]:
     m = run.summary.get("metrics")
     if m:
         p = folder / "confusion.png"
-        _write_png(p, confusion_png(m["confusion"], f"threshold {run.summary['threshold']:.4f}, n={m['n']}"))
+        _write_png(p, confusion_png(m["confusion"], f"threshold {run.summary['threshold']:.8g}, n={m['n']}"))
         written.append(p)
     wrong = [r for r in run.results if r.path in run.images]
     if wrong:

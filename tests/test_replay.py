@@ -251,3 +251,27 @@ def test_file_names_that_are_not_utf8_reach_every_output(tmp_path: Path) -> None
         ["caf\\xe9.png", "\\xff\\xfe.png", "ünï.png", "bad\\xe9.jpg"])
     for png in ("misclassified.png", "confusion.png"):  # cv2.imread would crash on this folder name too
         assert cv2.imdecode(np.frombuffer((report / png).read_bytes(), np.uint8), cv2.IMREAD_COLOR) is not None
+
+
+def test_a_part_scoring_exactly_the_threshold_is_counted_as_the_reject_it_was(tmp_path: Path,
+                                                                              shipped: bundle.Bundle) -> None:
+    # p_defect is q/256; rounded to 6 decimals, q=1 became 0.003906 < 1/256: the part was decided
+    # reject (p >= threshold) but counted as an accept and reported below its threshold.
+    folder = tmp_path / "lab"
+    for cls, defect in (("ok_front", False), ("def_front", True)):
+        (folder / cls).mkdir(parents=True)
+        for i in range(6):
+            cv2.imwrite(str(folder / cls / f"{i}.png"), part_image(10 + i, defect=defect))
+    out = tmp_path / "r.json"
+    assert main(["--replay", str(folder), "--json", str(out)]) == 0
+    step = shipped.meta["output"]["scale"]
+    images = json.loads(out.read_text())["images"]
+    assert all(x["p_defect"] / step == round(x["p_defect"] / step) for x in images)  # the model's exact output
+    for t in sorted({x["p_defect"] for x in images if x["p_defect"] > 0}):  # each score as the threshold
+        assert main(["--replay", str(folder), "--json", str(out), "--threshold", repr(t)]) == 0
+        data = json.loads(out.read_text())
+        for x in data["images"]:
+            assert (x["decision"] == "reject") == (x["p_defect"] >= t), (t, x)
+        m = data["summary"]["metrics"]
+        rejects = m["confusion"][0][1] + m["confusion"][1][1]
+        assert rejects == data["summary"]["reject"] == sum(x["p_defect"] >= t for x in data["images"]), t

@@ -144,7 +144,7 @@ def render(result: dict[str, Any]) -> str:
     for role, key in (("champion", "a"), ("challenger", "b")):
         m = result["models"][role]
         d = bs[key]
-        lines.append(f"{role:10s} {m['bundle']}: threshold {m['threshold']:.4f} ({m['policy']}), cost {m['cost']:g} "
+        lines.append(f"{role:10s} {m['bundle']}: threshold {m['threshold']:.8g} ({m['policy']}), cost {m['cost']:g} "
                      f"({m['false_accepts']} escapes, {m['false_rejects']} good rejected); lowest defect scores "
                      f"{m['lowest_defect_scores']}; bootstrap cost median {d['median']:g} [5-95%: {d['p5']:g}-{d['p95']:g}]")
     lines.append(f"cost = {r:g} x escapes + good rejected. Over {bs['resamples']} resamples of the validation images "

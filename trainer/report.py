@@ -131,7 +131,7 @@ def evidence_lines(ev: dict[str, Any] | None) -> list[str]:
     low, high = ev["lowest_defects"], ev["highest_good"]
     rows = [f"| {i + 1} | {cell(low, i)} | {cell(high, i)} |" for i in range(max(len(low), len(high)))]
     return ["## What set the threshold (int8, validation)", "",
-            f"Threshold {ev['threshold']:.4f}. Good parts scoring at or above the lowest-scoring defect: "
+            f"Threshold {ev['threshold']:.8g}. Good parts scoring at or above the lowest-scoring defect: "
             f"{ev['good_at_or_above_lowest_defect']}. With few hard defects in validation, the lowest one or two "
             "place the threshold; a model is judged by how far its good parts stay below them.", "",
             "| rank | lowest-scoring defects | highest-scoring good parts |", "|---|---|---|", *rows, ""]
@@ -200,7 +200,7 @@ def write(out: Path, meta: dict[str, Any], metrics: dict[str, Any], history: lis
         f"wall time of this invocation {metrics['train_seconds']} s"
         + (" (a --resume: earlier epochs not included)." if "--resume" in meta['training']['command'] else "."),
         *_distillation_line(meta["training"].get("distillation")),
-        f"- Operating threshold **{t:.4f}** chosen on validation int8 outputs by policy `{metrics['threshold_policy']}`"
+        f"- Operating threshold **{t:.8g}** chosen on validation int8 outputs by policy `{metrics['threshold_policy']}`"
         " (reject when p_defect >= threshold).",
         f"- int8 model: {meta['sha256'][:12]}, uint8 input scale {meta['input']['scale']} zero point "
         f"{meta['input']['zero_point']}; median latency {metrics['int8_latency_ms_1_thread']} ms on one thread.",
