@@ -45,6 +45,23 @@ def test_a_model_with_good_parts_among_the_defects_loses_nearly_always() -> None
     assert r["b_higher"] > 0.95
 
 
+def test_a_lone_low_pinhole_escapes_only_when_counted_on_images_the_threshold_never_saw() -> None:
+    # One defect scores among the good parts, like the validation pinholes that set the shipped
+    # thresholds. Counted on the resample it was chosen on, a threshold never lets it through
+    # (it is below it whenever it is drawn); counted on the left-out images it escapes in the
+    # ~37% of resamples that leave it out, which the in-sample figure cannot show.
+    labels, p = _scores(3, overlap=False)
+    p[200] = 0.2  # a defect (index 200) scoring like a good part
+    r = paired_bootstrap(labels, (p, p), (p, p), (COST20, COST20), 20, 400, seed=4)
+    assert r["a"]["p95"] <= 200  # in-sample: at most the good parts rejected to keep it
+    oob = r["out_of_bag"]
+    assert 0.25 < oob["a_escape_rate"] == oob["b_escape_rate"] < 0.5 and oob["tie"] == 1.0
+    assert oob["a"]["p95"] > 20  # an escape (x20, scaled to the validation size) in the upper tail
+    clean_labels, clean = _scores(3, overlap=False)
+    assert paired_bootstrap(clean_labels, (clean, clean), (clean, clean), (COST20, COST20), 20, 200,
+                            seed=4)["out_of_bag"]["a_escape_rate"] == 0.0  # separable: nothing escapes
+
+
 @pytest.mark.parametrize("bad", [["--cost-ratio", "inf"], ["--cost-ratio", "nan"], ["--json", "missing/x.json"]])
 def test_bad_options_exit_2_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                              bad: list[str]) -> None:
