@@ -237,15 +237,24 @@ class PartTracker:
             # Due from the first frame predicted within 3/4 of a step of the line (or past it):
             # the nearest frame or the one before, so that the locator's jitter of a few px
             # never lets an observed crossing (one search later) come first.
-            if self._pending_ahead([px], frame_index, exclude=tr):
-                continue  # a part ahead of it is still owed: both go the observed way, in order
+            if self._pending_ahead([px], frame_index, exclude=tr) or self._unseen_ahead([px], frame_index):
+                continue  # a part ahead of it is still owed (a verdict or a fault): both go the observed way, in order
             if (px - line) * self.direction >= -0.75 * abs(vx):
-                tr.emitted, tr.best = True, None
+                tr.emitted = True  # its best view is kept: see release()
                 box = PartBox(px, py, b.radius, b.score, True)
                 log.debug("part due by prediction", extra={"track": tr.track_id, "frame": frame_index})
                 out.append(Track(tr.track_id, frame_index, box, None, tr.first_frame, tr.last_frame, tr.hits,
                                  "predicted"))
         return out
+
+    def release(self, track_id: int) -> None:
+        """Undo a predicted hand-over (due()) the caller could not confirm in the frame: the
+        part was not where predicted (the belt stopped or jerked, the part was lifted). It then
+        goes the observed way, from its next full view or, failing that, its best one so far."""
+        for tr in self._live:
+            if tr.track_id == track_id:
+                tr.emitted = False
+                log.debug("predicted hand-over released", extra={"track": track_id})
 
     def flush(self) -> list[Track]:
         """End of stream: emit every pending part that was ever fully in view (and, as

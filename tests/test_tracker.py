@@ -99,6 +99,12 @@ def test_an_unseen_part_ahead_is_handed_over_before_the_part_behind_it() -> None
     out = run(PartTracker(0.5, frame_width=W), frames)
     assert [(t.track_id, t.reason) for t in out] == [(0, "unseen"), (1, "nearest")]  # A before B, not at its exit
     assert out[0].frame_index == 7  # where A crossed the line (cx 520)
+    # Predictive hand-over (the daemon's default) must not let B jump ahead of A's fault either.
+    tracker, got = PartTracker(0.5, frame_width=W, predictive=True), []
+    for i, boxes in enumerate(frames):
+        got += tracker.due(i) + tracker.update(i, boxes, payload=i)
+    got += tracker.flush()
+    assert [(t.track_id, t.reason) for t in got][:2] == [(0, "unseen"), (1, "crossed")]
 
 
 def test_a_feature_seen_twice_at_the_edge_is_not_an_unseen_part() -> None:
@@ -418,3 +424,51 @@ def test_a_belt_running_right_to_left_is_followed_only_when_configured_so() -> N
     parts, most_followed = handed(PartTracker(0.5, frame_width=W, direction=-1))
     assert parts == list(range(n_parts)) and most_followed >= 1
     assert handed(PartTracker(0.5, frame_width=W)) == ([], 0)  # every sighting seems to run backwards
+
+
+def test_a_part_on_a_belt_that_stops_just_before_it_is_due_is_cropped_where_it_is(tmp_path: Path) -> None:
+    """The real daemon step (predictive crop, the default), real model and audit trail: the belt
+    stops between two frames just before part 1 is due. Cut at the predicted position, its crop
+    was 0.6 of a radius off, half its neighbour in view and a defect on its trailing side out
+    of it. Every crop judged must hold its part centred as the model was trained."""
+    from edge import bundle as bundle_fmt
+    from edge.audit import AuditSettings, AuditTrail
+    from edge.camera import Camera, Frame, IterSource
+    from edge.config import Config
+    from edge.daemon import Daemon
+    from edge.inspector import Inspector
+    from edge.journal import Journal
+    from edge.locate import DATASET_CONFIG
+    from edge.publish import MqttSettings, Publisher
+    from edge.simulate import DATASET_BACKDROP_LEVEL, belt, camera, place_part
+
+    if not (bundle_fmt.DEFAULT_BUNDLE / "model.tflite").is_file():
+        pytest.skip(f"no bundle at {bundle_fmt.DEFAULT_BUNDLE}")
+    cfg = Config.model_validate({"inspect": {"mode": "continuous", "belt_speed_px_per_frame": 80}})
+    journal = Journal(tmp_path / "journal.sqlite")
+    publisher = Publisher(MqttSettings(host="127.0.0.1", port=9, prefix="test/stop"), journal)  # never started
+    trail = AuditTrail(AuditSettings(tmp_path / "audit", sample_accepted=1.0))
+    daemon = Daemon(cfg, Camera(IterSource("none", lambda: iter([]), fps=10)), publisher,
+                    Inspector.load(bundle_fmt.load(bundle_fmt.DEFAULT_BUNDLE)), audit=trail)
+    r, speed, spacing = 130, 80, 270  # parts 10 px apart
+    parts = [synthetic_part(21 + i) for i in range(3)]
+    x0 = [-140 - spacing * i for i in range(3)]
+    due = next(k for k in range(200) if x0[1] + speed * k >= 640 - 0.75 * speed)  # part 1 due by prediction
+    rng = np.random.default_rng(0)
+    try:
+        for k in range(due + 6):
+            frame = belt(level=DATASET_BACKDROP_LEVEL)
+            for img, x in zip(parts, x0, strict=True):
+                frame = place_part(frame, img, x + speed * min(k, due - 1), 360, 2 * r, 0, context=1.2)
+            gray = camera(frame, noise=rng.normal(0, 2, frame.shape).astype(np.float32))
+            daemon._continuous_step(Frame(gray, float(k), float(k), k))
+        assert trail.flush()
+    finally:
+        trail.close()
+        journal.close()
+    crops = sorted((tmp_path / "audit").glob("*.png"))
+    assert len(crops) == 2, crops  # parts 0 and 1 reached the line; part 2 stopped before it
+    for path in crops:
+        crop = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        (rim,) = [b for b in find_parts(crop, DATASET_CONFIG) if b.fully_in_view]
+        assert abs(rim.cx - 149.5) < 8 and abs(rim.cy - 149.5) < 8, (path.name, rim)
