@@ -82,6 +82,9 @@ def _finite_float(value: numbers.Real) -> float:
         return math.inf
 
 
+EPOCH_SECONDS_MAX = 1e11  # the year 5138: a larger trigger ts is milliseconds, not seconds
+
+
 def parse_ts(value: Any, field: str = "ts") -> float:
     """ISO 8601 (naive means UTC) or epoch seconds -> epoch seconds; anything else is refused."""
     if isinstance(value, bool):
@@ -230,6 +233,10 @@ def parse_trigger(payload: Payload, received_ts: float, received_mono: float,
     obj = loads(payload, max_bytes)
     part_id = check_part_id(obj.get("part_id"))
     ts = parse_ts(obj["ts"], "ts") if obj.get("ts") is not None else None
+    if ts is not None and ts > EPOCH_SECONDS_MAX:
+        # Epoch milliseconds (a common PLC habit) would read as a time far in the future and
+        # pass any age check: refused, so the trigger is dropped and the gate rejects the part.
+        raise ContractError(f"ts: {_show(obj['ts'])} is not epoch seconds (milliseconds?); send seconds or ISO 8601")
     return Trigger(part_id, ts, received_ts, received_mono)
 
 

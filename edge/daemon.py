@@ -122,8 +122,11 @@ class Daemon:
         return True
 
     def _handle_trigger(self, part_id: str, t_mono: float, sent_ts: float | None = None) -> None:
-        if sent_ts is not None and time.time() - sent_ts > self.cfg.inspect.max_trigger_age_s:
-            log.warning("stale trigger: rejecting", extra={"part_id": part_id, "age_s": round(time.time() - sent_ts, 3)})
+        # A ts in the future is no evidence of freshness either (a gate clock running ahead, a
+        # local time sent as UTC): beyond the same tolerance it is answered like a stale one.
+        if sent_ts is not None and abs(time.time() - sent_ts) > self.cfg.inspect.max_trigger_age_s:
+            log.warning("stale trigger (or a sender clock far off): rejecting",
+                        extra={"part_id": part_id, "age_s": round(time.time() - sent_ts, 3)})
             self._emit(self.inspector.fault(part_id, "stale_trigger", None, None))
             return
         wait = self.cfg.inspect.trigger_wait_s

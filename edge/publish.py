@@ -491,10 +491,13 @@ class Publisher:
             if not self._owned(client):
                 return
             was = self._connected
-            with self._send_lock:
-                self._connected = False
-                self._connected_evt.clear()
-                self._ready_evt.clear()
+            # No _send_lock here: paho may call this while holding its outgoing-message lock
+            # (a write failing right after CONNACK), and a publisher holding _send_lock waits
+            # for that lock: a deadlock of the inspection thread. A publish racing this flag
+            # reaches a dead link and is re-sent from the journal after reconnect.
+            self._connected = False
+            self._connected_evt.clear()
+            self._ready_evt.clear()
             with self._acked:
                 self._acked.notify_all()
             if was:

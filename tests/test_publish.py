@@ -462,3 +462,63 @@ def test_trigger_parsing_rules() -> None:
                 '{"part_id": "x", "ts": Infinity}', "null", '"P-1"'):
         with pytest.raises(ContractError):
             parse_trigger(bad, 0, 0)
+
+
+def test_a_link_that_drops_right_after_connack_never_stalls_the_inspection_thread(tmp_path: Path) -> None:
+    """paho calls on_disconnect while holding its outgoing-message lock when the first write
+    after CONNACK fails (a broker going down just after accepting, a client-id takeover);
+    on_disconnect taking the publisher's send lock then deadlocked any thread publishing."""
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def accept_then_drop() -> None:  # CONNACK (MQTT 5, success), then gone
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # closed at the end of the test
+                return
+            try:
+                conn.settimeout(2)
+                conn.recv(4096)
+                conn.sendall(b"\x20\x03\x00\x00\x00")
+            except OSError:
+                pass
+            conn.close()
+
+    threading.Thread(target=accept_then_drop, daemon=True).start()
+    journal = Journal(tmp_path / "j.sqlite", synchronous="NORMAL")
+    pub = Publisher(settings(server.getsockname()[1], "t/dl/cam1", reconnect_min_delay_s=0.05,
+                             reconnect_max_delay_s=0.05, resend_interval_s=0.2), journal)
+    pub.on_trigger(lambda t: None)
+    for i in range(50):  # a backlog, so the resender publishes too
+        journal.append_row({"part_id": f"B-{i}", "decision": "accept", "reason": "model", "model": "m"},
+                           time.time() + 3600)
+    made = [0]
+    done = threading.Event()
+
+    def inspect() -> None:
+        while not done.is_set():
+            pub.publish_decision(decision(f"P-{made[0]}"))
+            made[0] += 1
+
+    pub.start()
+    worker = threading.Thread(target=inspect, daemon=True)
+    worker.start()
+    try:
+        for _ in range(8):
+            before = made[0]
+            time.sleep(1.0)
+            assert made[0] > before, f"inspection stalled in publish_decision after {made[0]} decisions"
+    finally:
+        done.set()
+        stop.set()
+        worker.join(5)
+        if not worker.is_alive():
+            pub.stop()
+        server.close()
+        journal.close()
