@@ -107,6 +107,9 @@ class MqttSettings:
     max_inflight: int = 100  # unacknowledged QoS 1 messages the resender allows itself
     resend_interval_s: float = 5.0  # also retry pending rows this often while connected
     flush_timeout_s: float = 2.0  # stop(): wait this long for PUBACKs and the offline status
+    # The retained `online` expires (MQTT 5) unless refreshed within this: after a broker crash
+    # that outlives the daemon, a persisted `online` must not speak for a dead daemon. 0 = never.
+    online_expiry_s: float = 0.0
 
     def __post_init__(self) -> None:
         try:
@@ -357,8 +360,8 @@ class Publisher:
     def publish_status(self, extra: Mapping[str, Any] | None = None) -> bool:
         """Publish the retained `online` status now; False if not connected (it is sent on connect)."""
         with self._send_lock:
-            if not self._connected or self._client is None:
-                return False
+            if not self._connected or self._client is None or self._stopping.is_set():
+                return False  # stopping: an `online` must never follow the `offline`
             self._publish_status_locked(self._online_payload(extra))
             return True
 
@@ -377,6 +380,7 @@ class Publisher:
         if self._resender is not None:
             self._resender.join(timeout=10)
         client = self._client
+        with_will = False
         if client is not None and self._connected:
             with self._acked:
                 flushed = self._acked.wait_for(lambda: not self._inflight or not self._connected,
@@ -388,13 +392,22 @@ class Publisher:
             with self._send_lock:
                 if self._connected:
                     info = self._publish_status_locked(self._offline_payload("shutdown"))
+            offline_confirmed = False
             if info is not None:
                 try:
                     info.wait_for_publish(self.settings.flush_timeout_s)
+                    offline_confirmed = info.is_published()
                 except (RuntimeError, ValueError) as exc:
                     log.warning("stop: offline status not confirmed", extra={"error": str(exc)})
+            # A plain DISCONNECT makes the broker discard the Will, and the retained `online`
+            # would outlive us (a clean exit is not restarted): unconfirmed, ask for the Will.
+            with_will = not offline_confirmed and self._protocol == "5"
         if client is not None:
-            client.disconnect()
+            if with_will:
+                log.warning("stop: offline status not acknowledged; disconnecting with the Will (offline)")
+                client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
+            else:
+                client.disconnect()
             client.loop_stop()
         self._connected = False
         self._connected_evt.clear()
@@ -599,7 +612,10 @@ class Publisher:
         client = self._client
         if client is None:
             return None
-        info = client.publish(self.topics.status, dumps(payload), qos=1, retain=True)
+        props = None
+        if payload.get("state") == "online" and self.settings.online_expiry_s > 0:
+            props = self._expiry(self.settings.online_expiry_s)  # MQTT 5 only; offline never expires
+        info = client.publish(self.topics.status, dumps(payload), qos=1, retain=True, properties=props)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             log.warning("status publish not accepted", extra={"rc": mqtt.error_string(info.rc)})
             return None

@@ -102,6 +102,7 @@ def mqtt_settings(cfg: Config, host: str, port: int) -> MqttSettings:
         tls_key=str(tls.key_file) if tls and tls.key_file else None,
         tls_insecure=bool(tls and tls.insecure), tls=tls is not None,
         decision_deadline_s=m.decision_deadline_s,
+        online_expiry_s=3 * m.status_interval_s,  # refreshed every status_interval_s while connected
     )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from broker import Mosquitto, V311OnlyProxy, free_port
+from broker import Mosquitto, StallProxy, V311OnlyProxy, free_port
 from conftest_mqtt import (  # noqa: F401 - fixtures
     Collector,
     collectors,
@@ -521,4 +521,40 @@ def test_a_link_that_drops_right_after_connack_never_stalls_the_inspection_threa
         if not worker.is_alive():
             pub.stop()
         server.close()
+        journal.close()
+
+
+def test_a_stop_during_a_link_stall_leaves_offline_retained_and_online_expires(mosquitto: Mosquitto,  # noqa: F811
+                                                                              tmp_path: Path) -> None:
+    """The retained `online` carries an expiry, so one persisted across a broker crash cannot
+    speak for a daemon that died meanwhile. And a SIGTERM while the link is stalled with a full
+    in-flight window (the `offline` status queued behind it, never acknowledged) must still end
+    in a retained `offline`: a plain DISCONNECT that gets through makes the broker drop the Will
+    (whether it gets through before the socket closes is a race here, so this half guards the
+    disconnect-with-Will path rather than reproducing the old failure every time)."""
+    t = Topics("t/stopstall/cam1")
+    proxy = StallProxy(mosquitto.port).start()
+    journal = Journal(tmp_path / "j.sqlite")
+    pub = Publisher(settings(proxy.port, t.prefix, keepalive=15, online_expiry_s=30), journal)
+    try:
+        pub.start()
+        assert pub.wait_connected(5)
+        time.sleep(0.5)
+        online = retained(mosquitto.port, t.status)
+        assert online is not None and online.json["state"] == "online" and online.expiry is not None
+        assert 0 < online.expiry <= 30
+        proxy.stall()
+        for i in range(150):  # parts keep being decided during the stall: the window fills
+            pub.publish_decision(decision(f"S-{i}"))
+            time.sleep(0.02)
+        pub.stop()
+        proxy.resume()
+        deadline = time.monotonic() + 10
+        state = None
+        while time.monotonic() < deadline and state != "offline":
+            got = retained(mosquitto.port, t.status, timeout=1.0)
+            state = got.json["state"] if got is not None else None
+        assert state == "offline"
+    finally:
+        proxy.stop()
         journal.close()
