@@ -211,7 +211,10 @@ def make_client(settings: MqttSettings, client_id: str, protocol: Literal["5", "
         client.enable_logger(paho_log)
     client.connect_timeout = settings.connect_timeout_s
     client.reconnect_delay_set(settings.reconnect_min_delay_s, settings.reconnect_max_delay_s)  # type: ignore[arg-type]
-    client.max_inflight_messages_set(settings.max_inflight)
+    # paho's own window is twice the publisher's: the publisher never hands paho more than it
+    # can write at once, so paho never queues a decision internally and sends it later with an
+    # expiry computed at hand-over (past its deadline, on /decision).
+    client.max_inflight_messages_set(2 * settings.max_inflight)
     if settings.username:
         client.username_pw_set(settings.username, password)
     if settings.tls_enabled:
@@ -335,7 +338,11 @@ class Publisher:
             if self._connected and not self._stopping.is_set():
                 with self._map_lock:
                     busy = row.seq in self._inflight  # the resender may have picked it up already
-                if not busy:
+                    # every unacknowledged message counts in paho's window, the status ones too
+                    full = len(self._mids) >= 2 * self.settings.max_inflight - 1  # paho would queue it
+                if full:
+                    self._wake.set()  # the resender sends it (or reports it late) once the window opens
+                elif not busy and self.journal.is_pending(row.seq):  # not already sent and acknowledged
                     self._send_row(row)
                 return row.seq
         log.debug("decision journaled while not connected; sent on reconnect",

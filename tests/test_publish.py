@@ -558,3 +558,48 @@ def test_a_stop_during_a_link_stall_leaves_offline_retained_and_online_expires(m
     finally:
         proxy.stop()
         journal.close()
+
+
+def test_a_decision_is_never_handed_to_the_wire_after_its_deadline(mosquitto: Mosquitto,  # noqa: F811
+                                                                   tmp_path: Path) -> None:
+    """A link stall with more decisions than paho's in-flight window: paho used to queue the
+    overflow itself and write it once the link flowed, past the deadline, on /decision (with an
+    expiry computed at hand-over, which the broker counts from receipt). Now the publisher never
+    overfills paho; the resender sends such a row in time or reports it on /decision/late.
+    Observed at paho's packet writer (the real client, instrumented)."""
+    t = Topics("t/stallwin/cam1")
+    proxy = StallProxy(mosquitto.port).start()
+    journal = Journal(tmp_path / "j.sqlite")
+    pub = Publisher(settings(proxy.port, t.prefix, keepalive=15, decision_deadline_s=2.0, resend_interval_s=5.0,
+                             max_inflight=20), journal)
+    written: dict[int, float] = {}
+    try:
+        pub.start()
+        assert pub.wait_connected(5)
+        client = pub._client
+        send_publish = client._send_publish
+
+        def spy(mid: int, topic: bytes, payload: bytes = b"", *args: Any, **kw: Any) -> Any:
+            if topic.decode().endswith("/decision"):
+                written.setdefault(json.loads(bytes(payload))["seq"], time.time())
+            return send_publish(mid, topic, payload, *args, **kw)
+
+        client._send_publish = spy
+        proxy.stall()
+        deadlines = {}
+        t0 = time.time()
+        while time.time() - t0 < 6.0:  # 120 decisions into a window of 2 x 20: the oldest overflow expires
+            seq = pub.publish_decision(decision(f"P-{len(deadlines)}"))
+            deadlines[seq] = journal.get(seq).deadline_ts
+            time.sleep(0.05)
+        proxy.resume()
+        time.sleep(4)
+        # (handed over in time, written by paho's network thread a moment later: not this bug)
+        late = {s: round(written[s] - d, 2) for s, d in deadlines.items() if s in written and written[s] > d + 0.5}
+        assert not late, f"written to /decision after the deadline (seq: s late): {late}"
+        counts = journal.counts()
+        assert counts["pending"] == 0 and counts["late"] > 0, counts  # the overflow went to /late
+    finally:
+        pub.stop()
+        proxy.stop()
+        journal.close()
