@@ -45,7 +45,7 @@ def tracker_for(inspect: InspectSection) -> PartTracker:
 
 
 class DecisionSink(Protocol):
-    def publish_decision(self, decision: dict[str, Any]) -> int: ...
+    def publish_decision(self, decision: dict[str, Any], deadline_ts: float | None = None) -> int: ...
 
 
 @dataclass
@@ -129,6 +129,10 @@ class Daemon:
                         extra={"part_id": part_id, "age_s": round(time.time() - sent_ts, 3)})
             self._emit(self.inspector.fault(part_id, "stale_trigger", None, None))
             return
+        # The gate's clock for this part started when the trigger was sent (or, at the latest,
+        # received), not when the frame after it was captured: so does the decision's deadline.
+        received = time.time() - (time.monotonic() - t_mono)
+        due = (min(sent_ts, received) if sent_ts is not None else received) + self.cfg.mqtt.decision_deadline_s
         wait = self.cfg.inspect.trigger_wait_s
         # The freshest frame captured after the trigger, not one from before it.
         deadline = t_mono + wait
@@ -149,18 +153,18 @@ class Daemon:
         if frame is None:
             why = self.camera.fault() or "no_frame"
             self._emit(self.inspector.fault(part_id, why if why != "no_frame" else "no_frame_after_trigger",
-                                            None, None))
+                                            None, None), deadline_ts=due)
             return
         self.last_frame_index = frame.index
         if self.camera.fault() == "frozen_frame":
-            self._emit(self.inspector.fault(part_id, "frozen_frame", frame.ts, frame.mono))
+            self._emit(self.inspector.fault(part_id, "frozen_frame", frame.ts, frame.mono), deadline_ts=due)
             return
         found = self._crop_for_trigger(frame)
         if found is None:
-            self._emit(self.inspector.fault(part_id, "no_part", frame.ts, frame.mono))
+            self._emit(self.inspector.fault(part_id, "no_part", frame.ts, frame.mono), deadline_ts=due)
             return
         crop, diameter = found
-        self._emit(self.inspector.decide(part_id, crop, frame.ts, frame.mono), crop, diameter)
+        self._emit(self.inspector.decide(part_id, crop, frame.ts, frame.mono), crop, diameter, deadline_ts=due)
 
     def _crop_for_trigger(self, frame: Frame) -> tuple[np.ndarray, float | None] | None:
         """(crop, rim diameter in the frame) of the part the trigger announced; None if it
@@ -262,9 +266,12 @@ class Daemon:
         self._emit(self.inspector.fault(part_id, "not_in_full_view", frame.ts, frame.mono))
 
     # -- shared ----------------------------------------------------------------------
-    def _emit(self, decision: dict[str, Any], crop: np.ndarray | None = None, diameter: float | None = None) -> None:
+    def _emit(self, decision: dict[str, Any], crop: np.ndarray | None = None, diameter: float | None = None,
+              deadline_ts: float | None = None) -> None:
+        """Count, journal and publish one decision; deadline_ts (epoch s) defaults to frame_ts
+        (or ts) + mqtt.decision_deadline_s, see Publisher.publish_decision."""
         self.counters.count(decision)
-        seq = self.sink.publish_decision(decision)
+        seq = self.sink.publish_decision(decision, deadline_ts=deadline_ts)
         decision["seq"] = seq
         if self.audit is not None:
             self.audit.record(decision, crop)

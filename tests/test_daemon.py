@@ -225,21 +225,26 @@ def test_trigger_answers_each_part_once_and_faults_reject(broker: Mosquitto, emp
             # A sender clock 10 s ahead is no proof of freshness; milliseconds are not seconds.
             sub.client.publish(t.trigger, json.dumps({"part_id": "FUT-1", "ts": time.time() + 10}), qos=1)
             sub.client.publish(t.trigger, json.dumps({"part_id": "MS-1", "ts": time.time() * 1000}), qos=1)
-            assert sub.wait(lambda ms: sum(m.topic == t.decision for m in ms) >= 5, 30)
+            # Sent a second ago: the gate's clock for it started then, and so does its deadline.
+            aged_ts = time.time() - 1.0
+            sub.client.publish(t.trigger, json.dumps({"part_id": "AGED-1", "ts": aged_ts}), qos=1)
+            assert sub.wait(lambda ms: sum(m.topic == t.decision for m in ms) >= 6, 30)
             time.sleep(1.5)  # a duplicate would be answered within trigger_wait_s
             got = [m.json for m in sub.on(t.decision)]
             out = proc.stop()
     finally:
         sub.close()
     assert proc.returncode == 0, out[-3000:]
-    assert sorted(d["part_id"] for d in got) == ["A-1", "A-2", "A-3", "FUT-1", "OLD-1"]  # MS-1 refused
+    assert sorted(d["part_id"] for d in got) == ["A-1", "A-2", "A-3", "AGED-1", "FUT-1", "OLD-1"]  # MS-1 refused
+    (aged,) = [d for d in got if d["part_id"] == "AGED-1"]
+    assert abs(datetime.fromisoformat(aged["deadline"]).timestamp() - (aged_ts + DEADLINE_S)) < 0.01, aged
     assert "not epoch seconds (milliseconds?)" in out
     for d in got:  # nothing on the belt: never silence, never accept
         want = "fault:stale_trigger" if d["part_id"] in ("OLD-1", "FUT-1") else "fault:no_part"
         assert d["decision"] == "reject" and d["reason"] == want and d["p_defect"] is None
     # A reject is evidence: each has its decision JSON in the audit folder.
     audited = [json.loads(p.read_text()) for p in (tmp_path / "audit").glob("*.json")]
-    assert sorted(a["part_id"] for a in audited) == ["A-1", "A-2", "A-3", "FUT-1", "OLD-1"]
+    assert sorted(a["part_id"] for a in audited) == ["A-1", "A-2", "A-3", "AGED-1", "FUT-1", "OLD-1"]
 
 
 def test_broker_restart_mid_run_loses_no_decision(line: Line, tmp_path: Path) -> None:
