@@ -115,12 +115,17 @@ def test_permission_denied_is_reported(tmp_path: Path) -> None:
     assert "Permission denied" in json.loads(out.read_text())["images"][0]["error"]
 
 
-def test_labelled_folder_metrics_threshold_override_and_report(tmp_path: Path, shipped: bundle.Bundle) -> None:
-    folder = tmp_path / "lab"
-    for cls, defect in (("OK", False), ("Defect", True)):
+def _drawn_labelled(folder: Path, names: tuple[str, str]) -> Path:
+    """6 drawn good and 6 drawn defective parts in class folders named `names` (ok, defect)."""
+    for cls, defect in zip(names, (False, True), strict=True):
         (folder / cls).mkdir(parents=True)
         for i in range(6):
             cv2.imwrite(str(folder / cls / f"{i}.png"), part_image(10 + i, defect=defect))
+    return folder
+
+
+def test_labelled_folder_metrics_threshold_override_and_report(tmp_path: Path, shipped: bundle.Bundle) -> None:
+    folder = _drawn_labelled(tmp_path / "lab", ("OK", "Defect"))
     out = tmp_path / "r.json"
     report = tmp_path / "rep"
     assert main(["--replay", str(folder), "--json", str(out), "--report", str(report)]) == 0
@@ -257,11 +262,7 @@ def test_a_part_scoring_exactly_the_threshold_is_counted_as_the_reject_it_was(tm
                                                                               shipped: bundle.Bundle) -> None:
     # p_defect is q/256; rounded to 6 decimals, q=1 became 0.003906 < 1/256: the part was decided
     # reject (p >= threshold) but counted as an accept and reported below its threshold.
-    folder = tmp_path / "lab"
-    for cls, defect in (("ok_front", False), ("def_front", True)):
-        (folder / cls).mkdir(parents=True)
-        for i in range(6):
-            cv2.imwrite(str(folder / cls / f"{i}.png"), part_image(10 + i, defect=defect))
+    folder = _drawn_labelled(tmp_path / "lab", ("ok_front", "def_front"))
     out = tmp_path / "r.json"
     assert main(["--replay", str(folder), "--json", str(out)]) == 0
     step = shipped.meta["output"]["scale"]
