@@ -12,7 +12,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -22,7 +22,7 @@ from edge.camera import Camera, Frame
 from edge.config import Config, InspectSection
 from edge.drift import DriftWatch
 from edge.inspector import Inspector
-from edge.locate import LocateConfig, crop_part, crop_roi, find_parts, framed_part, part_near
+from edge.locate import LocateConfig, PartBox, crop_part, crop_roi, find_parts, framed_part, part_near
 from edge.telemetry import Telemetry
 from edge.tracker import PartTracker, Track
 
@@ -205,12 +205,11 @@ class Daemon:
             # its answer a search (several ms) sooner. The prediction is only where to look: the
             # rim is found around it (about 1 ms) and the crop taken there, so a part that stopped
             # or jerked is judged where it is, never on a crop holding part of its neighbour.
-            for due in self._tracker.due(frame.index):
-                seen = part_near(frame.gray, due.box, self._locate)
-                if seen is None or not seen.fully_in_view:
-                    self._tracker.release(due.track_id)  # the search below finds it, or its best view is used
-                    continue
-                self._decide_track(replace(due, box=seen), frame)
+            # One not found near its prediction is released with the parts behind it: the
+            # search below finds it, or its best view is used, and none is decided before it.
+            for part in self._tracker.confirm(self._tracker.due(frame.index),
+                                              lambda t: self._whole_part_near(frame, t)):
+                self._decide_track(part, frame)
         boxes = find_parts(frame.gray, self._locate)
         overruns = self._tracker.overruns
         # The tracker keeps the frame of each part's best view itself: however slow the belt,
@@ -229,6 +228,10 @@ class Daemon:
                 self._reject_unseen(done)
             else:
                 self._decide_track(done, done.payload)
+
+    def _whole_part_near(self, frame: Frame, track: Track) -> PartBox | None:
+        seen = part_near(frame.gray, track.box, self._locate)
+        return seen if seen is not None and seen.fully_in_view else None
 
     def _watch_unfollowed(self, unfollowed: bool) -> None:
         """Say so when parts are in view but the tracker follows none of them: a belt that

@@ -784,7 +784,10 @@ class Publisher:
                 log.exception("status_fn failed; status sent without daemon fields")
         if extra:
             payload.update(extra)
-        payload["journal"] = self.journal.counts()
+        try:
+            payload["journal"] = self.journal.counts()
+        except JournalError as exc:  # `online` must still go out: the gate needs it more than the counts
+            log.warning("status sent without journal counts", extra={"error": str(exc)})
         payload["mqtt"] = self.stats()
         return payload
 

@@ -212,9 +212,17 @@ def _mqtt_key(message: str) -> str:
 
 
 def _status_loop(publisher: Publisher, stop: threading.Event, interval_s: float) -> None:
-    """Counters on the retained status topic for dashboards; `online` itself is sent on connect."""
+    """Counters on the retained status topic for dashboards; `online` itself is sent on connect.
+
+    It also refreshes the retained `online` before its MQTT 5 expiry, so nothing may end it:
+    a dead loop would let a healthy daemon's `online` expire and every gate reconnecting then
+    would reject every part.
+    """
     while not stop.wait(interval_s):
-        publisher.publish_status()
+        try:
+            publisher.publish_status()
+        except Exception:  # noqa: BLE001 - logged; the next pass tries again
+            log.exception("status publish failed; retrying at the next interval")
 
 
 def _local_broker(stack: ExitStack) -> tuple[str | None, int]:

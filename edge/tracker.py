@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edge.locate import PartBox
@@ -245,6 +245,23 @@ class PartTracker:
                 log.debug("part due by prediction", extra={"track": tr.track_id, "frame": frame_index})
                 out.append(Track(tr.track_id, frame_index, box, None, tr.first_frame, tr.last_frame, tr.hits,
                                  "predicted"))
+        out.sort(key=lambda t: -t.box.cx * self.direction)  # belt order: a caller releasing one releases those behind
+        return out
+
+    def confirm(self, due: list[Track], locate: Callable[[Track], PartBox | None]) -> list[Track]:
+        """The parts of `due` (in belt order) that `locate` finds in the frame, with the box found.
+
+        The first one not found is released (see release()) with every part behind it, so
+        that no part is decided before one ahead of it.
+        """
+        out = []
+        for i, part in enumerate(due):
+            box = locate(part)
+            if box is None:
+                for later in due[i:]:
+                    self.release(later.track_id)
+                break
+            out.append(replace(part, box=box))
         return out
 
     def release(self, track_id: int) -> None:

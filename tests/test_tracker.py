@@ -472,3 +472,35 @@ def test_a_part_on_a_belt_that_stops_just_before_it_is_due_is_cropped_where_it_i
         crop = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         (rim,) = [b for b in find_parts(crop, DATASET_CONFIG) if b.fully_in_view]
         assert abs(rim.cx - 149.5) < 8 and abs(rim.cy - 149.5) < 8, (path.name, rim)
+
+
+def test_released_predictions_keep_belt_order() -> None:
+    """The daemon confirms each predicted hand-over in the frame (tracker.confirm); one it cannot
+    confirm (a hand over the part) is released with every due part behind it, and they are
+    handed over in belt order by observation: a part behind never gets its decision first."""
+    r, v, spacing = 100.0, 120.0, 300.0
+    tracker = PartTracker(0.5, frame_width=1280, predictive=True, expected_speed=v)
+
+    def x(name: str, k: int) -> float:
+        return 630 - v * (6 - k) - spacing * "ABC".index(name)
+
+    names: dict[int, str] = {}
+    order = []
+    for k in range(16):
+        seen = [(n, x(n, k)) for n in "ABC" if r <= x(n, k) <= 1279 - r and not (n == "A" and k in (7, 8))]
+        due = tracker.due(k)
+        assert [t.box.cx for t in due] == sorted((t.box.cx for t in due), reverse=True)  # downstream first
+
+        def locate(t: Track, k: int = k) -> PartBox | None:  # A is not confirmed where predicted
+            return None if names.get(t.track_id) == "A" and k in (6, 7, 8) else t.box
+
+        order += [names[t.track_id] for t in tracker.confirm(due, locate)]
+        boxes = [PartBox(cx, 360.0, r, 0.9, True) for _, cx in seen]
+        out = tracker.update(k, boxes, payload=k)
+        for live in tracker._live:  # name tracks by their latest box (scaffolding)
+            for (n, cx), b in zip(seen, boxes, strict=True):
+                if live.box == b:
+                    names[live.track_id] = n
+        order += [names[t.track_id] for t in out]
+    order += [names[t.track_id] for t in tracker.flush()]
+    assert order == ["A", "B", "C"]
