@@ -604,3 +604,25 @@ def test_a_decision_is_never_handed_to_the_wire_after_its_deadline(mosquitto: Mo
         pub.stop()
         proxy.stop()
         journal.close()
+
+
+def test_online_still_goes_out_when_the_journal_counts_cannot_be_read(mosquitto: Mosquitto,  # noqa: F811
+                                                                      tmp_path: Path) -> None:
+    """The status loop refreshes the retained `online` before it expires; an unreadable journal
+    (here: closed under it) used to raise out of the payload and end that loop for good."""
+    t = Topics("t/statusjournal/cam1")
+    journal = Journal(tmp_path / "j.sqlite")
+    pub = Publisher(settings(mosquitto.port, t.prefix, online_expiry_s=30), journal)
+    try:
+        pub.start()
+        assert pub.wait_connected(5)
+        journal.close()
+        assert pub.publish_status({"marker": 1})
+        got = None
+        for _ in range(20):
+            got = retained(mosquitto.port, t.status, timeout=0.5)
+            if got is not None and got.json.get("marker") == 1:
+                break
+        assert got is not None and got.json["state"] == "online" and "journal" not in got.json
+    finally:
+        pub.stop()
