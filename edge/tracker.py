@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 VELOCITY_SMOOTHING = 0.4  # weight of the newest frame-to-frame displacement in the velocity
 BACKWARD_TOLERANCE = 0.2  # radii a centre may seem to move against the belt (locator jitter)
 SPEED_UNCERTAINTY = 0.1  # relative error of a predicted speed: the gate widens with frames skipped
+STOPPED_GATE = 0.5  # radii from a lost track's last position within which a detection is still that part
+# ...if it was seen at most this many frames before: over longer gaps a moving belt can bring the
+# part behind it there (bench/tracker_gaps.py: long random stalls then gained errors).
+STOPPED_MAX_GAP = 4
 
 
 @dataclass(frozen=True)
@@ -387,6 +391,22 @@ class PartTracker:
             used_t.add(ti)
             used_b.add(bi)
             out.append((self._live[ti], bi))
+        # Second chance, for parts the predictions lost: a belt that stopped (or jerked back)
+        # leaves a part where it was while its track predicts it further on. A detection still
+        # unmatched within STOPPED_GATE radii of an unmatched, followed track's last position is
+        # that part (parts never overlap): without this it became a new track, decided again.
+        late = sorted((math.hypot(box.cx - tr.box.cx, box.cy - tr.box.cy), ti, bi)
+                      for ti, tr in enumerate(self._live) if ti not in used_t and tr.hits >= self.min_hits
+                      and frame_index - tr.last_frame <= STOPPED_MAX_GAP
+                      and tr.velocity[0] * self.direction > 0  # a part that was moving along the belt
+                      for bi, box in enumerate(boxes) if bi not in used_b)
+        for d, ti, bi in late:
+            tr = self._live[ti]
+            if ti in used_t or bi in used_b or d > STOPPED_GATE * max(tr.box.radius, boxes[bi].radius):
+                continue
+            used_t.add(ti)
+            used_b.add(bi)
+            out.append((tr, bi))
         return out
 
     def _emit(self, tr: _Live, reason: str) -> Track:

@@ -504,3 +504,29 @@ def test_released_predictions_keep_belt_order() -> None:
         order += [names[t.track_id] for t in out]
     order += [names[t.track_id] for t in tracker.flush()]
     assert order == ["A", "B", "C"]
+
+
+@pytest.mark.parametrize("event", ["stop_during_a_stall", "jerk_back"])
+def test_a_belt_that_stops_or_jerks_back_decides_each_part_once(event: str) -> None:
+    """A belt stopping while the loop skips 3 frames (each lost track predicted the part 90 px
+    on, found it where it stopped, made a new track for it and decided it again), or jogged
+    back 40 px (0.4 radius) in one frame: every part still handed over once, in belt order."""
+    v, spacing = 30.0, 300.0
+
+    def travel(k: int) -> float:
+        if event == "stop_during_a_stall":
+            return v * min(k, 24)  # stopped from frame 24 on, with part 0 past the line
+        return v * k - (70.0 if k >= 12 else 0.0)  # one frame 40 px back instead of 30 on
+
+    schedule = [k for k in range(60) if not (event == "stop_during_a_stall" and 25 <= k <= 27)]
+    tracker, out = PartTracker(0.5, frame_width=W, expected_speed=v), []
+    for k in schedule:
+        xs = [-100 + travel(k) - spacing * i for i in range(3)]
+        boxes = [box(x) for x in xs if -R < x < W - 1 + R]
+        out += tracker.update(k, boxes, payload=k)
+    out += tracker.flush()
+    ids = [t.track_id for t in out]
+    assert len(ids) == len(set(ids)) and ids == sorted(ids), [(t.track_id, t.reason, t.box.cx) for t in out]
+    first_x = [-100 + travel(t.frame_index) - spacing * i for i, t in enumerate(out)]
+    assert all(abs(t.box.cx - x) < 1 for t, x in zip(out, first_x, strict=True))  # part i is the i-th out
+    assert len(out) == sum(-100 + travel(59) - spacing * i >= R for i in range(3))  # those wholly in view
