@@ -470,13 +470,21 @@ class Camera:
         return max(self.frames - self.consumed, 0)
 
 
+def is_path_source(spec: str | int) -> bool:
+    """Whether a `camera.source` names a video file or image folder, not 'sim', a device
+    (index or /dev/...), a stream URL or a GStreamer pipeline (the config resolves such paths
+    against its own folder; open_source checks they exist)."""
+    if not isinstance(spec, str) or spec == "sim" or spec.isdigit():
+        return False
+    return not (spec.startswith("/dev/") or is_url(spec) or "://" in spec or "!" in spec)
+
+
 def open_source(spec: str | int, *, loop: bool = True, fps: float | None = None, open_timeout_s: float = 5.0,
                 read_timeout_s: float = 2.0, width: int | None = None, height: int | None = None) -> Source:
     """The adapter for a config `camera.source` (except 'sim', which the daemon builds)."""
     if isinstance(spec, str) and Path(spec).is_dir():
         return FolderSource(Path(spec), fps=fps or 5.0, loop=loop)
-    if isinstance(spec, str) and not (spec.isdigit() or spec.startswith("/dev/video") or is_url(spec)
-                                      or ("!" in spec and "appsink" in spec)) and not Path(spec).exists():
+    if is_path_source(spec) and not Path(str(spec)).exists():
         raise SourceError(f"camera source {spec!r}: no such file or folder, and not a device, URL or "
                           "GStreamer pipeline")
     return OpenCVSource(spec, open_timeout_s, read_timeout_s, loop=loop, fps=fps, width=width, height=height)

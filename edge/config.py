@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from edge.bundle import DEFAULT_BUNDLE
-from edge.camera import is_url
+from edge.camera import is_path_source
 from edge.contract import check_prefix
 from edge.simulate import DATASET_BACKDROP_LEVEL, DEMO_CONTEXT
 
@@ -287,23 +287,13 @@ def _lines(node: yaml.Node, path: tuple = (), repeats: list[tuple[tuple, int, in
     return out
 
 
-def _is_path_source(source: str | int) -> bool:
-    """Whether camera.source names a file or folder (as edge.camera.open_source reads it).
-
-    Anything else (sim, a device, a URL, a GStreamer pipeline) must not be joined to a folder.
-    """
-    if not isinstance(source, str) or source == "sim" or source.isdigit():
-        return False
-    return not (source.startswith("/dev/") or is_url(source) or "://" in source or "!" in source)
-
-
 def _resolve(cfg: Config, base: Path) -> Config:
     """Join relative paths to `base` (the config's folder): a service's working directory is elsewhere."""
     def fix(p: Path | None) -> Path | None:
         return p if p is None or p.is_absolute() else (base / p)
 
     source = cfg.camera.source
-    if _is_path_source(source):
+    if is_path_source(source):  # only a file or folder is joined to the config's folder
         source = str(fix(Path(source)))
 
     mqtt_tls = cfg.mqtt.tls
