@@ -29,9 +29,13 @@ def write_config(tmp: Path, port: int, prefix: str, source: Path, **over: Any) -
         "journal": {"path": str(tmp / "journal.sqlite")},
         "audit": {"dir": str(tmp / "audit"), "sample_accepted": 1.0},
     }
+    return dump_config(tmp / "config.yaml", cfg, over)
+
+
+def dump_config(path: Path, cfg: dict[str, Any], over: dict[str, dict[str, Any]]) -> Path:
+    """Write `cfg` as YAML with each section of `over` merged into its own."""
     for section, values in over.items():
         cfg[section] = {**cfg.get(section, {}), **values}
-    path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 

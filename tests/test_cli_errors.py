@@ -13,7 +13,8 @@ from typing import Any
 
 import cv2
 import pytest
-import yaml
+
+from daemon_run import dump_config
 
 from tests.conftest import ROOT, part_image
 
@@ -31,11 +32,7 @@ def _config(tmp_path: Path, **sections: dict[str, Any]) -> Path:
         "service": {"ready_timeout_s": 0},
         "log_level": "WARNING",
     }
-    for name, values in sections.items():
-        cfg[name] = {**cfg.get(name, {}), **values}
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return dump_config(tmp_path / "c.yaml", cfg, sections)
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
