@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -230,7 +230,7 @@ def part_near(gray: np.ndarray, box: PartBox, cfg: LocateConfig = LocateConfig()
     search's cost; a neighbour, at least two radii away, is not what the rays converge on.
     """
     r = box.radius
-    near = LocateConfig(**{**cfg.__dict__, "min_diameter": 2 * 0.85 * r, "max_diameter": 2 * 1.15 * r})
+    near = replace(cfg, min_diameter=2 * 0.85 * r, max_diameter=2 * 1.15 * r)
     found = _refine(to_gray_u8(gray), box.cx, box.cy, near)
     if found is None or math.hypot(found.cx - box.cx, found.cy - box.cy) > r:
         return None

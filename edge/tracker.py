@@ -286,13 +286,18 @@ class PartTracker:
         ready.sort(key=lambda t: (t.frame_index, -t.box.cx * self.direction, t.track_id))  # belt order
         return ready
 
-    def _pending_ahead(self, xs: list[float], frame_index: int, exclude: _Live | None = None) -> list[_Live]:
-        """Eligible parts not yet handed over whose predicted centre is downstream of any of xs."""
+    def _ahead(self, xs: list[float], frame_index: int, owed: Callable[[_Live], bool],
+               exclude: _Live | None = None) -> list[_Live]:
+        """Tracks for which `owed` holds whose predicted centre is downstream of any of xs."""
         if not xs:
             return []
         behind = min(x * self.direction for x in xs)
-        return [tr for tr in self._live if tr is not exclude and self._eligible(tr)
+        return [tr for tr in self._live if tr is not exclude and owed(tr)
                 and (tr.box.cx + tr.velocity[0] * (frame_index - tr.last_frame)) * self.direction > behind]
+
+    def _pending_ahead(self, xs: list[float], frame_index: int, exclude: _Live | None = None) -> list[_Live]:
+        """Eligible parts not yet handed over whose predicted centre is downstream of any of xs."""
+        return self._ahead(xs, frame_index, self._eligible, exclude)
 
     def _unseen(self, tr: _Live) -> bool:
         """Followed past the line, never fully in view, not handed over: owed a fault. Three
@@ -302,11 +307,7 @@ class PartTracker:
     def _unseen_ahead(self, xs: list[float], frame_index: int) -> list[_Live]:
         """Unseen parts downstream of a part handed over now: one cut by the frame's top or
         bottom edge never comes fully into view, and its fault must not follow the part behind."""
-        if not xs:
-            return []
-        behind = min(x * self.direction for x in xs)
-        return [tr for tr in self._live if self._unseen(tr)
-                and (tr.box.cx + tr.velocity[0] * (frame_index - tr.last_frame)) * self.direction > behind]
+        return self._ahead(xs, frame_index, self._unseen)
 
     def _emit_unseen(self, tr: _Live) -> Track:
         assert tr.crossing is not None
