@@ -21,9 +21,9 @@ RECORD = "options.json"
 BACKUP = "backup"  # Keras BackupAndRestore's folder under checkpoints/: last epoch's state
 # FitOptions fields that shape the trained weights, besides the data itself.
 TRAINING_OPTIONS = ("arch", "steps_per_epoch", "batch_size", "seed", "split_seed", "val_fraction",
-                    "learning_rate", "augment", "limit", "teachers", "distill_weight")
+                    "learning_rate", "augment", "limit", "teachers", "distill_weight", "init")
 # Values of options added after records were first written, for records that lack them.
-_ADDED_LATER = {"teachers": [], "distill_weight": 0.5}
+_ADDED_LATER = {"teachers": [], "distill_weight": 0.5, "init": None}
 
 
 class ResumeMismatch(ValueError):
@@ -49,6 +49,13 @@ def _saved(checkpoints: Path) -> dict[str, Any] | None:
                          "with: start afresh with --force")
 
 
+def _key(option: str, value: Any) -> Any:
+    """What must match on resume: for --init the starting weights' digest, wherever the bundle now lies."""
+    if option == "init" and isinstance(value, dict):
+        return value.get("float_model_sha256")
+    return value
+
+
 def check_options(checkpoints: Path, options: dict[str, Any]) -> None:
     """Before any work: the options (FitOptions fields, `augment` resolved) must match the record."""
     saved = _saved(checkpoints)
@@ -59,7 +66,7 @@ def check_options(checkpoints: Path, options: dict[str, Any]) -> None:
     # --teacher may record any value): it must match only where there is something to weigh.
     ignore = {"distill_weight"} if not was["teachers"] and not options["teachers"] else set()
     differs = [f"{_flag(k)} {was[k]!r} (now {options[k]!r})" for k in TRAINING_OPTIONS
-               if k not in ignore and was[k] != options[k]]
+               if k not in ignore and _key(k, was[k]) != _key(k, options[k])]
     if differs:
         raise ResumeMismatch(
             f"{checkpoints.parent}: --resume with other training options than the checkpoints were made "
