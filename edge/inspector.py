@@ -14,7 +14,8 @@ import numpy as np
 
 from edge.bundle import Bundle, BundleError
 from edge.contract import iso
-from edge.model import Classifier, decide
+from edge.judge import Judge
+from edge.model import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +25,20 @@ class Inspector:
     """The bundle in use; swapped whole on reload so every decision names its model."""
 
     bundle: Bundle
-    classifier: Classifier
-    threshold: float
+    judge: Judge  # rim, guard, part-only mask, views, threshold: edge.judge
     last_inference_s: float | None = None  # for the metrics; not part of the published decision
 
     @classmethod
     def load(cls, bundle: Bundle, threshold: float | None = None, threads: int = 1) -> Inspector:
-        clf = Classifier.from_bundle(bundle, num_threads=threads)
-        return cls(bundle, clf, bundle.threshold if threshold is None else threshold)
+        return cls(bundle, Judge.from_bundle(bundle, threshold, num_threads=threads))
+
+    @property
+    def classifier(self) -> Classifier:
+        return self.judge.classifier
+
+    @property
+    def threshold(self) -> float:
+        return self.judge.threshold
 
     def self_check(self) -> None:
         """Refuse a model that loads but cannot answer: before it replaces a working one.
@@ -61,14 +68,18 @@ class Inspector:
         """Decision for one crop; a model error becomes a fail-safe reject, never silence."""
         try:
             t0 = time.perf_counter()
-            p = self.classifier.p_defect(crop)
+            j = self.judge.judge(crop)
             self.last_inference_s = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - any model failure must still answer the gate
             log.error("model error: rejecting", extra={"part_id": part_id, "error": repr(exc)})
             return self.fault(part_id, "model_error", frame_ts, frame_mono)
+        if j.fault:
+            log.warning("guard: the model may not judge this part; rejecting",
+                        extra={"part_id": part_id, "fault": j.fault, "p_defect": j.p_defect,
+                               **(j.features.to_dict() if j.features else {})})
         # p exactly as the model gave it (scale x q): rounded, a part at the threshold would show
-        # p_defect < threshold beside decision reject.
-        return self._record(part_id, decide(p, self.threshold), p, "model", frame_ts, frame_mono)
+        # p_defect < threshold beside decision reject. A guard fault keeps p as evidence.
+        return self._record(part_id, j.decision, j.p_defect, j.reason, frame_ts, frame_mono)
 
     def fault(self, part_id: str, what: str, frame_ts: float | None, frame_mono: float | None) -> dict[str, Any]:
         """A part that could not be inspected is rejected, with the reason."""

@@ -207,18 +207,29 @@ def _radial_edges(
 _FRAMED_CONFIG = LocateConfig(min_diameter=90.0, max_diameter=150.0, min_edge=4.0, n_angles=48)
 
 
-def framed_part(crop: np.ndarray) -> bool:
-    """Whether a model-input crop holds a whole part framed like the training images.
+def find_rim_in_crop(crop: np.ndarray) -> PartBox | None:
+    """The rim of the part a crop (or dataset image) is framed on, in the crop's pixels, or None.
 
-    For a fixed ROI (no search): the rim is looked for around the crop's centre on a
-    half-size copy, 0.9 ms against 2.9 ms for a full find_parts. On the dataset's 7,348
-    images it misses 2 (both defects; a miss is a fail-safe reject) and finds no part on
-    200 empty belts.
+    The rim is looked for around the crop's centre on a half-size copy (0.9 ms against
+    2.9 ms for a full find_parts); the circle is scaled back to the crop's own pixels.
     """
     gray = to_gray_u8(crop)
     h, w = gray.shape
     small = cv2.resize(gray, (150, 150), interpolation=cv2.INTER_AREA) if (h, w) != (150, 150) else gray
     box = _refine(small, 74.5, 74.5, _FRAMED_CONFIG)
+    if box is None:
+        return None
+    sx, sy = w / 150, h / 150
+    return replace(box, cx=(box.cx + 0.5) * sx - 0.5, cy=(box.cy + 0.5) * sy - 0.5, radius=box.radius * (sx + sy) / 2)
+
+
+def framed_part(crop: np.ndarray) -> bool:
+    """Whether a model-input crop holds a whole part framed like the training images.
+
+    For a fixed ROI (no search). On the dataset's 7,348 images it misses 2 (both defects;
+    a miss is a fail-safe reject) and finds no part on 200 empty belts.
+    """
+    box = find_rim_in_crop(crop)
     return box is not None and box.fully_in_view
 
 

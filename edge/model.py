@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edge.bundle import Bundle, BundleError
+from edge.partview import Circle, InputSpec, dihedral_views, mean_logit, part_only_input
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,15 @@ def _interpreter_class() -> Any:
 
 
 class Classifier:
-    """One interpreter, batch 1: p_defect for a uint8 (H, W) grayscale model input."""
+    """One interpreter, batch 1: p_defect for a uint8 (H, W) grayscale crop.
 
-    def __init__(self, model: bytes | str | Path, num_threads: int = 1) -> None:
+    `spec` (the bundle's edge.partview.InputSpec) says how the crop becomes the model's
+    input: masked beyond the rim for a part-only bundle, and averaged over `views`
+    rotations/flips in logit space. With neither, p_defect is the model's output exactly.
+    """
+
+    def __init__(self, model: bytes | str | Path, num_threads: int = 1, spec: InputSpec | None = None) -> None:
+        self.spec = spec or InputSpec()
         Interpreter = _interpreter_class()
         try:
             if isinstance(model, bytes):
@@ -60,7 +67,11 @@ class Classifier:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, num_threads: int = 1) -> Classifier:
-        clf = cls(bundle.model_path, num_threads=num_threads)
+        try:
+            spec = InputSpec.from_meta(bundle.meta)
+        except ValueError as exc:
+            raise BundleError(f"{bundle.path / 'model.json'}: {exc}") from exc
+        clf = cls(bundle.model_path, num_threads=num_threads, spec=spec)
         expected = (1, *bundle.image_size, 1)
         if clf.input_shape != expected:
             raise BundleError(f"{bundle.model_path}: input shape {clf.input_shape} does not "
@@ -111,14 +122,24 @@ class Classifier:
         self._it.invoke()
         return int(self._it.get_tensor(self._out_index).reshape(-1)[0])
 
-    def p_defect(self, gray: np.ndarray) -> float:
+    def model_p(self, model_input: np.ndarray) -> float:
+        """The model's own output for one prepared input (no mask, no views)."""
         if self.output_dtype not in (np.uint8, np.int8):
             raise BundleError(f"the model's output is {self.output_dtype.name}, not a quantized probability")
-        return float(self.output_scale * (self.raw_output(gray) - self.output_zero))
+        return float(self.output_scale * (self.raw_output(model_input) - self.output_zero))
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """p_defect for each uint8 (N, H, W) image."""
-        return np.array([self.p_defect(img) for img in images], dtype=np.float64)
+    def p_defect(self, gray: np.ndarray, circle: Circle | None = None) -> float:
+        """p_defect of a crop under the bundle's input spec; `circle`: its rim, where already found."""
+        x = part_only_input(gray, self.spec, circle)
+        if self.spec.views == 1:
+            return self.model_p(x)
+        return mean_logit([self.model_p(v) for v in dihedral_views(x, self.spec.views)])
+
+    def predict(self, images: np.ndarray, circles: list[Circle] | None = None) -> np.ndarray:
+        """p_defect for each uint8 (N, H, W) crop (rims found here unless given)."""
+        if circles is None:
+            return np.array([self.p_defect(img) for img in images], dtype=np.float64)
+        return np.array([self.p_defect(img, c) for img, c in zip(images, circles, strict=True)], dtype=np.float64)
 
 
 def decide(p_defect: float, threshold: float) -> str:

@@ -31,7 +31,7 @@ from edge.dataset import (
     scan_labelled,
 )
 from edge.metrics import summarize
-from edge.model import Classifier, decide
+from edge.judge import Judge
 from edge.preprocess import ImageError, load_image
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class Result:
     p_defect: float | None
     decision: str | None
     error: str | None = None
+    reason: str | None = None  # "model" or "fault:<what>" (the guard: occluded, unfamiliar)
 
 
 @dataclass
@@ -83,21 +84,21 @@ class _Scorer:
         self.bundle = bundle
         self.threshold = threshold
         self._local = threading.local()
-        self.first = Classifier.from_bundle(bundle)  # fail fast, before any thread starts
+        self.first = Judge.from_bundle(bundle, threshold)  # fail fast, before any thread starts
 
-    def _clf(self) -> Classifier:
-        clf = getattr(self._local, "clf", None)
-        if clf is None:
-            clf = self._local.clf = Classifier.from_bundle(self.bundle)
-        return clf
+    def _judge(self) -> Judge:
+        judge = getattr(self._local, "judge", None)
+        if judge is None:
+            judge = self._local.judge = Judge.from_bundle(self.bundle, self.threshold)
+        return judge
 
     def score(self, chunk: list[Sample], keep: Callable[[Result], bool]) -> list[tuple[Result, np.ndarray | None]]:
-        clf = self._clf()
+        judge = self._judge()
         out = []
         for s in chunk:
             label = None if s.label is None else CLASS_NAMES[s.label]
             try:
-                img = load_image(s.path, clf.image_size)
+                img = load_image(s.path, judge.classifier.image_size)
             except ImageError as exc:
                 out.append((Result(str(s.path), label, None, None, str(exc)), None))
                 continue
@@ -105,8 +106,8 @@ class _Scorer:
                 log.exception("unexpected error decoding image", extra={"path": printable(str(s.path))})
                 out.append((Result(str(s.path), label, None, None, f"unexpected {type(exc).__name__}: {exc}"), None))
                 continue
-            p = clf.p_defect(img)
-            r = Result(str(s.path), label, p, decide(p, self.threshold))  # exact: metrics count what was decided
+            j = judge.judge(img)
+            r = Result(str(s.path), label, j.p_defect, j.decision, reason=j.reason)  # exact: what was decided
             out.append((r, img if keep(r) else None))
         return out
 
@@ -165,9 +166,15 @@ def summarize_run(results: list[Result], bundle: Bundle, threshold: float, folde
     if labelled:
         summary["outside_class_folders"] = outside  # image files not scored: no class folder
     with_label = [r for r in scored if r.label is not None]
+    faults: dict[str, int] = {}
+    for r in scored:
+        if r.reason and r.reason.startswith("fault:"):
+            faults[r.reason] = faults.get(r.reason, 0) + 1
+    summary["faults"] = faults
     if labelled and with_label:
         y = np.array([CLASS_NAMES.index(r.label) for r in with_label])
-        p = np.array([r.p_defect for r in with_label])
+        # what was decided: a guard fault is a reject whatever p_defect was
+        p = np.array([1.0 if r.decision == "reject" and r.reason != "model" else r.p_defect for r in with_label])
         summary["metrics"] = summarize(y, p, threshold)
     return summary
 
@@ -183,10 +190,10 @@ def write_csv(path: Path, run: ReplayRun) -> None:
     """
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["path", "label", "p_defect", "decision", "error"])
+        w.writerow(["path", "label", "p_defect", "decision", "error", "reason"])
         for r in run.results:
             w.writerow([printable(r.path), r.label or "", "" if r.p_defect is None else repr(r.p_defect),
-                        r.decision or "", printable(r.error or "")])
+                        r.decision or "", printable(r.error or ""), r.reason or ""])
         for k, v in run.summary.items():
             f.write(f"# {k}: {json.dumps(v)}\n")
 
@@ -215,6 +222,9 @@ def format_summary(run: ReplayRun) -> str:
             f"escape rate {_pct(m['escape_rate'])}   precision {_pct(m['precision'])}   F1 {_pct(m['f1'])}",
             f"  defects accepted (escapes): {fn}   good parts rejected: {fp}",
         ]
+    if s.get("faults"):
+        lines.append("  rejected by the guard (counted as rejects above): "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(s["faults"].items())))
     errs = [r for r in run.results if r.error]
     if errs:
         lines += ["", f"  {len(errs)} file(s) could not be inspected:"]

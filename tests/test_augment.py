@@ -95,13 +95,15 @@ def test_focus_axis_sharpens_and_blurs_each_image_on_the_same_geometry() -> None
 def test_augmentation_choice_auto_keeps_each_architectures_set_and_line_sharpen_is_opt_in() -> None:
     from pathlib import Path
 
-    from trainer.augment import LINE, LINE_SHARPEN
+    from trainer.augment import LINE, LINE_PART, LINE_SHARPEN
     from trainer.fit import FitOptions
 
     def pick(**kw: str) -> tuple[str, AugmentConfig]:
         return FitOptions(Path("d"), Path("o"), **kw).augment_config()
 
-    assert pick() == ("line", LINE) and LINE.sharpen == 0  # what the shipped model was trained with
+    # issue 17: the default is the line-condition recipe of a part-only model
+    assert pick() == ("line-part", LINE_PART) and LINE_PART.part_only and LINE_PART.interpolation == "bicubic"
+    assert pick(augment="line") == ("line", LINE) and LINE.sharpen == 0
     assert pick(arch="seed") == ("notebook", NOTEBOOK)
     assert pick(augment="line-sharpen") == ("line-sharpen", LINE_SHARPEN) and LINE_SHARPEN.sharpen == 1.5
 

@@ -29,6 +29,18 @@ class AugmentConfig:
     blur: float = 0.0  # largest weight of a mild Gaussian blur (focus drifting off)
     sharpen: float = 0.0  # largest unsharp-mask amount (a crisper lens or in-camera sharpening)
     interpolation: str = "bilinear"  # or "bicubic": resampling that keeps the part's crispness
+    # Line conditions (part_only recipes; all off for the older ones). They need each image's
+    # rim circle and backdrop grey (trainer.data passes them as `circles`).
+    backdrop: float = 0.0  # share of images whose backdrop is replaced by a random belt
+    backdrop_grey: tuple[float, float] = (50.0, 235.0)  # the new belt's grey level range
+    gain: tuple[float, float] = (1.0, 1.0)  # lighting gain on the part (after gamma)
+    gamma: tuple[float, float] = (1.0, 1.0)
+    motion_blur: float = 0.0  # longest motion-blur streak in pixels (any direction)
+    noise: float = 0.0  # largest sensor-noise sigma in grey levels
+    jpeg: float = 0.0  # share of images re-compressed as JPEG
+    jpeg_quality: tuple[int, int] = (60, 95)
+    part_only: bool = False  # mask beyond the (transformed) rim as edge.partview does
+    mask_jitter: float = 0.0  # relative error of the located rim radius the mask is drawn at
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -50,8 +62,16 @@ LINE_SHARPEN = replace(LINE, sharpen=1.5)
 # around it (median Laplacian variance of augmented good parts 125, 10th-90th 57-277).
 LINE_CRISP = replace(LINE, interpolation="bicubic", sharpen=0.5)
 
+# `line-crisp` for a part-only model under what line cameras do to a part: any belt behind
+# it (grey 50-235, plain, grainy or woven) inside the kept margin, lighting gain 0.7-1.35
+# and gamma 0.7-1.4 on the part, focus both ways, motion streaks up to 7 px, sensor noise,
+# JPEG quality 60-95, crop scale +-10% and offset +-6%, then the part-only mask drawn at the
+# rim as the edge would locate it (radius error up to 2%).
+LINE_PART = replace(LINE_CRISP, brightness=(1.0, 1.0), backdrop=0.8, gain=(0.7, 1.35), gamma=(0.7, 1.4),
+                    motion_blur=7.0, noise=4.0, jpeg=0.3, part_only=True, mask_jitter=0.02)
+
 AUGMENTATIONS: dict[str, AugmentConfig] = {"notebook": NOTEBOOK, "line": LINE, "line-sharpen": LINE_SHARPEN,
-                                           "line-crisp": LINE_CRISP}
+                                           "line-crisp": LINE_CRISP, "line-part": LINE_PART}
 
 
 def _transforms(cfg: AugmentConfig, n: tf.Tensor, h: int, w: int, seed: tf.Tensor) -> tf.Tensor:
@@ -203,19 +223,144 @@ def _warp(images: tf.Tensor, transforms: tf.Tensor, interpolation: str = "biline
     return _warp_xla(images, transforms) if _use_xla else _warp_reference(images, transforms)
 
 
-def augment(images: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
-    """uint8/float (B, H, W, 1) -> augmented float32 (B, H, W, 1) in 0..255."""
+def _grid(h: int, w: int) -> tuple[tf.Tensor, tf.Tensor]:
+    ys, xs = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij")
+    return xs[None], ys[None]
+
+
+def _new_backdrop(images: tf.Tensor, lit: tf.Tensor, circles: tf.Tensor, cfg: AugmentConfig,
+                  seed: tf.Tensor) -> tf.Tensor:
+    """Another belt behind the part: outside the rim, pixels near the old backdrop's grey are moved
+    to a new grey (keeping their fine texture) plus a random texture; pixels unlike the backdrop
+    (the rim's outline, flash, burrs: the part) keep the part's lighting (`lit`)."""
+    n = tf.shape(images)[0]
+    h, w = int(images.shape[1]), int(images.shape[2])
+    x = tf.cast(images, tf.float32)
+
+    def u(i: int, lo: float, hi: float, shape: list | None = None) -> tf.Tensor:
+        return tf.random.stateless_uniform(shape or [n, 1, 1, 1], seed=seed + i, minval=lo, maxval=hi)
+
+    xs, ys = _grid(h, w)
+    cx, cy, r, bg = (circles[:, i, None, None, None] for i in range(4))
+    outside = tf.sqrt((xs[..., None] - cx) ** 2 + (ys[..., None] - cy) ** 2) > r
+    like_backdrop = 1.0 - tf.clip_by_value(tf.abs(x - bg) / 30.0, 0.0, 1.0)
+    grey = u(21, *cfg.backdrop_grey)
+    # texture: grain (blurred noise), a woven pattern, a gradient; each with a random amplitude
+    grain = tf.nn.conv2d(tf.random.stateless_normal([n, h + 4, w + 4, 1], seed=seed + 22), _blur_kernel(),
+                         strides=1, padding="VALID") * u(23, 0.0, 40.0)
+    phi = u(24, 0.0, math.pi)
+    period = u(25, 4.0, 14.0)
+    a = (xs[..., None] * tf.cos(phi) + ys[..., None] * tf.sin(phi)) * (2 * math.pi) / period
+    b = (-xs[..., None] * tf.sin(phi) + ys[..., None] * tf.cos(phi)) * (2 * math.pi) / period
+    weave = tf.sin(a) * tf.sin(b) * u(26, 0.0, 25.0) * tf.cast(u(27, 0, 1) < 0.4, tf.float32)
+    gphi = u(28, 0.0, 2 * math.pi)
+    gradient = ((xs[..., None] - w / 2) * tf.cos(gphi) + (ys[..., None] - h / 2) * tf.sin(gphi)) / w * u(29, 0, 40)
+    belt = grey + (x - bg) + grain + weave + gradient
+    replaced = tf.where(outside, like_backdrop * belt + (1 - like_backdrop) * lit, lit)
+    chosen = u(30, 0, 1) < cfg.backdrop
+    return tf.clip_by_value(tf.where(chosen, replaced, lit), 0.0, 255.0)
+
+
+def _motion_blur(x: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
+    """A streak of random length (0..motion_blur px) and direction per image: one depthwise
+    convolution with the batch moved to channels, so each image gets its own kernel."""
+    n = tf.shape(x)[0]
+    k = 9  # kernel side: streaks up to 8 px
+    length = tf.random.stateless_uniform([n], seed=seed + 31, minval=0.0, maxval=min(cfg.motion_blur, k - 1))
+    angle = tf.random.stateless_uniform([n], seed=seed + 32, minval=0.0, maxval=math.pi)
+    t = tf.linspace(-0.5, 0.5, 17)  # samples along the streak
+    px = (k - 1) / 2 + t[None, :] * length[:, None] * tf.cos(angle)[:, None]
+    py = (k - 1) / 2 + t[None, :] * length[:, None] * tf.sin(angle)[:, None]
+    grid = tf.range(k, dtype=tf.float32)
+    wx = tf.nn.relu(1.0 - tf.abs(px[:, :, None] - grid[None, None, :]))  # (n, 17, k) bilinear splat
+    wy = tf.nn.relu(1.0 - tf.abs(py[:, :, None] - grid[None, None, :]))
+    kern = tf.einsum("nsi,nsj->nij", wy, wx)  # (n, k_y, k_x)
+    kern = kern / tf.reduce_sum(kern, axis=[1, 2], keepdims=True)
+    kern = tf.transpose(kern, [1, 2, 0])[:, :, :, None]  # (k, k, n, 1)
+    h, w = int(x.shape[1]), int(x.shape[2])
+    padded = tf.pad(x, [[0, 0], [k // 2, k // 2], [k // 2, k // 2], [0, 0]], "SYMMETRIC")
+    chans = tf.transpose(padded, [3, 1, 2, 0])  # (1, H+, W+, n)
+    out = tf.nn.depthwise_conv2d(chans, kern, strides=[1, 1, 1, 1], padding="VALID")
+    return tf.reshape(tf.transpose(out, [3, 1, 2, 0]), [n, h, w, 1])
+
+
+def _jpeg(x: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
+    """Re-compress a share of the images at a random quality (per image: TF has no batched JPEG)."""
+    n = tf.shape(x)[0]
+    chosen = tf.random.stateless_uniform([n], seed=seed + 41) < cfg.jpeg
+    quality = tf.random.stateless_uniform([n], seed=seed + 42, minval=cfg.jpeg_quality[0],
+                                          maxval=cfg.jpeg_quality[1] + 1, dtype=tf.int32)
+
+    def one(args: tuple[tf.Tensor, tf.Tensor, tf.Tensor]) -> tf.Tensor:
+        img, q, c = args
+        u8 = tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+        return tf.cond(c, lambda: tf.cast(tf.image.adjust_jpeg_quality(u8, q), tf.float32), lambda: img)
+
+    return tf.map_fn(one, (x, quality, chosen), fn_output_signature=tf.float32)
+
+
+def _part_mask(transforms: tf.Tensor, circles: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor, h: int,
+               w: int, margin: float) -> tf.Tensor:
+    """(B, H, W, 1) bool: output pixels whose source lies within the rim radius x (1 + margin),
+    the radius off by up to mask_jitter as the edge's rim finder may be (edge.partview)."""
+    n = tf.shape(transforms)[0]
+    xs, ys = _grid(h, w)
+
+    def col(t: tf.Tensor, i: int) -> tf.Tensor:
+        return tf.reshape(t[:, i], [n, 1, 1])
+
+    sx = col(transforms, 0) * xs + col(transforms, 1) * ys + col(transforms, 2)
+    sy = col(transforms, 3) * xs + col(transforms, 4) * ys + col(transforms, 5)
+    jitter = tf.random.stateless_uniform([n, 1, 1], seed=seed + 51, minval=-cfg.mask_jitter, maxval=cfg.mask_jitter)
+    radius = col(circles, 2) * (1 + margin) * (1 + jitter)
+    inside = tf.square(sx - col(circles, 0)) + tf.square(sy - col(circles, 1)) <= tf.square(radius)
+    return inside[..., None]
+
+
+def augment(images: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor, circles: tf.Tensor | None = None,
+            margin: float = 0.0, fill: float = 128.0) -> tf.Tensor:
+    """uint8/float (B, H, W, 1) -> augmented float32 (B, H, W, 1) in 0..255.
+
+    `circles` (B, 4): each image's rim (cx, cy, r) and backdrop grey, needed by the line
+    conditions and the part-only mask (`margin`, `fill`: the bundle's edge.partview spec).
+    """
     n = tf.shape(images)[0]
     h, w = int(images.shape[1]), int(images.shape[2])
     seed = tf.cast(seed, tf.int64)
-    x = _warp(images, _transforms(cfg, n, h, w, seed), cfg.interpolation)
+    needs_circles = cfg.backdrop > 0 or cfg.part_only
+    if needs_circles and circles is None:
+        raise ValueError("this augmentation needs each image's rim circle (circles=)")
+    x = tf.cast(images, tf.float32)
+    if cfg.gamma != (1.0, 1.0) or cfg.gain != (1.0, 1.0):
+        g = tf.random.stateless_uniform([n, 1, 1, 1], seed=seed + 11, minval=cfg.gamma[0], maxval=cfg.gamma[1])
+        k = tf.random.stateless_uniform([n, 1, 1, 1], seed=seed + 12, minval=cfg.gain[0], maxval=cfg.gain[1])
+        lit = tf.clip_by_value(255.0 * tf.pow(x / 255.0, g) * k, 0.0, 255.0)
+    else:
+        lit = x
+    if cfg.backdrop > 0:
+        circles = tf.cast(circles, tf.float32)
+        x = _new_backdrop(x, lit, circles, cfg, seed)
+    else:
+        x = lit
+    transforms = _transforms(cfg, n, h, w, seed)
+    x = _warp(x, transforms, cfg.interpolation)
     if cfg.blur > 0 or cfg.sharpen > 0:
         # One focus axis: a > 0 blends towards the blur, a < 0 is an unsharp mask.
         blurred = tf.nn.conv2d(tf.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]], "SYMMETRIC"),
                                _blur_kernel(), strides=1, padding="VALID")
         a = tf.random.stateless_uniform([n, 1, 1, 1], seed=seed + 9, minval=-cfg.sharpen, maxval=cfg.blur)
         x = x * (1 - a) + blurred * a
+    if cfg.motion_blur > 0:
+        x = _motion_blur(x, cfg, seed)
     lo, hi = cfg.brightness
     if (lo, hi) != (1.0, 1.0):
         x = x * tf.random.stateless_uniform([n, 1, 1, 1], seed=seed + 10, minval=lo, maxval=hi)
-    return tf.clip_by_value(x, 0.0, 255.0)
+    if cfg.noise > 0:
+        sigma = tf.random.stateless_uniform([n, 1, 1, 1], seed=seed + 13, minval=0.0, maxval=cfg.noise)
+        x = x + sigma * tf.random.stateless_normal(tf.shape(x), seed=seed + 14)
+    x = tf.clip_by_value(x, 0.0, 255.0)
+    if cfg.jpeg > 0:
+        x = _jpeg(x, cfg, seed)
+    if cfg.part_only:
+        x = tf.where(_part_mask(transforms, tf.cast(circles, tf.float32), cfg, seed, h, w, margin), x, fill)
+    return x

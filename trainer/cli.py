@@ -46,10 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--learning-rate", type=float, default=1e-3)
     f.add_argument("--threshold-policy", default="cost:20",
                    help="cost:R (a false accept costs R false rejects; default cost:20) or recall:X")
-    f.add_argument("--augment", choices=("auto", "notebook", "line", "line-sharpen", "line-crisp"), default="auto",
+    f.add_argument("--augment", choices=("auto", "notebook", "line", "line-sharpen", "line-crisp", "line-part"),
+                   default="auto",
                    help="augmentation set: notebook's, line (adds scale/blur), line-sharpen (line plus an "
-                        "unsharp mask up to 1.5) or line-crisp (line resampled bicubically, focus jittered both "
-                        "ways); auto picks notebook for --arch seed, else line")
+                        "unsharp mask up to 1.5), line-crisp (line resampled bicubically, focus jittered both "
+                        "ways) or line-part (line-crisp under line conditions, for a part-only model that sees "
+                        "nothing beyond the rim); auto picks notebook for --arch seed, else line-part")
+    f.add_argument("--init", type=Path, default=None, metavar="BUNDLE",
+                   help="start from this bundle's float weights (same --arch) instead of random ones")
+    f.add_argument("--views", default="auto", choices=("auto", "1", "2", "4", "8"),
+                   help="test-time rotations/flips averaged in logit space, the threshold chosen with them; "
+                        "auto (default): 1 or 8, whichever the line-condition rule prefers on validation")
+    f.add_argument("--second-camera", type=Path, default=None, metavar="DIR",
+                   help="labelled folder from another camera to report on (default: casting_512_dark beside "
+                        "--data, where it exists)")
     f.add_argument("--limit", type=int, default=None, help="use only the first N images per class and split")
     f.add_argument("--no-recalibrate-bn", dest="recalibrate_bn", action="store_false",
                    help="keep batch norm's moving averages from training instead of exact statistics")
@@ -163,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.threshold import PolicyError  # noqa: PLC0415
 
     data = args.data or default_data_root()
+    second = args.second_camera
+    if second is None and (data.parent / "casting_512_dark").is_dir():
+        second = data.parent / "casting_512_dark"
+    elif second is not None and not second.is_dir():
+        log.error(f"--second-camera {second}: not a folder")
+        return 2
     opts = FitOptions(
         data=data, out=args.out, arch=args.arch, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size, seed=args.seed, split_seed=args.split_seed,
@@ -170,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         learning_rate=args.learning_rate, threshold_policy=args.threshold_policy, augment=args.augment,
         resume=args.resume, force=args.force, limit=args.limit, max_int8_drop=args.max_int8_drop,
         recalibrate_bn=args.recalibrate_bn, swa_epochs=args.swa_epochs, swa_learning_rate=args.swa_learning_rate,
-        teachers=args.teachers, distill_weight=args.distill_weight,
+        teachers=args.teachers, distill_weight=args.distill_weight, init=args.init, views=0 if args.views == 'auto' else int(args.views),
+        second_camera=second,
         command=shlex.join(["edge-train", *argv]),
     )
     try:

@@ -14,15 +14,19 @@ from trainer.augment import AugmentConfig, augment
 
 
 def train_dataset(
-    images: np.ndarray, labels: np.ndarray, batch_size: int, cfg: AugmentConfig, seed: int, start_step: int = 0
+    images: np.ndarray, labels: np.ndarray, batch_size: int, cfg: AugmentConfig, seed: int, start_step: int = 0,
+    circles: np.ndarray | None = None, margin: float = 0.0, fill: float = 128.0,
 ) -> tf.data.Dataset:
     """Endless shuffled, augmented batches of (float32 (B, H, W, 1), float32 (B, 1)).
 
     Batch k is a function of (seed, k) alone. `start_step` starts the stream at batch k,
     so a run resumed after k steps trains on exactly the batches an uninterrupted run
     would have seen next, not on the first ones again. Only indices are skipped: cheap.
+    `circles` (N, 4): each image's rim and backdrop grey, for the line conditions and the
+    part-only mask (`margin`, `fill`).
     """
     x = tf.constant(images[..., None])
+    c = tf.constant(np.zeros((len(images), 4), np.float32) if circles is None else circles.astype(np.float32))
     y = tf.constant(labels.astype(np.float32)[:, None])
     n = len(images)
     idx = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
@@ -31,7 +35,8 @@ def train_dataset(
 
     def load(batch_idx: tf.Tensor, step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         s = tf.stack([tf.constant(seed, tf.int64), step * 16])
-        return augment(tf.gather(x, batch_idx), cfg, s), tf.gather(y, batch_idx)
+        batch_circles = tf.gather(c, batch_idx) if circles is not None else None
+        return augment(tf.gather(x, batch_idx), cfg, s, batch_circles, margin, fill), tf.gather(y, batch_idx)
 
     return tf.data.Dataset.zip((idx, steps)).map(load, num_parallel_calls=tf.data.AUTOTUNE,
                                                  deterministic=True).prefetch(tf.data.AUTOTUNE)

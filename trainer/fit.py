@@ -8,7 +8,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,18 @@ from edge.dataset import (
 from edge.drift import crop_stats
 from edge.metrics import summarize
 from edge.model import Classifier
+from edge.guard import Guard
+from edge.guard import calibrate as calibrate_guard
+from edge.judge import Judge, reject_scores
+from edge.partview import InputSpec, circles_and_backdrops, mask_outside
 from edge.perturb import FOCUS_CHANGES, PerturbConfig, perturb_all, refocus_all
 from edge.preprocess import IMAGE_SIZE
-from trainer import distill, report, resume
+from trainer import distill, lineval, report, resume
 from trainer.augment import AUGMENTATIONS, AugmentConfig
 from trainer.data import eval_dataset, train_dataset
 from trainer.export import ExportError, check_int8_accuracy, to_int8_tflite
 from trainer.models import ARCHITECTURES
-from trainer.threshold import choose, evidence, parse_policy
+from trainer.threshold import evidence, parse_policy
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +76,10 @@ class FitOptions:
     val_fraction: float = 0.2
     learning_rate: float = 1e-3
     threshold_policy: str = "cost:20"
-    augment: str = "auto"  # auto | notebook | line | line-sharpen | line-crisp
+    augment: str = "auto"  # auto | notebook | line | line-sharpen | line-crisp | line-part
+    init: Path | None = None  # bundle whose float weights start the training (same --arch)
+    views: int = 0  # test-time rotations/flips averaged in logit space; 0: 1 or 8 by the line rule (lineval)
+    second_camera: Path | None = None  # labelled folder of another camera, reported (e.g. casting_512_dark)
     resume: bool = False
     force: bool = False
     limit: int | None = None  # first N images per class and split: quick runs and CI
@@ -88,7 +95,7 @@ class FitOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def augment_config(self) -> tuple[str, AugmentConfig]:
-        name = self.augment if self.augment != "auto" else ("notebook" if self.arch == "seed" else "line")
+        name = self.augment if self.augment != "auto" else ("notebook" if self.arch == "seed" else "line-part")
         return name, AUGMENTATIONS[name]
 
 
@@ -281,16 +288,26 @@ def _learning_rate(opts: FitOptions) -> float | keras.optimizers.schedules.Learn
 
 def train(opts: FitOptions, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndarray,
           val_y: np.ndarray, aug: AugmentConfig,
-          teachers: list[distill.Teacher] | None = None) -> tuple[keras.Model, list[dict[str, float]]]:
+          teachers: list[distill.Teacher] | None = None, fit_inputs: np.ndarray | None = None,
+          fit_circles: np.ndarray | None = None,
+          spec: InputSpec | None = None) -> tuple[keras.Model, list[dict[str, float]]]:
     """Fit the model (continuing the checkpoints on --resume); returns the chosen weights and
-    the per-epoch history. Writes checkpoints/ and history.csv, no product of the run."""
+    the per-epoch history. Writes checkpoints/ and history.csv, no product of the run.
+
+    `fit_x` are the raw fit images (augmented per step), `fit_inputs` the same as the model
+    sees them un-augmented (masked for a part-only spec), `val_x` validation model inputs."""
+    spec = spec or InputSpec()
+    fit_inputs = fit_x if fit_inputs is None else fit_inputs
     out, ckpt = opts.out, opts.out / "checkpoints"
     keras.utils.set_random_seed(opts.seed)
     strategy = _strategy()
     with strategy.scope():
         model = ARCHITECTURES[opts.arch](IMAGE_SIZE)
+        if opts.init is not None:
+            model.set_weights(keras.models.load_model(Path(opts.init) / FLOAT_MODEL, compile=False).get_weights())
         _compile(model, _learning_rate(opts))
-    log.info("model built", extra={"arch": opts.arch, "params": model.count_params()})
+    log.info("model built", extra={"arch": opts.arch, "params": model.count_params(),
+                                   "init": str(opts.init) if opts.init else "random"})
     callbacks = [
         StopOnNonFinite("epoch", "--learning-rate", opts.learning_rate),  # first: before anything is saved
         keras.callbacks.BackupAndRestore(str(ckpt / resume.BACKUP), delete_checkpoint=False),
@@ -305,7 +322,8 @@ def train(opts: FitOptions, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndar
 
     def stream(epoch: int) -> tf.data.Dataset:
         """The batches from the start of `epoch` (0-based) on, as an uninterrupted run sees them."""
-        data = train_dataset(fit_x, fit_y, opts.batch_size, aug, opts.seed, start_step=epoch * opts.steps_per_epoch)
+        data = train_dataset(fit_x, fit_y, opts.batch_size, aug, opts.seed, start_step=epoch * opts.steps_per_epoch,
+                             circles=fit_circles, margin=spec.margin, fill=float(spec.fill))
         return distill.soften(data, teachers, opts.distill_weight) if teachers else data
 
     # BackupAndRestore restores the weights and the epoch count, not the input pipeline's
@@ -323,7 +341,7 @@ def train(opts: FitOptions, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndar
         with strategy.scope():
             candidates["weight_average"] = swa_phase(opts, model, stream(opts.epochs), val_data)
     has_bn = any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
-    best = _choose_weights(opts, candidates, fit_x, val_data, recalibrate=opts.recalibrate_bn and has_bn)
+    best = _choose_weights(opts, candidates, fit_inputs, val_data, recalibrate=opts.recalibrate_bn and has_bn)
     return best, report.read_history(out / "history.csv")
 
 
@@ -482,6 +500,33 @@ def _brief(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: summary[k] for k in ("n", "accuracy", "false_accepts", "false_rejects", "confusion")}
 
 
+def _init_identity(opts: FitOptions) -> dict[str, str] | None:
+    """The --init bundle's float model (path, sha256), checked before anything is written."""
+    if opts.init is None:
+        return None
+    path = Path(opts.init) / FLOAT_MODEL
+    if not path.is_file():
+        raise OutputError(f"--init {opts.init}: no {FLOAT_MODEL} there (a bundle made by edge-train fit)")
+    return {"path": str(opts.init), "float_model_sha256": bundle_fmt.sha256_file(path)}
+
+
+def _rims(train_images: np.ndarray, test_images: np.ndarray, aug: AugmentConfig) -> dict[str, Any]:
+    """Each image's rim circle (edge.partview, as the edge finds it) where the recipe needs it."""
+    if not (aug.part_only or aug.backdrop > 0):
+        return {}
+    t = time.perf_counter()
+    train_rims, train_table = circles_and_backdrops(train_images)
+    test_rims, _ = circles_and_backdrops(test_images)
+    missed = sum(not c.found for c in train_rims) + sum(not c.found for c in test_rims)
+    log.info("rims located", extra={"images": len(train_rims) + len(test_rims), "fallback_to_framing": missed,
+                                    "s": round(time.perf_counter() - t, 1)})
+    return {"train": train_rims, "train_table": train_table, "test": test_rims, "fallbacks": missed}
+
+
+def _masked(images: np.ndarray, rims: list[Any], spec: InputSpec) -> np.ndarray:
+    return np.stack([mask_outside(img, c, spec.margin, spec.fill) for img, c in zip(images, rims, strict=True)])
+
+
 def run(opts: FitOptions) -> dict[str, Any]:
     """The whole fit; returns the metrics dict. Raises DatasetError/OutputError/PolicyError/ResumeMismatch
     (before --out is touched), TrainingError (training diverged) or ExportError (int8 gate failed)."""
@@ -493,10 +538,11 @@ def run(opts: FitOptions) -> dict[str, Any]:
         if not (opts.data / split).is_dir():
             raise DatasetError(f"{opts.data / split}: missing (expected {opts.data}/train and {opts.data}/test)")
     teacher_ids = distill.identities(opts.teachers, opts.out)  # before the output folder is touched
+    init_id = _init_identity(opts)
     check_output(opts)
     ckpt = opts.out / "checkpoints"
     # what the checkpoints are trained with
-    as_run = _jsonable({**asdict(opts), "augment": aug_name, "teachers": teacher_ids})
+    as_run = _jsonable({**asdict(opts), "augment": aug_name, "teachers": teacher_ids, "init": init_id})
     if opts.resume:
         resume.check_options(ckpt, as_run)
         done = resume.completed_epochs(ckpt)
@@ -529,6 +575,13 @@ def run(opts: FitOptions) -> dict[str, Any]:
                 "images (a larger --limit) or another --val-fraction")
     fit_x, fit_y = train_set.images[fit_idx], train_set.labels[fit_idx]
     val_x, val_y = train_set.images[val_idx], train_set.labels[val_idx]
+    spec = InputSpec(part_only=aug.part_only, views=opts.views)
+    rims = _rims(train_set.images, test_set.images, aug)
+    fit_inputs, val_inputs, test_inputs = fit_x, val_x, test_set.images
+    if spec.part_only:
+        fit_inputs = _masked(fit_x, [rims["train"][i] for i in fit_idx], spec)
+        val_inputs = _masked(val_x, [rims["train"][i] for i in val_idx], spec)
+        test_inputs = _masked(test_set.images, rims["test"], spec)
     val_paths = {train_set.paths[i] for i in val_idx}
     val_fingerprint = fingerprint([s for s in train_samples if s.path in val_paths], opts.data, digests)
     teachers = distill.load(opts.teachers, IMAGE_SIZE, train_fingerprint, val_fingerprint,
@@ -540,7 +593,8 @@ def run(opts: FitOptions) -> dict[str, Any]:
     resume.record(ckpt, as_run, train_fingerprint)
     (opts.out / "skipped.txt").write_text("".join(f"{p}\t{why}\n" for p, why in skipped))
 
-    model, history = train(opts, fit_x, fit_y, val_x, val_y, aug, teachers)
+    model, history = train(opts, fit_x, fit_y, val_inputs, val_y, aug, teachers, fit_inputs,
+                           rims["train_table"][fit_idx] if rims else None, spec)
     # From here on this run's model replaces whatever a resumed run had produced before: a
     # bundle left beside this run's metrics, or a failed gate's, would describe another model.
     removed = _remove(opts.out, PRODUCTS)
@@ -550,24 +604,39 @@ def run(opts: FitOptions) -> dict[str, Any]:
     plain = ARCHITECTURES[opts.arch](IMAGE_SIZE)
     plain.set_weights(model.get_weights())
     plain.save(opts.out / FLOAT_MODEL)
-    float_val = model.predict(eval_dataset(val_x, None, opts.batch_size), verbose=0).ravel()
-    float_test = model.predict(eval_dataset(test_set.images, None, opts.batch_size), verbose=0).ravel()
+    float_val = model.predict(eval_dataset(val_inputs, None, opts.batch_size), verbose=0).ravel()
+    float_test = model.predict(eval_dataset(test_inputs, None, opts.batch_size), verbose=0).ravel()
     if not (np.isfinite(float_val).all() and np.isfinite(float_test).all()):
         raise TrainingError("the trained model outputs non-finite probabilities (training diverged); "
                             f"try a lower --learning-rate (now {opts.learning_rate:g}). No bundle written")
 
     rng = np.random.default_rng(opts.seed)
-    cal = fit_x[rng.choice(len(fit_x), size=min(opts.calibration_images, len(fit_x)), replace=False)]
+    cal = fit_inputs[rng.choice(len(fit_x), size=min(opts.calibration_images, len(fit_x)), replace=False)]
     tflite = to_int8_tflite(model, cal)
-    clf = Classifier(tflite, num_threads=os.cpu_count() or 1)
-    int8_val = clf.predict(val_x)
-    int8_test = clf.predict(test_set.images)
-    threshold = choose(val_y, int8_val, policy)
+    val_rims = [rims["train"][i] for i in val_idx] if rims else None
+    test_rims = rims["test"] if rims else None
+    # The guard's limits come from the clean fit images, as the edge will see them (rims found there).
+    guard_limits = calibrate_guard(fit_x, [rims["train"][i] for i in fit_idx])[0] if rims else None
+    guard = Guard(guard_limits) if guard_limits is not None else None
+    rule = lineval.choose_views_and_threshold(tflite, spec, guard, val_x, val_y, val_rims, policy,
+                                              opts.views or None, test_set.images[0])
+    spec = replace(spec, views=rule["views"])
+    threshold = rule["threshold"]
+    clf = Classifier(tflite, num_threads=os.cpu_count() or 1, spec=spec)
+    judge = Judge(clf, threshold, guard)
+    int8_val = reject_scores(judge.judge_all(val_x, val_rims))  # what is decided: a guard fault scores 1
+    int8_test = reject_scores(judge.judge_all(test_set.images, test_rims))
+    int8_model_test = Classifier(tflite, num_threads=os.cpu_count() or 1,
+                                 spec=replace(spec, views=1)).predict(test_set.images, test_rims)
     val_names = [f"{train_set.paths[i].parent.name}/{train_set.paths[i].name}" for i in val_idx]
     threshold_evidence = evidence(val_y, int8_val, val_names, threshold)
-    log.info("operating threshold chosen on validation", extra={
-        "policy": str(policy), "threshold": threshold,
+    log.info("operating threshold and views chosen on line-condition validation", extra={
+        "policy": str(policy), "threshold": threshold, "views": spec.views,
+        "summed_validation_cost": rule["candidates"][str(spec.views)]["summed_cost"],
         "lowest_validation_defect": (threshold_evidence["lowest_defects"] or [None])[0]})
+    line_test = lineval.test_figures(Judge(Classifier(tflite, num_threads=1, spec=spec), threshold, guard),
+                                     test_set.images, test_set.labels, test_rims,
+                                     policy.value if policy.kind == "cost" else 20.0, opts.second_camera)
 
     perturb_cfg = PerturbConfig()
     perturbed = perturb_all(test_set.images, opts.robustness_seed, perturb_cfg)
@@ -585,6 +654,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
                        "int8": summarize(val_y, int8_val, threshold)},
         "test_all": {"float": summarize(y, float_test, threshold),
                      "int8": summarize(y, int8_test, threshold),
+                     "int8_model_only": summarize(y, int8_model_test, threshold),
                      "float_at_0.5": summarize(y, float_test, 0.5)},
         "test_unique": {"float": summarize(y[unique], float_test[unique], threshold),
                         "int8": summarize(y[unique], int8_test[unique], threshold)},
@@ -599,6 +669,10 @@ def run(opts: FitOptions) -> dict[str, Any]:
                        "int8": summarize(y, int8_perturbed, threshold)},
         "focus": focus,
         "int8_latency_ms_1_thread": _int8_latency_ms(tflite, test_set.images[0]),
+        "judge_latency_ms_1_thread": rule["candidates"][str(spec.views)]["latency_ms_1_thread"],
+        "line_rule": rule,
+        "line_test": line_test,
+        "rim_fallbacks": rims.get("fallbacks") if rims else None,
         "params": model.count_params(),
         "skipped_files": [[str(p), why] for p, why in skipped],
         "train_seconds": round(time.perf_counter() - t_start, 1),
@@ -606,7 +680,9 @@ def run(opts: FitOptions) -> dict[str, Any]:
     (opts.out / "metrics.json").write_text(_json_text(metrics, "metrics.json"))
 
     try:
-        check_int8_accuracy(metrics["test_all"]["float"]["accuracy"], metrics["test_all"]["int8"]["accuracy"],
+        # quantisation alone: the float model against the int8 one on the same single view, no guard
+        check_int8_accuracy(metrics["test_all"]["float"]["accuracy"],
+                            metrics["test_all"]["int8_model_only"]["accuracy"],
                             opts.max_int8_drop)
     except ExportError as exc:
         (opts.out / "rejected.tflite").write_bytes(tflite)
@@ -621,7 +697,11 @@ def run(opts: FitOptions) -> dict[str, Any]:
         "threshold_policy": str(policy),
         "decision_rule": "reject when p_defect >= threshold",
         "input": {"dtype": str(clf.input_dtype), "scale": clf.input_scale, "zero_point": clf.input_zero,
-                  "meaning": "raw grayscale pixels 0..255"},
+                  "meaning": "raw grayscale pixels 0..255",
+                  **({"part_only": spec.to_meta()} if spec.part_only else {})},
+        "views": spec.views,
+        "line_rule": {"views": rule["views"], "threshold": threshold, "rule": rule["rule"],
+                      "summed_validation_cost": rule["candidates"][str(spec.views)]["summed_cost"]},
         "output": {"dtype": str(clf.output_dtype), "scale": clf.output_scale, "zero_point": clf.output_zero,
                    "meaning": "p_defect = scale * (q - zero_point)"},
         "architecture": opts.arch,
@@ -645,7 +725,9 @@ def run(opts: FitOptions) -> dict[str, Any]:
         },
         "image_stats": image_stats(fit_x),
         "metrics": {k: metrics[k] for k in ("test_all", "test_unique", "validation", "int8_vs_float",
-                                            "robustness", "focus", "int8_latency_ms_1_thread")},
+                                            "robustness", "focus", "int8_latency_ms_1_thread",
+                                            "judge_latency_ms_1_thread")},
+        **({"guard": guard_limits.to_meta()} if guard_limits is not None else {}),
     }
     _json_text(meta, "model.json")  # a non-finite number here means a diverged model: TrainingError, exit 1
     written = bundle_fmt.write(opts.out, tflite, meta)

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from edge.dataset import CLASS_NAMES, LoadedImages  # noqa: E402
+from edge.partview import circles_and_backdrops  # noqa: E402
 
 if TYPE_CHECKING:
     from trainer.augment import AugmentConfig
@@ -162,7 +163,11 @@ def write(out: Path, meta: dict[str, Any], metrics: dict[str, Any], history: lis
     }
     class_proportions(figs / "class_proportions.png", counts)
     pick = np.random.default_rng(opts.seed).choice(len(fit_x), size=min(16, len(fit_x)), replace=False)
-    augmented = augment(fit_x[pick][..., None], aug, np.array([opts.seed, 0])).numpy()[..., 0]
+    shown = fit_x[pick]
+    circles = circles_and_backdrops(shown)[1] if (aug.part_only or aug.backdrop > 0) else None
+    po = (meta.get("input") or {}).get("part_only") or {}
+    augmented = augment(shown[..., None], aug, np.array([opts.seed, 0]), circles, po.get("margin", 0.0),
+                        float(po.get("fill", 128))).numpy()[..., 0]
     image_grid(figs / "augmented_batch.png", augmented.astype(np.uint8),
                [CLASS_NAMES[int(c)] for c in fit_y[pick]], "Augmented training images")
     training_curves(figs / "training_curves.png", history)

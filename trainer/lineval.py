@@ -1,0 +1,108 @@
+"""The threshold and view rule on line-condition validation, and the figures that show it.
+
+The rule (docs/training.md, "Line-condition rule"), fixed before the run it judges:
+- line-condition validation sets: the plain validation images and each condition of
+  edge.conditions.LINE_CONDITIONS applied to them (seed 0);
+- the threshold minimises the policy's cost summed over all those sets (for cost:R,
+  R x escapes + good parts rejected, counted over the union);
+- test-time views: 1 and 8 are both tried (unless --views fixes one); the one with the
+  lower summed validation cost at its own threshold wins, ties go to fewer views, and a
+  view count whose single-thread latency with the guard exceeds the budget is not taken.
+Test never chooses anything here; it is only reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge import evaluate
+from edge.dataset import CLASS_NAMES, list_labelled, load_samples
+from edge.guard import Guard
+from edge.judge import Judge
+from edge.model import Classifier
+from edge.partview import Circle, InputSpec
+from trainer.threshold import Policy, choose
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUDGET_MS = 3.0  # per part on one core, every view and the guard included
+VIEW_CANDIDATES = (1, 8)
+
+
+def judge_latency_ms(judge: Judge, image: np.ndarray, repeats: int = 60) -> float:
+    """Median single-part time of the whole verdict: rim, guard, mask, every view."""
+    for _ in range(5):
+        judge.judge(image)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        judge.judge(image)
+        times.append(time.perf_counter() - t)
+    return round(float(np.median(times)) * 1000, 3)
+
+
+def choose_views_and_threshold(tflite: bytes, spec: InputSpec, guard: Guard | None, val_x: np.ndarray,
+                               val_y: np.ndarray, val_rims: list[Circle] | None, policy: Policy,
+                               views: int | None, latency_image: np.ndarray) -> dict[str, Any]:
+    """Apply the rule; returns the chosen views and threshold with every candidate's figures."""
+    ratio = policy.value if policy.kind == "cost" else 20.0
+    candidates = (views,) if views else VIEW_CANDIDATES
+    tried: dict[int, dict[str, Any]] = {}
+    for v in candidates:
+        t0 = time.perf_counter()
+        judge = Judge(Classifier(tflite, num_threads=1, spec=replace(spec, views=v)), 0.5, guard)
+        sets = evaluate.line_sets(judge, val_x, val_y, 0, val_rims)
+        labels = np.concatenate([s.labels for s in sets])
+        scores = np.concatenate([s.scores for s in sets])
+        threshold = choose(labels, scores, policy)
+        summary = evaluate.summarise_sets(sets, threshold, ratio)
+        latency = judge_latency_ms(judge, latency_image)
+        tried[v] = {"threshold": threshold, "latency_ms_1_thread": latency, **summary,
+                    "within_budget": latency <= LATENCY_BUDGET_MS}
+        log.info("line-condition validation", extra={"views": v, "threshold": threshold,
+                                                     "summed_cost": summary["summed_cost"],
+                                                     "escapes": summary["escapes_total"], "latency_ms": latency,
+                                                     "s": round(time.perf_counter() - t0, 1)})
+    eligible = [v for v in candidates if tried[v]["within_budget"]] or [min(candidates)]
+    chosen = min(eligible, key=lambda v: (tried[v]["summed_cost"], v))
+    return {"rule": "min summed line-validation cost; ties to fewer views; latency budget "
+                    f"{LATENCY_BUDGET_MS} ms", "views": chosen, "threshold": tried[chosen]["threshold"],
+            "candidates": {str(k): v for k, v in tried.items()}}
+
+
+def second_camera(judge: Judge, folder: Path | None) -> dict[str, Any] | None:
+    """Every image of a labelled folder from another camera (e.g. casting_512_dark), resized as the
+    edge's preprocessing does, judged at the bundle's threshold."""
+    if folder is None or not folder.is_dir():
+        return None
+    samples = list_labelled(folder)
+    loaded = load_samples(samples)
+    if not len(loaded.paths):
+        return None
+    js = judge.judge_all(loaded.images)
+    out = evaluate.plain_summary(js, loaded.labels, judge.threshold)
+    faults: dict[str, int] = {}
+    for j in js:
+        if j.fault:
+            faults[j.fault] = faults.get(j.fault, 0) + 1
+    return {"folder": str(folder), "images": len(loaded.paths), "skipped": len(loaded.skipped),
+            "classes": {c: int((loaded.labels == i).sum()) for i, c in enumerate(CLASS_NAMES)},
+            "faults": faults, "summary": out}
+
+
+def test_figures(judge: Judge, test_x: np.ndarray, test_y: np.ndarray, test_rims: list[Circle] | None,
+                 ratio: float, second: Path | None) -> dict[str, Any]:
+    """What test shows under the chosen rule (reported, never used to choose)."""
+    sets = evaluate.line_sets(judge, test_x, test_y, 0, test_rims)
+    spread = evaluate.backdrop_spread(judge, test_x, test_y)
+    spread.pop("spread_per_part")
+    return {"line_conditions": evaluate.summarise_sets(sets, judge.threshold, ratio),
+            "backdrops": spread,
+            "guard": evaluate.guard_figures(judge, test_x) if judge.guard is not None else None,
+            "second_camera": second_camera(judge, second)}
