@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, metavar="FILE", help="write per-image results as CSV")
     p.add_argument("--report", type=Path, metavar="DIR",
                    help="write confusion-matrix and misclassified-images PNGs to DIR")
+    p.add_argument("--conditions", action="store_true",
+                   help="labelled folders: also judge every image under each line condition, on other belts "
+                        "and covered (guard), and print the table")
     p.add_argument("--workers", type=int, default=None, help="inference threads (default: one per core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -142,6 +145,18 @@ def run_replay(args: argparse.Namespace) -> int:
         log.error(f"{args.replay}: no image files found")
         return 2
     print(replay.format_summary(run))
+    if args.conditions:
+        from edge import condition_report  # noqa: PLC0415
+
+        if not run.summary["labelled"]:
+            log.error(f"--conditions: {args.replay} is not a labelled folder (def_front/ok_front or defect/ok)")
+            return 2
+        try:
+            run.summary["conditions"] = condition_report.run(args.replay, bundle, args.threshold)
+        except DatasetError as exc:
+            log.error(str(exc))
+            return 2
+        print(condition_report.format_text(run.summary["conditions"]))
     try:
         if args.json:
             replay.write_json(args.json, run)

@@ -280,13 +280,15 @@ def _belt_with(*parts: tuple[bool, float, float], n: int = 30, seed: int = 0) ->
     return [camera_fx(scene, noise=rng.normal(0, 1.5, scene.shape).astype(np.float32)) for _ in range(n)]
 
 
-def _one_trigger(mosquitto: Mosquitto, tmp_path: Path, frames: list[np.ndarray],
+def _one_trigger(mosquitto: Mosquitto, tmp_path: Path, frames: list[np.ndarray], model_bundle: str | None = None,
                  **inspect: object) -> tuple[dict, str]:
     """The decision for one trigger on a looping still scene, and the daemon's output."""
     prefix = f"test/{tmp_path.name[-10:]}/cam1"
     t = Topics(prefix)
+    model = {"model": {"bundle": model_bundle}} if model_bundle else {}
     cfg = write_config(tmp_path, mosquitto.port, prefix, video(tmp_path / "scene.avi", frames),
-                       camera={"loop": True}, inspect={"mode": "trigger", "trigger_wait_s": 0.5, **inspect})
+                       camera={"loop": True}, inspect={"mode": "trigger", "trigger_wait_s": 0.5, **inspect},
+                       **model)
     sub = Collector(mosquitto.port, [t.decision, t.status])
     try:
         with DaemonProcess(cfg) as proc:
@@ -350,3 +352,41 @@ def test_a_part_never_fully_in_view_is_rejected_as_a_fault_in_belt_order(mosquit
     assert proc.returncode == 0, out[-2000:]
     assert [(d["decision"], d["reason"]) for d in got] == [("accept", "model"), ("reject", "fault:not_in_full_view")]
     assert got[0]["seq"] < got[1]["seq"] and "without ever being fully in view" in out
+
+
+def _guarded_bundle(tmp_path: Path) -> Path:
+    """The shipped model with a guard calibrated on drawn parts (the scenes below are drawn too)."""
+    from edge.guard import calibrate
+    from edge.partview import rim_circle
+
+    dest = tmp_path / "guarded"
+    shutil.copytree(BUNDLE, dest, ignore=shutil.ignore_patterns("checkpoints", "figures", "model.keras"))
+    parts = np.stack([synthetic_part(i, defect=i % 3 == 0) for i in range(40)])
+    limits, _ = calibrate(parts, [rim_circle(p) for p in parts])
+    meta = json.loads((dest / "model.json").read_text())
+    meta["guard"] = limits.to_meta()
+    (dest / "model.json").write_text(json.dumps(meta))
+    return dest
+
+
+@pytest.mark.parametrize("kind", ["hand", "tool"])
+def test_a_covered_part_is_a_guard_fault_never_a_verdict(mosquitto: Mosquitto, tmp_path: Path,  # noqa: F811
+                                                         kind: str) -> None:
+    from edge.occlude import cover
+
+    bundle = _guarded_bundle(tmp_path)
+    good = synthetic_part(1)
+    covered, share = cover(good, 0.4, kind, seed=3)
+    assert share >= 1 / 3
+
+    def scene(part: np.ndarray) -> list[np.ndarray]:
+        s = place_part(belt(level=DATASET_BACKDROP_LEVEL), part, 640, 360, 300, 0, context=1.2)
+        rng = np.random.default_rng(0)
+        return [camera_fx(s, noise=rng.normal(0, 1.5, s.shape).astype(np.float32)) for _ in range(30)]
+
+    (tmp_path / "clean").mkdir()
+    clean, _ = _one_trigger(mosquitto, tmp_path / "clean", scene(good), model_bundle=str(bundle))
+    assert clean["reason"] == "model", clean  # the control: the whole part gets the model's verdict
+    got, out = _one_trigger(mosquitto, tmp_path, scene(covered), model_bundle=str(bundle))
+    assert got["decision"] == "reject" and got["reason"] in ("fault:occluded", "fault:unfamiliar"), got
+    assert "guard: the model may not judge this part" in out, out[-2000:]

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--refocus", default=None,
                    help="score every validation image blurred or sharpened alike, e.g. sharpen_0.5")
     c.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    c.add_argument("--line-rule", action="store_true",
+                   help="instead: both bundles under the line-condition rule (docs/training.md), each with its "
+                        "threshold chosen again over plain + 14 line-condition validation sets")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -100,7 +103,7 @@ def compare_main(args: argparse.Namespace) -> int:
     """`edge-train compare`: needs no TensorFlow."""
     from edge.bundle import BundleError  # noqa: PLC0415
     from edge.dataset import DatasetError  # noqa: PLC0415
-    from trainer.compare import CompareError, compare, render  # noqa: PLC0415
+    from trainer.compare import CompareError, compare, line_rule, render, render_line_rule  # noqa: PLC0415
     from trainer.threshold import PolicyError  # noqa: PLC0415
 
     if args.resamples < 1 or not (math.isfinite(args.cost_ratio) and args.cost_ratio > 0):
@@ -112,12 +115,15 @@ def compare_main(args: argparse.Namespace) -> int:
                   "comparison runs)")
         return 2
     try:
-        result = compare(args.champion, args.challenger, args.data or default_data_root(), args.cost_ratio,
-                         args.resamples, args.seed, args.refocus)
+        if args.line_rule:
+            result = line_rule(args.champion, args.challenger, args.data or default_data_root(), args.cost_ratio)
+        else:
+            result = compare(args.champion, args.challenger, args.data or default_data_root(), args.cost_ratio,
+                             args.resamples, args.seed, args.refocus)
     except (BundleError, DatasetError, CompareError, PolicyError) as exc:
         log.error(str(exc))
         return 2
-    print(render(result))  # noqa: T201 - the command's output
+    print(render_line_rule(result) if args.line_rule else render(result))  # noqa: T201 - the command's output
     if args.json:
         try:
             args.json.write_text(json.dumps(result, indent=2) + "\n")

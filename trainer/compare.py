@@ -19,7 +19,7 @@ import numpy as np
 
 from edge import bundle as bundle_fmt
 from edge.dataset import file_digests, fingerprint, first_per_class, list_labelled, load_samples, stratified_split
-from edge.model import Classifier
+from edge.judge import Judge, reject_scores
 from edge.perturb import FOCUS_CHANGES, refocus_all
 from trainer.threshold import Policy, choose, parse_policy
 
@@ -133,9 +133,9 @@ def compare(champion: Path, challenger: Path, data: Path, ratio: float = 20.0, r
                               "cost_ratio": ratio, "models": {}}
     clean, measured, policies = [], [], []
     for role, b in zip(("champion", "challenger"), bundles):
-        clf = Classifier.from_bundle(b)
-        p_clean = clf.predict(val.images)
-        p = clf.predict(images) if refocus else p_clean
+        judge = Judge.from_bundle(b)  # as the edge decides: rim, guard, part-only mask, views
+        p_clean = reject_scores(judge.judge_all(val.images))
+        p = reject_scores(judge.judge_all(images)) if refocus else p_clean
         policy = parse_policy(b.meta.get("threshold_policy", "cost:20"))
         c, fa, fr = cost(val.labels, p, b.threshold, ratio)
         lowest = np.sort(p[val.labels == 1])[:3]
@@ -173,4 +173,43 @@ def render(result: dict[str, Any]) -> str:
                  f"[{oob['b']['p5']:.3g}-{oob['b']['p95']:.3g}], escapes in {100 * oob['b_escape_rate']:.1f}%; the "
                  f"challenger costs less in {100 * oob['b_lower']:.1f}%, the same in {100 * oob['tie']:.1f}%, "
                  f"more in {100 * oob['b_higher']:.1f}%.")
+    return "\n".join(lines)
+
+
+def line_rule(champion: Path, challenger: Path, data: Path, ratio: float = 20.0) -> dict[str, Any]:
+    """Both bundles under the line-condition rule (trainer.lineval): each judged as the edge would,
+    its threshold chosen again by cost:R over the plain and line-condition validation sets, the
+    summed cost compared. The rule's step 4 for replacing a shipped model."""
+    from edge import evaluate  # noqa: PLC0415
+
+    bundles = [bundle_fmt.load(champion), bundle_fmt.load(challenger)]
+    val = validation_of(bundles, data)
+    out: dict[str, Any] = {"validation": {"images": len(val.labels), "defects": int(val.labels.sum()),
+                                          "fingerprint": val.fingerprint}, "cost_ratio": ratio, "models": {}}
+    for role, b in zip(("champion", "challenger"), bundles):
+        judge = Judge.from_bundle(b)
+        sets = evaluate.line_sets(judge, val.images, val.labels)
+        labels = np.concatenate([x.labels for x in sets])
+        scores = np.concatenate([x.scores for x in sets])
+        t = choose(labels, scores, Policy("cost", ratio))
+        summary = evaluate.summarise_sets(sets, t, ratio)
+        out["models"][role] = {"bundle": str(b.path), "threshold_by_rule": t, "bundle_threshold": b.threshold,
+                               **summary}
+    a, c = (out["models"][k]["summed_cost"] for k in ("champion", "challenger"))
+    out["verdict"] = "challenger replaces champion" if c < a else "champion stays"
+    return out
+
+
+def render_line_rule(result: dict[str, Any]) -> str:
+    v = result["validation"]
+    lines = [f"line-condition rule on validation: {v['images']} images ({v['defects']} defects) x 15 sets "
+             f"(plain + 14 conditions), cost = {result['cost_ratio']:g} x escapes + good rejected"]
+    for role in ("champion", "challenger"):
+        m = result["models"][role]
+        worst = max(m["sets"].items(), key=lambda kv: kv[1]["cost"])
+        lines.append(f"{role:10s} {m['bundle']}: threshold by rule {m['threshold_by_rule']:.8g}, summed cost "
+                     f"{m['summed_cost']:g} ({m['escapes_total']} escapes); worst set {worst[0]} cost "
+                     f"{worst[1]['cost']:g}")
+        lines.append("           " + ", ".join(f"{k} {x['cost']:g}" for k, x in m["sets"].items()))
+    lines.append(f"verdict: {result['verdict']}")
     return "\n".join(lines)

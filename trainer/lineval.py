@@ -101,7 +101,9 @@ def test_figures(judge: Judge, test_x: np.ndarray, test_y: np.ndarray, test_rims
     """What test shows under the chosen rule (reported, never used to choose)."""
     sets = evaluate.line_sets(judge, test_x, test_y, 0, test_rims)
     spread = evaluate.backdrop_spread(judge, test_x, test_y)
-    spread.pop("spread_per_part")
+    per_part = spread.pop("spread_per_part")
+    edges = [0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
+    spread["spread_histogram"] = {"edges": edges, "counts": np.histogram(per_part, bins=edges)[0].tolist()}
     return {"line_conditions": evaluate.summarise_sets(sets, judge.threshold, ratio),
             "backdrops": spread,
             "guard": evaluate.guard_figures(judge, test_x) if judge.guard is not None else None,

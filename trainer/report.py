@@ -147,6 +147,90 @@ def _distillation_line(record: dict | None) -> list[str]:
             f"{record['weight']}; teachers {teachers}."]
 
 
+def line_conditions_plot(path: Path, val_sets: dict[str, Any], test_sets: dict[str, Any]) -> None:
+    names = list(val_sets)
+    x = np.arange(len(names))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, key, label in ((axes[0], "false_reject_rate", "good parts rejected (share)"),
+                           (axes[1], "escapes", "defects accepted (count)")):
+        ax.bar(x - 0.2, [val_sets[n][key] or 0 for n in names], 0.4, label="validation")
+        ax.bar(x + 0.2, [test_sets.get(n, {}).get(key) or 0 for n in names], 0.4, label="test")
+        ax.set_xticks(x, names, rotation=70, fontsize=8)
+        ax.set_title(label)
+        ax.legend()
+    axes[0].axhline(0.01, color="red", lw=0.8, ls="--")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def spread_plot(path: Path, hist: dict[str, Any], belts: list[str]) -> None:
+    edges, counts = hist["edges"], hist["counts"]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    labels = [f"{a:g}-{b:g}" for a, b in zip(edges[:-1], edges[1:])]
+    ax.bar(range(len(counts)), counts)
+    ax.set_xticks(range(len(counts)), labels, rotation=30, fontsize=8)
+    ax.set_xlabel("spread of a part's p_defect over the belts (max - min)")
+    ax.set_ylabel("test parts")
+    ax.set_title(f"Same parts on {len(belts)} belts", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def line_sections(metrics: dict[str, Any], figs: Path) -> list[str]:
+    """Line conditions, belts, the guard and a second camera: the figures of issue 17."""
+    rule, test = metrics.get("line_rule"), metrics.get("line_test")
+    if not rule or not test:
+        return []
+    chosen = rule["candidates"][str(rule["views"])]
+    val_sets, test_sets = chosen["sets"], test["line_conditions"]["sets"]
+    line_conditions_plot(figs / "line_conditions.png", val_sets, test_sets)
+    out = ["## Line conditions (validation chooses; test only reports)", "",
+           f"Rule: {rule['rule']}. Chosen: **{rule['views']} view(s)**, threshold {rule['threshold']:.8g}.", "",
+           "| views | threshold | summed validation cost | escapes | one-core latency (ms) |", "|---|---|---|---|---|"]
+    out += [f"| {k} | {c['threshold']:.8g} | {c['summed_cost']:g} | {c['escapes_total']} | {c['latency_ms_1_thread']} |"
+            for k, c in rule["candidates"].items()]
+    out += ["", "| set | validation escapes | validation good rejected | test escapes | test good rejected | "
+            "test guard faults |", "|---|---|---|---|---|---|"]
+    for name, v in val_sets.items():
+        t = test_sets.get(name, {})
+        faults = ", ".join(f"{k} {n}" for k, n in (t.get("faults") or {}).items()) or "0"
+        out.append(f"| {name} | {v['escapes']} | {v['false_rejects']} ({100 * (v['false_reject_rate'] or 0):.2f}%) | "
+                   f"{t.get('escapes')} | {t.get('false_rejects')} ({100 * (t.get('false_reject_rate') or 0):.2f}%) | "
+                   f"{faults} |")
+    out += ["", "![line conditions](figures/line_conditions.png)", ""]
+    b = test["backdrops"]
+    spread_plot(figs / "backdrop_spread.png", b["spread_histogram"], b["belts"])
+    out += ["## The same test parts on other belts", "",
+            f"{b['parts']} test parts on {', '.join(b['belts'])}: decisions identical to the plain image's on "
+            f"every belt for {100 * b['identical_decisions_all_belts']:.2f}% of parts; spread of p_defect per part "
+            f"median {b['p_spread']['median']}, 95th percentile {b['p_spread']['p95']}, max {b['p_spread']['max']}.",
+            "", "| belt | identical decisions | escapes |", "|---|---|---|"]
+    out += [f"| {k} | {100 * v:.2f}% | {b['escapes_per_belt'][k]} |" for k, v in b["identical_decisions_per_belt"].items()]
+    out += ["", "![backdrop spread](figures/backdrop_spread.png)", ""]
+    g = test.get("guard")
+    if g:
+        out += ["## Guard (faults instead of verdicts)", "",
+                f"- Clean test parts faulted: {g['clean_faults']} of {g['clean_parts']} "
+                f"({100 * (g['clean_fault_rate'] or 0):.2f}%).",
+                f"- Test parts covered ({g['covered_share'][0]:.2f}-{g['covered_share'][1]:.2f} of the disk hidden by a "
+                f"hand, glove or tool): {g['covered_faulted']} of {g['covered_parts']} faulted "
+                f"({100 * (g['covered_fault_rate'] or 0):.2f}%), {g['covered_accepted']} accepted.", ""]
+        out += [f"  - {k}: {v['faulted']} of {v['parts']} faulted, {v['accepted']} accepted" for k, v in g["by_kind"].items()]
+        out.append("")
+    sc = test.get("second_camera")
+    if sc:
+        m = sc["summary"]
+        (tn, fp), (fn, tp) = m["confusion"]
+        out += ["## A second camera", "",
+                f"`{sc['folder']}`: {sc['images']} images resized to the model input, at this threshold: accuracy "
+                f"{100 * m['accuracy']:.2f}%, {fn} defects accepted, {fp} good parts rejected "
+                f"(confusion [[{tn}, {fp}], [{fn}, {tp}]]); guard faults {sc['faults'] or 0}. Its images come from "
+                "castings that the dataset's augmented images were made from (see the dataset README).", ""]
+    return out
+
+
 def write(out: Path, meta: dict[str, Any], metrics: dict[str, Any], history: list[dict[str, float]],
           train_set: LoadedImages, test_set: LoadedImages, unique: np.ndarray, float_test: np.ndarray,
           int8_test: np.ndarray, fit_x: np.ndarray, fit_y: np.ndarray, val_y: np.ndarray,
@@ -190,6 +274,7 @@ def write(out: Path, meta: dict[str, Any], metrics: dict[str, Any], history: lis
                    f"Validation images nearest the threshold {t:.4f} (int8): lowest defects, highest good parts",
                    cols=len(ev["lowest_defects"]) or 1,
                    colors=["red"] * len(ev["lowest_defects"]) + ["green"] * len(ev["highest_good"]))
+    line_lines = line_sections(metrics, figs)
     ta, tu = metrics["test_all"], metrics["test_unique"]
     rob = metrics["robustness"]
     lines = [
@@ -229,6 +314,7 @@ def write(out: Path, meta: dict[str, Any], metrics: dict[str, Any], history: lis
         metrics_table({"int8, perturbed test": rob["int8"]}),
         "",
         *focus_table(metrics.get("focus", {})),
+        *line_lines,
         *evidence_lines(ev),
         "## Figures",
         "",
