@@ -13,7 +13,7 @@ from trainer.resume import RECORD, TRAINING_OPTIONS, ResumeMismatch, check_optio
 def options(**over: object) -> dict:
     base = {"arch": "edge", "steps_per_epoch": 150, "batch_size": 64, "seed": 123, "split_seed": 123,
             "val_fraction": 0.2, "learning_rate": 1e-3, "augment": "line", "limit": None, "teachers": [],
-            "distill_weight": 0.5}
+            "distill_weight": 0.5, "init": None}
     assert set(base) == set(TRAINING_OPTIONS)
     return {**base, **over}
 
@@ -33,3 +33,13 @@ def test_a_distillation_weight_without_teachers_is_no_difference(tmp_path: Path)
         check_options(recorded(tmp_path), options(teachers=["t"]))
     with pytest.raises(ResumeMismatch, match=r"--seed 123 \(now 7\)"):
         check_options(recorded(tmp_path), options(seed=7))
+
+
+def test_init_weights_must_match_by_digest_wherever_the_bundle_now_lies(tmp_path: Path) -> None:
+    was = {"path": "models/casting-cnn-crisp", "float_model_sha256": "a" * 64}
+    # the same weights, moved: resumes
+    check_options(recorded(tmp_path, init=was), options(init={**was, "path": "models/casting-cnn"}))
+    with pytest.raises(ResumeMismatch, match="--init"):
+        check_options(recorded(tmp_path, init=was), options(init={**was, "float_model_sha256": "b" * 64}))
+    with pytest.raises(ResumeMismatch, match="--init"):
+        check_options(recorded(tmp_path, init=was), options())

@@ -616,7 +616,12 @@ def run(opts: FitOptions) -> dict[str, Any]:
     val_rims = [rims["train"][i] for i in val_idx] if rims else None
     test_rims = rims["test"] if rims else None
     # The guard's limits come from the clean fit images, as the edge will see them (rims found there).
-    guard_limits = calibrate_guard(fit_x, [rims["train"][i] for i in fit_idx])[0] if rims else None
+    guard_limits = None
+    if rims:
+        try:
+            guard_limits = calibrate_guard(fit_x, [rims["train"][i] for i in fit_idx])[0]
+        except ValueError as exc:  # e.g. images with no rim the locator finds: no guard, said loudly
+            log.warning(f"no guard in this bundle: {exc}")
     guard = Guard(guard_limits) if guard_limits is not None else None
     rule = lineval.choose_views_and_threshold(tflite, spec, guard, val_x, val_y, val_rims, policy,
                                               opts.views or None, test_set.images[0])
