@@ -128,18 +128,29 @@ class GuardLimits:
         g = meta.get("guard")
         if g is None:
             return None
-        try:
-            ref = tuple(float(v) for v in g["reference_profile"])
-            if len(ref) != len(RADII):
-                raise ValueError(f"reference_profile has {len(ref)} values, expected {len(RADII)}")
-            scalars = {k: float(g[k]) for k in cls._SCALARS}
-            pairs = {k: (float(g[k][0]), float(g[k][1])) for k in cls._PAIRS}
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise ValueError(f"guard: {exc!r} (expected reference_profile, {', '.join(cls._SCALARS)} and "
-                             f"{', '.join(k + ' [lo, hi]' for k in cls._PAIRS)})") from exc
-        values = (*ref, *scalars.values(), *(v for pair in pairs.values() for v in pair))
-        if not all(np.isfinite(v) for v in values):
-            raise ValueError("guard: a limit is not a finite number")
+        def number(name: str, v: Any) -> float:
+            try:
+                x = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"guard.{name}: {v!r} is not a number") from None
+            if not np.isfinite(x):
+                raise ValueError(f"guard.{name}: {v!r} is not a finite number")
+            return x
+
+        missing = [k for k in ("reference_profile", *cls._SCALARS, *cls._PAIRS) if k not in g]
+        if missing:
+            raise ValueError(f"guard: missing {', '.join(map(repr, missing))} (expected reference_profile, "
+                             f"{', '.join(cls._SCALARS)} and {', '.join(k + ' [lo, hi]' for k in cls._PAIRS)})")
+        ref_raw = g["reference_profile"]
+        if not isinstance(ref_raw, list) or len(ref_raw) != len(RADII):
+            raise ValueError(f"guard.reference_profile: expected a list of {len(RADII)} numbers")
+        ref = tuple(number("reference_profile", v) for v in ref_raw)
+        scalars = {k: number(k, g[k]) for k in cls._SCALARS}
+        pairs = {}
+        for k in cls._PAIRS:
+            if not isinstance(g[k], list) or len(g[k]) != 2:
+                raise ValueError(f"guard.{k}: expected [lo, hi], got {g[k]!r}")
+            pairs[k] = (number(k, g[k][0]), number(k, g[k][1]))
         return cls(ref, **scalars, **pairs)
 
     def to_meta(self) -> dict[str, Any]:

@@ -130,7 +130,8 @@ def test_labelled_folder_metrics_threshold_override_and_report(tmp_path: Path, s
     report = tmp_path / "rep"
     assert main(["--replay", str(folder), "--json", str(out), "--report", str(report)]) == 0
     data = json.loads(out.read_text())
-    p = np.array([x["p_defect"] for x in data["images"]])
+    # what was decided: a guard fault is a reject whatever its p_defect (issue 17)
+    p = np.array([x["p_defect"] if x["reason"] == "model" else 1.0 for x in data["images"]])
     y = np.array([1 if x["label"] == "def_front" else 0 for x in data["images"]])
     assert data["summary"]["metrics"] == summarize(y, p, shipped.threshold)
     assert (report / "confusion.png").is_file() and cv2.imread(str(report / "confusion.png")) is not None
@@ -217,6 +218,7 @@ def test_odd_depths_long_images_and_padded_jpegs_never_stop_the_run(tmp_path: Pa
     cv2.imwrite(str(folder / "line.png"), np.full((1, 60000), 128, np.uint8))
     ok, enc = cv2.imencode(".jpg", gray)
     (folder / "padded.jpg").write_bytes(enc.tobytes() + bytes(100))
+    (folder / "plain.jpg").write_bytes(enc.tobytes())
     out = tmp_path / "r.json"
     r = run_cli("--replay", str(folder), "--json", str(out))
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
@@ -226,8 +228,9 @@ def test_odd_depths_long_images_and_padded_jpegs_never_stop_the_run(tmp_path: Pa
     for name, reason in refused.items():
         assert reason in by_name[name]["error"] and by_name[name]["p_defect"] is None, by_name[name]
         assert f"{name}: " in r.stdout
-    for name in ("bgr_f64.tiff", "padded.jpg"):
-        assert by_name[name]["error"] is None and by_name[name]["p_defect"] == by_name["good.png"]["p_defect"]
+    # each scores as the file with the same pixels (a JPEG's are not the PNG's)
+    for name, same in (("bgr_f64.tiff", "good.png"), ("padded.jpg", "plain.jpg")):
+        assert by_name[name]["error"] is None and by_name[name]["p_defect"] == by_name[same]["p_defect"]
 
 
 def test_file_names_that_are_not_utf8_reach_every_output(tmp_path: Path) -> None:
@@ -271,8 +274,9 @@ def test_a_part_scoring_exactly_the_threshold_is_counted_as_the_reject_it_was(tm
     for t in sorted({x["p_defect"] for x in images if x["p_defect"] > 0}):  # each score as the threshold
         assert main(["--replay", str(folder), "--json", str(out), "--threshold", repr(t)]) == 0
         data = json.loads(out.read_text())
-        for x in data["images"]:
-            assert (x["decision"] == "reject") == (x["p_defect"] >= t), (t, x)
+        for x in data["images"]:  # a guard fault is a reject whatever p_defect
+            assert (x["decision"] == "reject") == (x["p_defect"] >= t or x["reason"] != "model"), (t, x)
         m = data["summary"]["metrics"]
         rejects = m["confusion"][0][1] + m["confusion"][1][1]
-        assert rejects == data["summary"]["reject"] == sum(x["p_defect"] >= t for x in data["images"]), t
+        assert rejects == data["summary"]["reject"] == sum(x["p_defect"] >= t or x["reason"] != "model"
+                                                           for x in data["images"]), t
