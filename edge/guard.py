@@ -71,12 +71,12 @@ def structure(p: np.ndarray) -> np.ndarray:
     for s in range(-SHIFT, SHIFT + 1):
         a = p[:, max(0, s):n + min(0, s)]
         b = med[max(0, -s):n - max(0, s)]
-        a = a - a.mean(axis=1, keepdims=True)
         b = b - b.mean()
-        bb = float((b * b).sum()) + 1e-9
-        cov = (a * b).sum(axis=1)
+        bb = float(b @ b) + 1e-9
+        cov = a @ b  # b sums to zero, so centring a changes nothing here
+        aa = np.einsum("ij,ij->i", a, a) - a.sum(axis=1) ** 2 / a.shape[1]
         slope = cov / bb
-        corr = cov / np.sqrt((a * a).sum(axis=1) * bb + 1e-9)
+        corr = cov / np.sqrt(np.maximum(aa, 0) * bb + 1e-9)
         best = np.maximum(best, np.minimum(slope, 1.5 * corr))
     return best
 
@@ -91,20 +91,23 @@ def features(gray: np.ndarray, c: Circle, reference: np.ndarray | None = None) -
         a, b = profile - profile.mean(), reference - reference.mean()
         den = float(np.sqrt((a * a).sum() * (b * b).sum()))
         corr = float((a * b).sum() / den) if den > 1e-9 else 0.0
-    contrast = float(np.percentile(p, 90) - np.percentile(p, 10)) / level
+    p10, p90 = np.percentile(p, (10, 90))
+    contrast = float(p90 - p10) / level
     return Features(float(off.mean()), _longest_circular_run(off) / N_ANGLES, corr, level, contrast, c.found,
                     c.r / min(gray.shape[:2]))
 
 
 def _longest_circular_run(flags: np.ndarray) -> int:
+    """Longest run of True in a circular array."""
     if flags.all():
         return len(flags)
-    doubled = np.concatenate([flags, flags])
-    best = run = 0
-    for f in doubled:
-        run = run + 1 if f else 0
-        best = max(best, run)
-    return min(best, len(flags))
+    if not flags.any():
+        return 0
+    start = int(np.argmin(flags))  # a False: unrolling the circle there cuts no run
+    f = np.concatenate([np.roll(flags, -start), [False]]).astype(np.int8)
+    d = np.diff(np.concatenate([[0], f]))
+    starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+    return int((ends - starts).max())
 
 
 @dataclass(frozen=True)
