@@ -54,14 +54,25 @@ def cost(labels: np.ndarray, scores: np.ndarray, threshold: float, ratio: float)
             "cost": ratio * escapes + false_rejects}
 
 
+def condition_images(images: np.ndarray, seed: int = 0,
+                     which: tuple[conditions.Named, ...] = conditions.LINE_CONDITIONS) -> dict[str, np.ndarray]:
+    """Each line condition applied to the images (seeded): made once, judged by as many models as asked."""
+    return {cond.name: conditions.apply(images, cond, seed) for cond in which}
+
+
+def judge_sets(judge: Judge, images: np.ndarray, labels: np.ndarray, changed: dict[str, np.ndarray],
+               circles: list[Circle] | None = None) -> list[SetResult]:
+    """The plain images (`circles`: their rims, where known) and each changed set, judged."""
+    out = [SetResult("plain", labels, judge.judge_all(images, circles))]
+    out += [SetResult(name, labels, judge.judge_all(imgs)) for name, imgs in changed.items()]
+    return out
+
+
 def line_sets(judge: Judge, images: np.ndarray, labels: np.ndarray, seed: int = 0,
               circles: list[Circle] | None = None,
               which: tuple[conditions.Named, ...] = conditions.LINE_CONDITIONS) -> list[SetResult]:
     """The plain images and each line condition applied to them (seeded), judged."""
-    out = [SetResult("plain", labels, judge.judge_all(images, circles))]
-    for cond in which:
-        out.append(SetResult(cond.name, labels, judge.judge_all(conditions.apply(images, cond, seed))))
-    return out
+    return judge_sets(judge, images, labels, condition_images(images, seed, which), circles)
 
 
 def summarise_sets(sets: list[SetResult], threshold: float, ratio: float) -> dict[str, Any]:

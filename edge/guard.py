@@ -5,17 +5,17 @@ trainer.augment. A hand, glove or tool over part of it, a part cut off, a wrong 
 an empty fixture or an exposure far out of range would still get a p_defect, and a low
 one is an `accept`. The guard looks at the crop before the verdict counts:
 
-- `fault:unfamiliar`: no rim around the crop's centre, or the part's radial profile (the
-  impeller's rings: face, vane ring, hub, bore) does not correlate with the one recorded
-  from the training images, or its brightness/contrast lies outside the recorded range
-  widened by the lighting the model was trained for;
-- `fault:occluded`: too large a share of the angles around the centre looks unlike the
-  part's own median at the same radius. An impeller is rotationally symmetric, so its
-  polar unwrap is nearly the same at every angle; a cover, whatever its colour or
-  texture, breaks that over the angles it spans.
+- `fault:unfamiliar`: no rim around the crop's centre or a rim of another size, or the
+  part's radial profile (the impeller's rings: face, vane ring, hub, bore) does not
+  correlate with the one recorded from the training images, or its brightness/contrast
+  lies outside the recorded range widened by the lighting the model was trained for;
+- `fault:occluded`: too large a share (or run) of the angles around the centre lacks the
+  ring structure of the part's own median profile (see `structure`). An impeller is
+  rotationally symmetric, so its polar unwrap is nearly the same at every angle; a cover,
+  whatever its colour or texture, breaks that over the angles it spans.
 
-All features come from one polar unwrap (~0.3 ms), normalised by the part's own median
-grey, so lighting gain does not move them. Limits live in the bundle (`model.json:
+All features come from one polar unwrap (~0.7 ms in all, bench/judge_latency.py); the
+structure is a regression slope, so lighting gain does not move it. Limits live in the bundle (`model.json:
 guard`), measured by the trainer on the fit images; bundles without them get no guard.
 """
 

@@ -72,3 +72,38 @@ def test_bad_options_exit_2_before_any_work(tmp_path: Path, capsys: pytest.Captu
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--data", str(tmp_path), *bad]) == 2
     err = capsys.readouterr().err
     assert bad[0] in err and "Traceback" not in err
+
+
+def _small_split(src: Path, dest: Path, limit: int) -> Path:
+    """A copy of a shipped bundle whose recorded split uses only the first `limit` images per class."""
+    import json
+    import shutil
+
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("figures", "checkpoints", "model.keras"))
+    meta = json.loads((dest / "model.json").read_text())
+    meta["training"]["options"].update(limit=limit, split_seed=123, val_fraction=0.2)
+    meta["training"]["data"].pop("validation_fingerprint", None)
+    (dest / "model.json").write_text(json.dumps(meta))
+    return dest
+
+
+def test_line_rule_scores_both_bundles_over_the_same_sets_and_gives_the_verdict_of_their_costs(
+        tmp_path: Path, casting_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from edge.bundle import DEFAULT_BUNDLE
+
+    a = _small_split(DEFAULT_BUNDLE.parent / "casting-cnn-crisp", tmp_path / "a", 10)
+    b = _small_split(DEFAULT_BUNDLE, tmp_path / "b", 10)
+    out = tmp_path / "rule.json"
+    assert main(["compare", str(a), str(b), "--data", str(casting_data), "--line-rule", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    n = res["validation"]["images"]
+    assert n == 4  # 2 per class of the first 10
+    for m in res["models"].values():
+        assert len(m["sets"]) == 15 and all(s["n"] == n for s in m["sets"].values())
+        assert m["summed_cost"] == sum(s["cost"] for s in m["sets"].values())
+        assert m["threshold_by_rule"] * 256 == round(m["threshold_by_rule"] * 256)  # on the int8 grid
+    ca, cb = (res["models"][k]["summed_cost"] for k in ("champion", "challenger"))
+    assert res["verdict"] == ("challenger replaces champion" if cb < ca else "champion stays")
+    assert res["verdict"] in capsys.readouterr().out

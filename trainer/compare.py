@@ -181,18 +181,16 @@ def line_rule(champion: Path, challenger: Path, data: Path, ratio: float = 20.0)
     its threshold chosen again by cost:R over the plain and line-condition validation sets, the
     summed cost compared. The rule's step 4 for replacing a shipped model."""
     from edge import evaluate  # noqa: PLC0415
+    from trainer.lineval import rule_threshold  # noqa: PLC0415
 
     bundles = [bundle_fmt.load(champion), bundle_fmt.load(challenger)]
     val = validation_of(bundles, data)
     out: dict[str, Any] = {"validation": {"images": len(val.labels), "defects": int(val.labels.sum()),
                                           "fingerprint": val.fingerprint}, "cost_ratio": ratio, "models": {}}
+    changed = evaluate.condition_images(val.images)  # the same condition images for both bundles
     for role, b in zip(("champion", "challenger"), bundles):
-        judge = Judge.from_bundle(b)
-        sets = evaluate.line_sets(judge, val.images, val.labels)
-        labels = np.concatenate([x.labels for x in sets])
-        scores = np.concatenate([x.scores for x in sets])
-        t = choose(labels, scores, Policy("cost", ratio))
-        summary = evaluate.summarise_sets(sets, t, ratio)
+        sets = evaluate.judge_sets(Judge.from_bundle(b), val.images, val.labels, changed)
+        t, summary = rule_threshold(sets, Policy("cost", ratio), ratio)
         out["models"][role] = {"bundle": str(b.path), "threshold_by_rule": t, "bundle_threshold": b.threshold,
                                **summary}
     a, c = (out["models"][k]["summed_cost"] for k in ("champion", "challenger"))

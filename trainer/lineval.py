@@ -47,21 +47,27 @@ def judge_latency_ms(judge: Judge, image: np.ndarray, repeats: int = 60) -> floa
     return round(float(np.median(times)) * 1000, 3)
 
 
+def rule_threshold(sets: list[evaluate.SetResult], policy: Policy, ratio: float) -> tuple[float, dict[str, Any]]:
+    """Step 2 of the rule: the policy's threshold over the union of the sets, and their figures at it."""
+    labels = np.concatenate([s.labels for s in sets])
+    scores = np.concatenate([s.scores for s in sets])
+    threshold = choose(labels, scores, policy)
+    return threshold, evaluate.summarise_sets(sets, threshold, ratio)
+
+
 def choose_views_and_threshold(tflite: bytes, spec: InputSpec, guard: Guard | None, val_x: np.ndarray,
                                val_y: np.ndarray, val_rims: list[Circle] | None, policy: Policy,
                                views: int | None, latency_image: np.ndarray) -> dict[str, Any]:
     """Apply the rule; returns the chosen views and threshold with every candidate's figures."""
     ratio = policy.value if policy.kind == "cost" else 20.0
     candidates = (views,) if views else VIEW_CANDIDATES
+    changed = evaluate.condition_images(val_x)  # once, for every candidate
     tried: dict[int, dict[str, Any]] = {}
     for v in candidates:
         t0 = time.perf_counter()
         judge = Judge(Classifier(tflite, num_threads=1, spec=replace(spec, views=v)), 0.5, guard)
-        sets = evaluate.line_sets(judge, val_x, val_y, 0, val_rims)
-        labels = np.concatenate([s.labels for s in sets])
-        scores = np.concatenate([s.scores for s in sets])
-        threshold = choose(labels, scores, policy)
-        summary = evaluate.summarise_sets(sets, threshold, ratio)
+        sets = evaluate.judge_sets(judge, val_x, val_y, changed, val_rims)
+        threshold, summary = rule_threshold(sets, policy, ratio)
         latency = judge_latency_ms(judge, latency_image)
         tried[v] = {"threshold": threshold, "latency_ms_1_thread": latency, **summary,
                     "within_budget": latency <= LATENCY_BUDGET_MS}
