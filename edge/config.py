@@ -42,7 +42,10 @@ class _Strict(BaseModel):
 
 class ModelSection(_Strict):
     bundle: Path = Field(DEFAULT_BUNDLE, description="bundle folder (model.tflite + model.json)")
-    threshold: float | None = Field(None, gt=0, le=1, description="override the bundle's threshold")
+    threshold: float | None = Field(None, gt=0, le=1, description="override the bundle's threshold "
+                                    "(checked against the bundle's validation scores: edge.override)")
+    accept_validation_escapes: int | None = Field(
+        None, ge=0, description="acknowledge an override that accepts this many of the bundle's validation defects")
     threads: int = Field(1, ge=1, le=16, description="interpreter threads")
 
 

@@ -322,6 +322,8 @@ class Daemon:
         return {
             "version": VERSION,
             "model": self.inspector.model_id,
+            "threshold": (self.inspector.threshold_check.to_status() if self.inspector.threshold_check is not None
+                          else {"value": self.inspector.threshold}),
             "uptime_s": round(time.monotonic() - self.started, 1),
             "parts": c.parts,
             "accept": c.decisions.get("accept", 0),

@@ -16,6 +16,7 @@ from edge.bundle import Bundle, BundleError
 from edge.contract import iso
 from edge.judge import Judge
 from edge.model import Classifier
+from edge.override import ThresholdCheck, check
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,14 @@ class Inspector:
     bundle: Bundle
     judge: Judge  # rim, guard, part-only mask, views, threshold: edge.judge
     last_inference_s: float | None = None  # for the metrics; not part of the published decision
+    threshold_check: ThresholdCheck | None = None  # an override beside the bundle's validation: edge.override
 
     @classmethod
-    def load(cls, bundle: Bundle, threshold: float | None = None, threads: int = 1) -> Inspector:
-        return cls(bundle, Judge.from_bundle(bundle, threshold, num_threads=threads))
+    def load(cls, bundle: Bundle, threshold: float | None = None, threads: int = 1,
+             accept_validation_escapes: int | None = None) -> Inspector:
+        """Raises ThresholdRefused (edge.override) for an override that would accept validation defects."""
+        checked = check(bundle.meta, threshold, accept_validation_escapes)
+        return cls(bundle, Judge.from_bundle(bundle, threshold, num_threads=threads), threshold_check=checked)
 
     @property
     def classifier(self) -> Classifier:

@@ -18,6 +18,7 @@ from edge import bundle as bundle_fmt
 from edge.config import Config, ConfigError, load
 from edge.inspector import Inspector
 from edge.notify import Notifier, watchdog_interval_s
+from edge.override import ThresholdRefused, announce
 
 if TYPE_CHECKING:
     from edge.daemon import Daemon
@@ -75,9 +76,10 @@ def reload_model(daemon: Daemon, config_path: Path, current: Config, notifier: N
     old = daemon.inspector
     try:
         cfg = load(config_path)
-        new = Inspector.load(bundle_fmt.load(cfg.model.bundle), cfg.model.threshold, cfg.model.threads)
+        new = Inspector.load(bundle_fmt.load(cfg.model.bundle), cfg.model.threshold, cfg.model.threads,
+                             cfg.model.accept_validation_escapes)
         new.self_check()
-    except (ConfigError, bundle_fmt.BundleError, OSError) as exc:
+    except (ConfigError, bundle_fmt.BundleError, OSError, ThresholdRefused) as exc:
         problems = "; ".join(exc.problems) if isinstance(exc, ConfigError) else str(exc)
         log.error("reload refused: keeping the running model",
                   extra={"model": old.model_id, "config": str(config_path), "error": problems})
@@ -89,6 +91,8 @@ def reload_model(daemon: Daemon, config_path: Path, current: Config, notifier: N
     daemon.inspector = new  # one reference swap: the next part uses the new model entirely
     if daemon.drift is not None:  # same thread as observe(): between two parts
         daemon.drift.model_changed(new.bundle.meta.get("image_stats"))
+    if new.threshold_check is not None:
+        announce(new.threshold_check, new.model_id)
     log.info("model reloaded", extra={"old": old.model_id, "new": new.model_id, "threshold": new.threshold,
                                       "bundle": str(new.bundle.path)})
     notifier.ready(f"reloaded: model {new.model_id}")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edge import bundle as bundle_fmt
+from edge import override
 from edge.audit import AuditSettings, AuditTrail
 from edge.camera import Camera, IterSource, Source, SourceError, open_source
 from edge.config import Config
@@ -32,6 +33,7 @@ from edge.drift import DriftSettings, DriftWatch
 from edge.inspector import Inspector
 from edge.journal import Journal
 from edge.lifecycle import Lifecycle, reload_model
+from edge.override import ThresholdRefused
 from edge.publish import MqttConfigError, MqttSettings, Publisher
 from edge.simulate import SimulatedLine
 from edge.telemetry import Telemetry
@@ -117,7 +119,12 @@ def run(cfg: Config, duration_s: float | None = None,
     life = lifecycle or Lifecycle()
     with ExitStack() as stack:
         b = bundle_fmt.load(cfg.model.bundle)
-        inspector = Inspector.load(b, cfg.model.threshold, cfg.model.threads)
+        try:
+            inspector = Inspector.load(b, cfg.model.threshold, cfg.model.threads, cfg.model.accept_validation_escapes)
+        except ThresholdRefused as exc:
+            raise SettingError(str(exc)) from None
+        if inspector.threshold_check is not None:
+            override.announce(inspector.threshold_check, inspector.model_id)
         inspector.self_check()  # as on reload; also warms the interpreter before the first part
         host, port = cfg.mqtt.host, cfg.mqtt.port
         if host is None:
@@ -245,7 +252,7 @@ def _state(daemon: Daemon, publisher: Publisher, journal: Journal) -> dict[str, 
     """What a metrics scrape reports besides the decision counters."""
     s = daemon.status()
     s.update(broker_connected=publisher.connected, journal_pending=journal.counts()["pending"],
-             model_sha=daemon.inspector.bundle.sha256, threshold=daemon.inspector.threshold)
+             model_sha=daemon.inspector.bundle.sha256)
     return s
 
 
@@ -261,6 +268,9 @@ def _startup(cfg: Config, publisher: Publisher, camera: Camera, daemon: Daemon) 
     frame = camera.next_frame(0, max(0.0, deadline - time.monotonic()))
     missing = [what for what, ok in (("broker", broker_ok), ("camera", frame is not None)) if not ok]
     status = f"inspecting ({cfg.inspect.mode}), model {daemon.inspector.model_id}"
+    checked = daemon.inspector.threshold_check
+    if checked is not None and checked.overridden:
+        status += f"; {checked.describe()}"
     if missing:
         status = f"degraded: no {' and no '.join(missing)} yet; {status}"
         log.warning("starting degraded", extra={"missing": missing})

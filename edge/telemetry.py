@@ -66,9 +66,22 @@ class _State(Collector):
             drift.add_metric([name], 1.0 if on else 0.0)
         yield drift
         info = InfoMetricFamily("edge_model", "The model in use")
+        th = s.get("threshold") or {}
         info.add_metric([], {"sha": str(s.get("model_sha", "")), "id": str(s.get("model", "")),
-                             "threshold": str(s.get("threshold", ""))})
+                             "threshold": str(th.get("value", ""))})
         yield info
+        yield GaugeMetricFamily("edge_threshold", "Operating threshold in force (reject when p_defect >= it)",
+                                value=float(th.get("value") or 0.0))
+        yield GaugeMetricFamily("edge_threshold_override", "1 while the config overrides the bundle's threshold",
+                                value=1.0 if th.get("override") else 0.0)
+        val = th.get("validation") or {}
+        escapes = GaugeMetricFamily("edge_threshold_validation_escapes", "Bundle validation defects the threshold "
+                                    "in force would accept (the bundle's own threshold: label bundle)",
+                                    labels=["threshold"])
+        if val:
+            escapes.add_metric(["in_force"], float(val["escapes"]))
+            escapes.add_metric(["bundle"], float(val["escapes_at_bundle"]))
+        yield escapes
 
 
 class Telemetry:

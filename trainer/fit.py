@@ -35,6 +35,7 @@ from edge.metrics import summarize
 from edge.model import Classifier
 from edge.guard import Guard
 from edge.guard import calibrate as calibrate_guard
+from edge.override import SCORES_KEY, score_record
 from edge.judge import Judge, reject_scores
 from edge.partview import InputSpec, circles_and_backdrops, mask_outside
 from edge.perturb import FOCUS_CHANGES, PerturbConfig, perturb_all, refocus_all
@@ -733,6 +734,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
                                             "robustness", "focus", "int8_latency_ms_1_thread",
                                             "judge_latency_ms_1_thread")},
         **({"guard": guard_limits.to_meta()} if guard_limits is not None else {}),
+        SCORES_KEY: score_record(val_y, int8_val),  # what a threshold override is judged on (edge.override)
     }
     _json_text(meta, "model.json")  # a non-finite number here means a diverged model: TrainingError, exit 1
     written = bundle_fmt.write(opts.out, tflite, meta)
