@@ -22,6 +22,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from edge.contract import iso
 from edge.dataset import is_image_file
 from edge.preprocess import ImageError, decode_bytes, to_gray_u8
 
@@ -71,6 +72,12 @@ def _has_gstreamer() -> bool:
 
 
 V4L_SELECT_TIMEOUT_ENV = "OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT"
+# Undecodable frames of a video file skipped in one read at most (a container whose frame
+# count is far off must not make a read spin); past it the file is taken to have ended.
+MAX_DAMAGED_RUN = 10_000
+# After a damaged frame the camera counts as faulty this long (fault() == "damaged_frames"),
+# so that a single one is seen in the status and logged, not lost between two looks.
+DAMAGED_FAULT_S = 1.0
 
 
 def _limit_v4l2_wait(read_timeout_s: float) -> None:
@@ -100,6 +107,9 @@ class OpenCVSource:
         self._is_file = isinstance(spec, str) and Path(spec).is_file()
         self._next_t = 0.0
         self._timeouts_refused = False  # this backend opened only without the timeout parameters
+        self.damaged_frames = 0  # frames a video file announces but that cannot be decoded (skipped)
+        self.damaged_mono: float | None = None  # when the last one was skipped (Camera.fault)
+        self._damaged_in_pass = 0  # since the file was opened or rewound
         if self._backend_and_target()[0] == cv2.CAP_V4L2:
             _limit_v4l2_wait(read_timeout_s)
 
@@ -168,20 +178,49 @@ class OpenCVSource:
             native = cap.get(cv2.CAP_PROP_FPS)
             self.fps = native if native and native > 0 else None
         self._cap = cap
+        self._damaged_in_pass = 0
         self._next_t = time.monotonic()
 
     def read(self) -> np.ndarray | None:
         if self._cap is None:
             return None
-        ok, frame = self._cap.read()
+        ok, frame = self._read_past_damage()
         if not ok and self._is_file and self.loop:
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            ok, frame = self._cap.read()
+            self._damaged_in_pass = 0
+            ok, frame = self._read_past_damage()
         if not ok or frame is None:
             return None
         if self._is_file and self.fps:  # a file plays at camera speed, not disk speed
             self._next_t = _pace(self._next_t, self.fps)
         return frame
+
+    def _read_past_damage(self) -> tuple[bool, np.ndarray | None]:
+        """The next frame; in a video file, undecodable frames are skipped and counted.
+
+        OpenCV's read fails alike at a file's end and on a damaged frame inside it, so a
+        damaged frame used to end the file (or, looping, rewind it): the daemon then played
+        the good first part over and over, or stopped, without a word. A failed read is the
+        end only once the container has no frame left that was not tried: its frame count
+        less the frames decoded (CAP_PROP_POS_FRAMES counts only those) and those skipped.
+        Skipped frames are not paced: they are gone, as dropped frames are.
+        """
+        cap = self._cap
+        if cap is None:
+            return False, None
+        ok, frame = cap.read()
+        if ok or not self._is_file:
+            return ok, frame
+        left = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) - int(cap.get(cv2.CAP_PROP_POS_FRAMES)) - self._damaged_in_pass
+        skipped = 0
+        while not ok and skipped < min(left, MAX_DAMAGED_RUN):
+            skipped += 1
+            ok, frame = cap.read()
+        if skipped:
+            self._damaged_in_pass += skipped
+            self.damaged_frames += skipped
+            self.damaged_mono = time.monotonic()
+        return ok, frame
 
     def close(self) -> None:
         if self._cap is not None:
@@ -449,10 +488,15 @@ class Camera:
         return self._latest
 
     def fault(self) -> str | None:
-        """Why the camera cannot be trusted right now, or None."""
+        """Why the camera cannot be trusted right now, or None: no_frame (none yet),
+        damaged_frames (one skipped in the last DAMAGED_FAULT_S), stale_frame (none for
+        stale_after_s), frozen_frame (frozen_after identical frames in a row)."""
         f = self._latest
         if f is None:
             return "no_frame"
+        damaged = getattr(self.source, "damaged_mono", None)
+        if damaged is not None and time.monotonic() - damaged < DAMAGED_FAULT_S:
+            return "damaged_frames"
         if time.monotonic() - f.mono > self.stale_after_s:
             return "stale_frame"
         if self._repeats >= self.frozen_after - 1:
@@ -465,9 +509,101 @@ class Camera:
             return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
 
     @property
+    def damaged_frames(self) -> int:
+        """Frames the source could not decode and skipped (a damaged video file)."""
+        return int(getattr(self.source, "damaged_frames", 0))
+
+    @property
     def dropped(self) -> int:
         """Frames captured that inspection never saw (overwritten by a newer frame)."""
         return max(self.frames - self.consumed, 0)
+
+
+FAULT_CLEAR_S = 1.0  # a camera fault is over once the camera has been fine this long
+
+
+class FaultWatch:
+    """Camera.fault(), read on every pass of the inspection loop, as fault episodes.
+
+    In trigger mode a faulty camera shows in every answer (fail-safe rejects naming the
+    fault); in continuous mode it shows in nothing the line sees: no part is tracked, so
+    none is decided. Both modes therefore log the same: one WARNING when a fault begins
+    (saying what it means in this mode), one INFO when it has cleared for clear_after_s,
+    so a fault that flickers is one episode, never a line per frame. A change of fault
+    within an episode (frozen, then stale) is logged at most once per change_log_every_s.
+    Episodes are counted by fault for the status and metrics; on_change (the retained
+    status, published at once) is called whenever the fault in force changes.
+    """
+
+    def __init__(self, camera: Camera, consequence: str, clear_after_s: float = FAULT_CLEAR_S,
+                 change_log_every_s: float = 60.0) -> None:
+        self.camera = camera
+        self.consequence = consequence
+        self.clear_after_s, self.change_log_every_s = clear_after_s, change_log_every_s
+        self.on_change: Callable[[], object] | None = None  # e.g. Publisher.publish_status
+        self.fault: str | None = None  # the fault of the episode in force (the latest seen in it)
+        self.episodes: dict[str, int] = {}  # faults begun (or changed to), by fault
+        self._since: float | None = None  # monotonic start of the episode
+        self._since_wall: float | None = None
+        self._ok_since: float | None = None  # fine since, within an episode
+        self._change_logged = -math.inf
+
+    def explain(self, fault: str) -> str:
+        cam = self.camera
+        return {
+            "no_frame": "no frame received yet",
+            "stale_frame": f"no new frame for more than camera.stale_after_s ({cam.stale_after_s:g} s)",
+            "frozen_frame": f"the last {cam.frozen_after} frames are identical (camera.frozen_after): "
+                            "a hung capture pipeline",
+            "damaged_frames": "frames that cannot be decoded are being skipped",
+        }.get(fault, fault)
+
+    def check(self) -> str | None:
+        """Read the camera's fault, log a begin, change or end of an episode; the fault in force."""
+        now = time.monotonic()
+        seen = self.camera.fault()
+        cam = self.camera
+        ctx = {"camera": cam.source.name, "frames": cam.frames, "reconnects": cam.reconnects,
+               "damaged_frames": cam.damaged_frames, "connected": cam.connected}
+        if seen is None:
+            if self.fault is not None:
+                self._ok_since = self._ok_since if self._ok_since is not None else now
+                if now - self._ok_since >= self.clear_after_s:
+                    log.info("camera fault cleared", extra={"fault": self.fault, **ctx,
+                             "lasted_s": round(self._ok_since - (self._since or self._ok_since), 2)})
+                    self.fault = self._since = self._since_wall = self._ok_since = None
+                    self._changed()
+            return self.fault
+        self._ok_since = None
+        if self.fault is None:
+            self.fault, self._since, self._since_wall = seen, now, time.time()
+            self.episodes[seen] = self.episodes.get(seen, 0) + 1
+            log.warning(f"camera fault: {seen}: {self.explain(seen)}; {self.consequence}",
+                        extra={"fault": seen, **ctx})
+            self._changed()
+        elif seen != self.fault:
+            was, self.fault = self.fault, seen
+            self.episodes[seen] = self.episodes.get(seen, 0) + 1
+            if now - self._change_logged >= self.change_log_every_s:
+                self._change_logged = now
+                log.warning(f"camera fault is now {seen} (was {was}): {self.explain(seen)}",
+                            extra={"fault": seen, "was": was, **ctx})
+            self._changed()
+        return self.fault
+
+    def _changed(self) -> None:
+        if self.on_change is None:
+            return
+        try:
+            self.on_change()
+        except Exception:  # noqa: BLE001 - a failed status publish must not stop inspection
+            log.exception("publishing the camera fault change failed")
+
+    def status(self) -> dict[str, object]:
+        """For the daemon's status: the episode in force (since when) and the episodes so far."""
+        since = iso(self._since_wall) if self._since_wall is not None else None
+        return {"fault_episode": self.fault, "fault_since": since, "fault_episodes": dict(self.episodes),
+                "damaged_frames": self.camera.damaged_frames}
 
 
 def is_path_source(spec: str | int) -> bool:

@@ -7,7 +7,7 @@
 Exit status: 0 ran (replay: bad files are listed, not fatal); 2 usage error, invalid
 config, a setting unusable on this box (camera file missing, folder that cannot be created,
 unreadable password or TLS file), unusable bundle, or a replay folder with no images;
-1 the daemon failed at start for another reason.
+1 the daemon failed at start for another reason; 3 replay: accuracy below --min-accuracy.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="daemon configuration (default: ./config.yaml)")
     p.add_argument("--duration", type=float, default=None, metavar="S",
                    help="stop the daemon after S seconds (demos, tests)")
-    p.add_argument("--check-config", type=Path, metavar="FILE", help="validate FILE and exit")
+    p.add_argument("--check-config", type=Path, metavar="FILE",
+                   help="validate FILE and what it points at (bundle loads, camera file, journal and audit "
+                        "folders writable, password and TLS files readable), list every problem, exit 2 if any")
     p.add_argument("--quiet", action="store_true", help="do not print one line per decision")
     p.add_argument("--replay", type=Path, metavar="DIR",
                    help="score every image under DIR (labelled by def_front/ok_front or defect/ok "
@@ -49,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditions", action="store_true",
                    help="labelled folders: also judge every image under each line condition, on other belts "
                         "and covered (guard), and print the table")
+    p.add_argument("--min-accuracy", type=float, default=None, metavar="A",
+                   help="labelled folders: exit 3 when accuracy is below A (a fraction, e.g. 0.99); without it "
+                        "a replay far below the bundle's recorded accuracy, or with escapes, only warns")
     p.add_argument("--workers", type=int, default=None, help="inference threads (default: one per core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -66,10 +71,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_config(path: Path) -> int:
-    from edge.config import ConfigError, load  # noqa: PLC0415
+    """The schema, then what the config points at on this box (edge.preflight), as the daemon checks at start."""
+    from edge.config import ConfigError  # noqa: PLC0415
+    from edge.preflight import load_checked  # noqa: PLC0415
 
     try:
-        load(path)
+        load_checked(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -87,18 +94,13 @@ def _print_decision(d: dict) -> None:
 
 def run_daemon(args: argparse.Namespace) -> int:
     from edge import service  # noqa: PLC0415
-    from edge.config import ConfigError, load  # noqa: PLC0415
+    from edge.config import ConfigError  # noqa: PLC0415
+    from edge.preflight import load_checked  # noqa: PLC0415
 
     try:
-        found = args.config.is_file()
-    except OSError as exc:  # e.g. a config folder the service user may not enter (EACCES)
-        log.error(f"{args.config}: cannot look at the config file: {exc.strerror or exc}")
-        return 2
-    if not found:
-        log.error(f"{args.config}: config file not found (give --config FILE)")
-        return 2
-    try:
-        cfg = load(args.config)
+        # The same checks as --check-config, so a config that cannot run stops here with its
+        # lines (exit 2), before a broker, camera or journal is touched.
+        cfg = load_checked(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error(problem)
@@ -133,6 +135,9 @@ def run_replay(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         log.error(f"--workers must be at least 1, got {args.workers}")
         return 2
+    if args.min_accuracy is not None and not 0.0 < args.min_accuracy <= 1.0:
+        log.error(f"--min-accuracy must be in (0, 1] (a fraction), got {args.min_accuracy}")
+        return 2
     try:
         bundle = load_bundle(args.model)
         bar = replay.ProgressBar(enabled=False if args.no_progress else None)
@@ -144,7 +149,12 @@ def run_replay(args: argparse.Namespace) -> int:
     if not run.results:
         log.error(f"{args.replay}: no image files found")
         return 2
+    if args.min_accuracy is not None and not run.summary["labelled"]:
+        log.error(f"--min-accuracy: {args.replay} is not a labelled folder (def_front/ok_front or defect/ok)")
+        return 2
     print(replay.format_summary(run))
+    for warning in run.summary["warnings"]:  # also on stderr: a summary on stdout is easily piped away
+        log.warning(warning)
     if args.conditions:
         from edge import condition_report  # noqa: PLC0415
 
@@ -169,6 +179,12 @@ def run_replay(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.error(f"cannot write output: {exc}")
         return 2
+    if args.min_accuracy is not None:
+        accuracy = (run.summary.get("metrics") or {}).get("accuracy")
+        if accuracy is None or accuracy < args.min_accuracy:
+            shown = "unknown (no labelled image scored)" if accuracy is None else f"{accuracy * 100:.2f}%"
+            log.error(f"accuracy {shown} is below --min-accuracy {args.min_accuracy * 100:.2f}%")
+            return 3
     return 0
 
 

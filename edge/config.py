@@ -2,14 +2,28 @@
 
 Unknown keys are errors (a typo must not silently fall back to a default on a line
 that ships parts). Relative paths are resolved against the config file's folder.
+
+Whatever the file holds, reading it ends in a Config or a ConfigError within bounded
+time and memory: only a regular file of at most MAX_BYTES is read, YAML nesting and alias
+expansion are capped while composing (an alias bomb is refused before it is expanded),
+timestamps stay strings, and a number Python cannot convert is a problem with its line.
 """
 
 from __future__ import annotations
 
+import os
+import stat
+import unicodedata
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from yaml.composer import Composer, ComposerError
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.events import AliasEvent
+from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.resolver import Resolver
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -39,6 +53,38 @@ class _Strict(BaseModel):
     # the daemon at start (int(inf)) or make a timeout wait forever.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, v: Any) -> Any:
+        # The OS, OpenCV and MQTT all end a string at NUL (or raise ValueError deep in a thread).
+        if isinstance(v, (str, Path)) and "\0" in str(v):
+            raise ValueError("must not contain a NUL character")
+        return v
+
+
+MQTT_STRING_MAX = 65535  # bytes of UTF-8: an MQTT string's 2-byte length prefix
+# Longer than any naming scheme needs (hostname-based ids are <= 77 bytes) and far below
+# the 65535 where paho's thread dies with struct.error. MQTT 3.1.1 only obliges a broker to
+# take 23 characters [0-9a-zA-Z]; Mosquitto and most others take this much.
+CLIENT_ID_MAX = 256
+HOST_MAX = 253  # a DNS name's limit
+
+
+def _mqtt_string(v: str, limit: int) -> str:
+    """MQTT's rules for a UTF-8 string (spec 1.5.3), so the broker or paho never refuses it
+    at run time: no control characters (C0, DEL, C1), no surrogates or non-characters, and
+    at most `limit` bytes."""
+    for i, c in enumerate(v):
+        o = ord(c)
+        if o < 0x20 or 0x7F <= o <= 0x9F:
+            raise ValueError(f"must not contain control character U+{o:04X} (at character {i + 1})")
+        if 0xD800 <= o <= 0xDFFF or 0xFDD0 <= o <= 0xFDEF or (o & 0xFFFE) == 0xFFFE:
+            raise ValueError(f"must not contain U+{o:04X}: MQTT forbids surrogates and non-characters")
+    size = len(v.encode("utf-8"))
+    if size > limit:
+        raise ValueError(f"is {size} bytes of UTF-8; at most {limit}")
+    return v
+
 
 class ModelSection(_Strict):
     bundle: Path = Field(DEFAULT_BUNDLE, description="bundle folder (model.tflite + model.json)")
@@ -58,15 +104,15 @@ class CameraSection(_Strict):
     loop: bool = Field(True, description="restart a video file or folder at its end")
     fps: float | None = Field(None, gt=0, le=1000, description="pace a video file or image folder at this rate; "
                               "null = the file's own rate, 5 fps for a folder (the simulated line uses sim.fps)")
-    width: int | None = Field(None, gt=0, description="request this frame width from a device")
-    height: int | None = Field(None, gt=0)
+    width: int | None = Field(None, gt=0, le=16384, description="request this frame width from a device")
+    height: int | None = Field(None, gt=0, le=16384)
     rotate: Literal[0, 90, 180, 270] = Field(
         0, description="turn every frame clockwise by this many degrees, so that parts cross the image from side "
         "to side (continuous mode follows them along the image's width); 0 = as the camera delivers")
     open_timeout_s: float = Field(5.0, gt=0, le=120)
     read_timeout_s: float = Field(2.0, gt=0, le=120)
     stale_after_s: float = Field(0.5, gt=0, le=60, description="no new frame for this long is a camera fault")
-    frozen_after: int = Field(30, ge=2, description="this many identical frames in a row is a camera fault")
+    frozen_after: int = Field(30, ge=2, le=1_000_000, description="this many identical frames in a row is a camera fault")
     # Bounded: Event.wait() raises OverflowError for a huge timeout, which would end reconnecting.
     reconnect_min_s: float = Field(0.5, gt=0, le=3600)
     reconnect_max_s: float = Field(30.0, gt=0, le=3600)
@@ -76,8 +122,8 @@ class CameraSection(_Strict):
     def _source_not_empty(cls, v: str | int) -> str | int:
         if isinstance(v, str) and not v.strip():
             raise ValueError("must not be empty")
-        if isinstance(v, int) and v < 0:
-            raise ValueError("a device index must be >= 0")
+        if isinstance(v, int) and not 0 <= v < 2**31:  # OpenCV takes a C int, then fails on every reconnect
+            raise ValueError("a device index must be 0 .. 2147483647")
         return v
 
     @model_validator(mode="after")
@@ -93,12 +139,12 @@ class SimSection(_Strict):
     height: int = Field(720, ge=240, le=4096)
     fps: float = Field(30.0, gt=0, le=240)
     speed_px: float = Field(16.0, gt=0, description="belt speed in pixels per frame")
-    spacing_px: int = Field(520, gt=0, description="distance between part centres")
-    part_diameter_px: int = Field(300, ge=60)
+    spacing_px: int = Field(520, gt=0, le=100_000, description="distance between part centres")
+    part_diameter_px: int = Field(300, ge=60, le=4096)
     belt_level: float = Field(DATASET_BACKDROP_LEVEL, ge=0, le=255,
                               description="belt grey level; 162 matches the dataset backdrop")
     context: float = Field(DEMO_CONTEXT, ge=1.0, le=1.23, description="pasted radius around each part, in rim radii")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)  # numpy refuses a negative seed at start
 
 
 class InspectSection(_Strict):
@@ -115,8 +161,9 @@ class InspectSection(_Strict):
         0.0, ge=0, description="continuous mode: how far a part moves between two camera frames, in frame pixels; "
         "0 = learn it from the parts. Set it where the box may inspect fewer frames than the belt needs: without "
         "it, a loop that never sees a part twice within a rim radius of travel follows no part")
-    min_diameter_px: int = Field(120, gt=0)
-    max_diameter_px: int = Field(700, gt=0)
+    # A frame dimension at most: OpenCV's HoughCircles takes a C long and fails on every frame.
+    min_diameter_px: int = Field(120, gt=0, le=16384)
+    max_diameter_px: int = Field(700, gt=0, le=16384)
     trigger_wait_s: float = Field(0.5, gt=0, le=10, description="wait this long for a fresh frame after a trigger")
     max_trigger_age_s: float = Field(2.0, gt=0, description="a trigger whose ts is older than this on arrival is "
                                      "answered with reject (fault:stale_trigger)")
@@ -129,8 +176,10 @@ class InspectSection(_Strict):
             # Continuous mode follows parts across the whole frame; a fixed ROI would be ignored.
             raise ValueError("locate: roi is for trigger mode (a fixture that holds each part in one place); "
                              "continuous mode finds and follows parts anywhere in the frame: use locate: auto")
-        if self.roi is not None and (self.roi[2] <= 0 or self.roi[3] <= 0 or min(self.roi[:2]) < 0):
-            raise ValueError(f"roi {list(self.roi)}: x, y must be >= 0 and width, height > 0")
+        if self.roi is not None and (self.roi[2] <= 0 or self.roi[3] <= 0 or min(self.roi[:2]) < 0
+                                     or max(self.roi) > 65535):
+            raise ValueError(f"roi {_short(list(self.roi))}: x, y must be >= 0 and width, height > 0 "
+                             "(frame pixels, at most 65535)")
         if self.max_diameter_px < self.min_diameter_px:
             raise ValueError("max_diameter_px must be >= min_diameter_px")
         return self
@@ -154,10 +203,11 @@ class TlsSection(_Strict):
 
 class MqttSection(_Strict):
     host: str | None = Field(None, description="broker host; null = start a local mosquitto on a free loopback "
-                             "port (demo; decisions only journaled where mosquitto is not installed)")
+                             "port, or on mqtt.port when it is not 1883 (demo; decisions only journaled where "
+                             "mosquitto is not installed)")
     port: int = Field(1883, ge=1, le=65535)
     prefix: str = "casting/line1/cam1"
-    client_id: str = "edge-inspect-cam1"
+    client_id: str = ""
     protocol: Literal["5", "3.1.1", "auto"] = "auto"
     keepalive_s: int = Field(15, ge=2, le=3600)
     username: str | None = None
@@ -170,7 +220,21 @@ class MqttSection(_Strict):
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
-        return check_prefix(v)  # the MQTT contract's own rule; its ContractError is a ValueError
+        check_prefix(v)  # the MQTT contract's own rule; its ContractError is a ValueError
+        if v.startswith("$"):
+            raise ValueError("must not start with '$': brokers reserve those topics ($SYS) and refuse publishes")
+        # The longest topic built on it, {prefix}/decision/late, must fit an MQTT string.
+        return _mqtt_string(v, MQTT_STRING_MAX - len("/decision/late"))
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, v: str) -> str:
+        return _mqtt_string(v, CLIENT_ID_MAX)
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, v: str | None) -> str | None:
+        return v if v is None else _mqtt_string(v, MQTT_STRING_MAX)
 
     @field_validator("host")
     @classmethod
@@ -179,6 +243,8 @@ class MqttSection(_Strict):
         if v is not None and not v.strip():
             raise ValueError("must not be empty: the broker's host name, or null to start a local "
                              "mosquitto (demo)")
+        if v is not None and (len(v.encode("utf-8", "replace")) > HOST_MAX or not v.isprintable() or " " in v):
+            raise ValueError(f"not a host name or address (at most {HOST_MAX} bytes, no spaces or control characters)")
         return v
 
     @field_validator("password_file", "password_env")
@@ -191,6 +257,8 @@ class MqttSection(_Strict):
             raise ValueError("give password_file or password_env, not both")
         if "username" in info.data and not info.data["username"]:
             raise ValueError("a password needs a username (mqtt.username)")
+        if info.field_name == "password_env" and (not v or "=" in v or not v.isprintable() or len(v) > 255):
+            raise ValueError("not an environment variable name")
         return v
 
     @field_validator("protocol", mode="before")
@@ -202,7 +270,7 @@ class MqttSection(_Strict):
 class JournalSection(_Strict):
     path: Path = Path("state/journal.sqlite")
     retention_days: float = Field(30.0, gt=0)
-    max_rows: int = Field(1_000_000, ge=100)
+    max_rows: int = Field(1_000_000, ge=100, le=2**63 - 1)  # an SQLite INTEGER
 
 
 class AuditSection(_Strict):
@@ -213,8 +281,8 @@ class AuditSection(_Strict):
 
 class DriftSection(_Strict):
     enabled: bool = True
-    window: int = Field(100, ge=10, description="parts in the rolling window compared with the baseline")
-    baseline_parts: int = Field(200, ge=10, description="first parts after start that set the line's own baseline")
+    window: int = Field(100, ge=10, le=1_000_000, description="parts in the rolling window compared with the baseline")
+    baseline_parts: int = Field(200, ge=10, le=1_000_000, description="first parts after start that set the line's own baseline")
     k: float = Field(2.0, gt=0, description="baseline standard deviations the window mean may move")
     reject_z: float = Field(4.0, gt=0, description="binomial z-score of the reject rate that counts as drift")
 
@@ -231,7 +299,8 @@ class ServiceSection(_Strict):
         if v is None:
             return v
         host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if (not sep or not host or not port.isdigit() or len(port) > 5 or not 0 < int(port) < 65536
+                or not v.isprintable() or len(v) > HOST_MAX + 8):
             raise ValueError(f"{v!r}: expected host:port, e.g. 127.0.0.1:9108")
         return v
 
@@ -249,45 +318,270 @@ class Config(_Strict):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
-# --- YAML with line numbers -------------------------------------------------------
+# --- reading the file ---------------------------------------------------------------
 
-def _key(node: yaml.Node) -> Any:
+MAX_BYTES = 1 << 20  # a config is a few KiB: more is the wrong file (a log, an image, /dev/zero)
+MAX_DEPTH = 32  # a config nests 3 levels; PyYAML, _lines, the constructor and pydantic recurse per level
+MAX_NODES = 10_000  # values once aliases are expanded; the shipped config has about 170
+
+
+def _strerror(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_bytes(path: Path) -> bytes:
+    """The config file's bytes, at most MAX_BYTES of a regular file, or ConfigError naming it.
+
+    stat() first, so a folder, FIFO or device (/dev/zero) is refused without being opened;
+    O_NONBLOCK, so a FIFO swapped in between stat and open cannot hang the check; fstat()
+    again on what was opened, and never more than MAX_BYTES + 1 read.
+    """
+    def fail(why: str) -> ConfigError:
+        return ConfigError([f"{path}: {why}"])
+
+    too_big = f"a config file is at most {MAX_BYTES // 2**20} MiB (is it the right file?)"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise fail("cannot read: config file not found (give --config FILE)") from None
+    except (OSError, ValueError) as exc:  # EACCES above it, ENAMETOOLONG, ELOOP; NUL in the name
+        raise fail(f"cannot look at the config file: {_strerror(exc)}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise fail(f"cannot read: {_kind(st.st_mode)}, not a config file")
+    if st.st_size > MAX_BYTES:
+        raise fail(f"cannot read: {st.st_size} bytes; {too_big}")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise fail(f"cannot read: {_strerror(exc)}") from None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise fail(f"cannot read: {_kind(st.st_mode)}, not a config file")
+        while size <= MAX_BYTES:
+            chunk = os.read(fd, MAX_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise fail(f"cannot read: {_strerror(exc)}") from None
+    finally:
+        os.close(fd)
+    if size > MAX_BYTES:  # it grew after stat()
+        raise fail(f"cannot read: more than {MAX_BYTES} bytes; {too_big}")
+    return b"".join(chunks)
+
+
+def _decode(raw: bytes, source: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - raw.rfind(b"\n", 0, exc.start)
+        raise ConfigError([f"{source}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {column}): "
+                           "a binary file, or text saved in another encoding"]) from None
+
+
+# --- YAML, bounded ------------------------------------------------------------------
+
+if yaml.__with_libyaml__:
+    from yaml._yaml import CParser as _Parser  # libyaml scans a 1 MiB line in ms; pure Python takes ~1 s
+
+    _POSITION_IN_BYTES = True  # a libyaml ReaderError's position is a byte offset
+
+    class _Events(_Parser):
+        def __init__(self, stream: bytes | str) -> None:
+            _Parser.__init__(self, stream)
+else:  # pragma: no cover - PyYAML built without libyaml: same results, slower
+    from yaml.parser import Parser as _Parser
+    from yaml.reader import Reader
+    from yaml.scanner import Scanner
+
+    _POSITION_IN_BYTES = False
+
+    class _Events(Reader, Scanner, _Parser):  # type: ignore[no-redef]
+        def __init__(self, stream: bytes | str) -> None:
+            Reader.__init__(self, stream if isinstance(stream, str) else stream.decode("utf-8"))
+            Scanner.__init__(self)
+            _Parser.__init__(self)
+
+
+class _Loader(Composer, _Events, SafeConstructor, Resolver):
+    """SafeLoader's YAML with bounds, so no file can exhaust memory or the stack.
+
+    Nesting is capped while composing (before anything recurses on it) and every alias
+    adds the size of what it stands for, so an alias or merge-key bomb is refused when
+    its expansion passes MAX_NODES, though the composed graph itself stays small.
+    An alias inside its own anchor (a recursive structure) is refused too. Timestamps
+    stay strings (`2001-02-30` is not a date, and no setting is one), and a value
+    Python cannot convert (an int past its digit limit) is a ConstructorError at its line.
+    """
+
+    def __init__(self, stream: bytes | str) -> None:
+        _Events.__init__(self, stream)
+        Composer.__init__(self)
+        SafeConstructor.__init__(self)
+        Resolver.__init__(self)
+        self._depth = 0
+        self._expanded = 0
+        self._shape: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded size, expanded depth)
+
+    def _grow(self, nodes: int, mark: Any) -> None:
+        self._expanded += nodes
+        if self._expanded > MAX_NODES:
+            raise ComposerError(None, None, f"more than {MAX_NODES} values once aliases are expanded (a config "
+                                "has a few hundred): refused as an alias bomb", mark)
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        event = self.peek_event()
+        if isinstance(event, AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None:
+                shape = self._shape.get(id(target))
+                if shape is None:
+                    raise ComposerError(None, None, f"alias *{_short(event.anchor, 40)} is inside its own anchor "
+                                        "(a recursive structure)", event.start_mark)
+                self._grow(shape[0], event.start_mark)
+            return super().compose_node(parent, index)  # an undefined alias is its error
+        if self._depth >= MAX_DEPTH:
+            raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if isinstance(node, SequenceNode):
+            children = node.value
+        elif isinstance(node, MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = []
+        size, depth = 1, 1
+        for child in children:
+            s, d = self._shape[id(child)]
+            size, depth = size + s, max(depth, d + 1)
+        if depth > MAX_DEPTH:
+            raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels once aliases are expanded",
+                                event.start_mark)
+        self._shape[id(node)] = (size, depth)
+        self._grow(1, event.start_mark)
+        return node
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:  # e.g. a bad !!float; ints are handled below
+            raise ConstructorError(None, None, f"cannot read this {node.tag.rsplit(':', 1)[-1]}: "
+                                   f"{_one_line(str(exc), 80)}", node.start_mark) from None
+
+    def construct_yaml_int(self, node: Node) -> int:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # int() refuses more than sys.get_int_max_str_digits() (4300) digits
+            raise ConstructorError(None, None, f"an integer of {len(node.value)} characters is no setting "
+                                   "(Python reads at most 4300 digits)", node.start_mark) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", SafeConstructor.construct_yaml_str)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr() cut to `limit`: a value may be 1 MiB long, or an int too long for repr() itself."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        text = f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _key_text(path: tuple) -> str:
+    """A key path for a message; odd keys (long, control characters, not strings) shown as repr."""
+    parts = []
+    for p in path:
+        text = str(p) if isinstance(p, (str, int)) and not isinstance(p, bool) else _short(p, 40)
+        parts.append(text if text.isprintable() and len(text) <= 60 else _short(p, 40))
+    return ".".join(parts)
+
+
+def _key(node: Node) -> Any:
     """A mapping key as YAML will construct it (`1` and `01` are one key), or its text."""
     try:
-        key = yaml.SafeLoader("").construct_object(node, deep=True)
+        key = _Loader("").construct_object(node, deep=True)
         hash(key)
     except (yaml.YAMLError, TypeError, ValueError):
-        return (node.tag, str(node.value))
+        return (node.tag, _short(node.value, 200))
     return key
 
 
-def _lines(node: yaml.Node, path: tuple = (), repeats: list[tuple[tuple, int, int]] | None = None,
+def _lines(node: Node, path: tuple = (), repeats: list[tuple[tuple, int, int]] | None = None,
            _within: frozenset[int] = frozenset()) -> dict[tuple, int]:
     """Map each key path (as pydantic reports it) to its 1-based line in the file.
 
     A key given twice in one mapping is appended to `repeats` as (path, first line, line):
     YAML keeps only the last one, which would silently drop a whole section or setting.
+    Its recursion is bounded by _Loader's MAX_DEPTH (counted with aliases expanded).
     """
     out = {path: node.start_mark.line + 1}
-    if id(node) in _within:  # an alias to its own ancestor (`a: &x [*x]`): nothing more to map
+    if id(node) in _within or len(path) > MAX_DEPTH:  # an alias to its own ancestor: nothing more to map
         return out
     _within = _within | {id(node)}
-    if isinstance(node, yaml.MappingNode):
+    if isinstance(node, MappingNode):
         first: dict[Any, int] = {}
         for k, v in node.value:
-            key = k.value
-            line = k.start_mark.line + 1
             ident = _key(k)
+            key = k.value if isinstance(k, yaml.ScalarNode) else ident  # a list's node value is unhashable
+            line = k.start_mark.line + 1
             if repeats is not None and ident in first:
                 repeats.append((path + (key,), first[ident], line))
             first.setdefault(ident, line)
+            out[path + (ident,)] = line  # pydantic names an unknown key as constructed (1, not "01")
             out[path + (key,)] = line
             out.update({p: ln for p, ln in _lines(v, path + (key,), repeats, _within).items()
                         if p != path + (key,)})
-    elif isinstance(node, yaml.SequenceNode):
+    elif isinstance(node, SequenceNode):
         for i, v in enumerate(node.value):
             out.update(_lines(v, path + (i,), repeats, _within))
     return out
+
+
+def _yaml_problem(exc: yaml.YAMLError, source: str, raw: bytes, text: str) -> str:
+    """One line for a YAML error, with the line it is on (PyYAML's own str() spans several)."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        pos = exc.position
+        line = (raw.count(b"\n", 0, pos) if _POSITION_IN_BYTES else text.count("\n", 0, pos)) + 1
+        char = exc.character
+        what = f"U+{char:04X}" if isinstance(char, int) else repr(char)
+        return (f"{source}:{line}: not valid YAML: character {what} is not allowed in YAML text "
+                "(a binary file, or a control character)")
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc)
+    context = getattr(exc, "context", None)
+    if context and context != problem:
+        problem = f"{problem} ({context})"
+    if mark is None:
+        return f"{source}: not valid YAML: {_one_line(problem)}"
+    lines = text.split("\n")
+    if mark.line < len(lines) and mark.column < len(lines[mark.line]) and lines[mark.line][mark.column] == "\t":
+        problem += "; a tab: YAML indents with spaces"
+    return f"{source}:{mark.line + 1}: not valid YAML: {_one_line(problem)}"
 
 
 def _resolve(cfg: Config, base: Path) -> Config:
@@ -312,23 +606,30 @@ def _resolve(cfg: Config, base: Path) -> Config:
     })
 
 
-def parse(text: str, source: str = "<config>", base: Path | None = None) -> Config:
-    """Validate YAML text; every problem (with `source:line: key:`) is raised at once as ConfigError."""
+def _parse(raw: bytes, source: str, base: Path | None) -> tuple[Config, dict[tuple, int]]:
+    """The Config in `raw` and the line of every key path, or ConfigError with every problem."""
+    if len(raw) > MAX_BYTES:
+        raise ConfigError([f"{source}: {len(raw)} bytes; a config file is at most {MAX_BYTES // 2**20} MiB"])
+    text = _decode(raw, source)
+    loader = _Loader(raw if _POSITION_IN_BYTES else text)
+    repeats: list[tuple[tuple, int, int]] = []
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        try:
+            node = loader.get_single_node()
+            lines = _lines(node, (), repeats) if node is not None else {}
+            data = loader.construct_document(node) if node is not None else None  # after _lines: merges edit nodes
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+        raise ConfigError([_yaml_problem(exc, source, raw, text)]) from None
+    except RecursionError:  # a safety net: MAX_DEPTH keeps every recursion far from Python's limit
+        raise ConfigError([f"{source}: not valid YAML: nested too deeply"]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{source}:1: the top level must be a mapping of sections (model, camera, ...)"])
-    repeats: list[tuple[tuple, int, int]] = []
-    lines = _lines(node, (), repeats) if node is not None else {}
-    problems = [f"{source}:{line}: {'.'.join(str(p) for p in path)}: repeated key (first on line {was}); "
-                "YAML would keep only the last one, so remove or merge the other" for path, was, line in repeats]
+    problems = [(line, f"{source}:{line}: {_key_text(path)}: repeated key (first on line {was}); "
+                 "YAML would keep only the last one, so remove or merge the other") for path, was, line in repeats]
     cfg: Config | None = None
     try:
         cfg = Config.model_validate(data)
@@ -336,19 +637,36 @@ def parse(text: str, source: str = "<config>", base: Path | None = None) -> Conf
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("int", "str", "function-after")))
             line = next((lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines), None)
-            key = ".".join(str(p) for p in loc) or "(top level)"
-            msg = "unknown key (not in the schema; check its spelling)" if err["type"] == "extra_forbidden" else err["msg"]
-            got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err.get('input')!r})"
-            problems.append(f"{source}:{line or '?'}: {key}: {msg}{got}")
+            key = _key_text(loc) or "(top level)"
+            msg = ("unknown key (not in the schema; check its spelling)" if err["type"] == "extra_forbidden"
+                   else _one_line(err["msg"]))
+            got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {_short(err.get('input'))})"
+            problems.append((line or 0, f"{source}:{line or '?'}: {key}: {msg}{got}"))
     if problems or cfg is None:
-        raise ConfigError(sorted(set(problems), key=lambda s: (int(s.split(':')[1]) if s.split(':')[1].isdigit() else 0, s))) from None
-    return _resolve(cfg, base or Path.cwd())
+        raise ConfigError([text for _, text in sorted(set(problems))]) from None
+    return _resolve(cfg, base or Path.cwd()), lines
+
+
+def parse(text: str, source: str = "<config>", base: Path | None = None) -> Config:
+    """Validate YAML text; every problem (with `source:line: key:`) is raised at once as ConfigError."""
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: no file can hold it
+        raise ConfigError([f"{source}:{text.count(chr(10), 0, exc.start) + 1}: not UTF-8 text"]) from None
+    return _parse(raw, source, base)[0]
+
+
+def load_located(path: str | Path) -> tuple[Config, dict[tuple, int]]:
+    """load(), and the line of every key path in the file (for problems found after parsing: edge.preflight)."""
+    path = Path(path)
+    raw = read_bytes(path)
+    try:
+        folder = path.resolve().parent
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop above it (read_bytes got through)
+        folder = path.absolute().parent
+    return _parse(raw, str(path), folder)
 
 
 def load(path: str | Path) -> Config:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
-    return parse(text, str(path), path.resolve().parent)
+    """The Config in the file at `path`, or ConfigError listing every problem, each with file:line."""
+    return load_located(path)[0]

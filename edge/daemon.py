@@ -10,7 +10,7 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edge.audit import AuditTrail
-from edge.camera import Camera, Frame
+from edge.camera import Camera, FaultWatch, Frame
 from edge.config import Config, InspectSection
 from edge.drift import DriftWatch
 from edge.inspector import Inspector
@@ -34,7 +34,16 @@ WARN_EVERY_S = 60.0  # a tracking warning repeats at most this often (the overru
 # a part is followed from its second sighting, so on a belt that moves as configured this
 # never exceeds a few frames.
 UNFOLLOWED_WARN_FRAMES = 25
+OVERLOAD_LOG_EVERY_S = 5.0
+TRIGGER_BATCH_MAX = 500  # triggers answered without inspection in one journal transaction
+TRIGGER_QUEUE_MAX = 100_000  # triggers waiting for inspection; beyond, answered at once from the MQTT thread
 TRIGGER_WAIT_SLICE_S = 0.25  # the wait for a frame after a trigger pings the watchdog at least this often
+# What a camera fault means for the line, said in the WARNING that starts it (FaultWatch).
+CAMERA_FAULT_CONSEQUENCE = {
+    "continuous": "parts passing meanwhile are not inspected and get no decision (a gate that knows its parts "
+                  "rejects them on timeout)",
+    "trigger": "triggered parts without a usable frame are answered with fail-safe rejects naming the fault",
+}
 
 
 def tracker_for(inspect: InspectSection) -> PartTracker:
@@ -88,7 +97,13 @@ class Daemon:
         self._unfollowed_frames = 0  # inspected frames in a row with parts in view, none followed
         self._unfollowed_logged = -WARN_EVERY_S
         self._off_line_logged = -WARN_EVERY_S  # a trigger found whole parts, none on the inspection line
-        self._triggers: queue.Queue[tuple[str, float, float | None]] = queue.Queue(maxsize=1000)
+        # Entries are small: the bound is only a last resort, so that the MQTT thread (which must
+        # never wait on the disk) almost never has to answer a trigger itself. See _handle_trigger.
+        self._triggers: queue.Queue[tuple[str, float, float | None]] = queue.Queue(maxsize=TRIGGER_QUEUE_MAX)
+        self._handle_s = 0.0  # moving average of one trigger's inspection time: the overload estimate
+        self._backlog: deque[tuple[str, float, float | None]] = deque()  # taken in, still to inspect
+        self._unexamined: dict[str, int] = {}  # answered without inspection, since the last log line
+        self._unexamined_logged: dict[str, float] = {}
         self._seen_parts: OrderedDict[str, None] = OrderedDict()
         self._serial = 0
         self._run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
@@ -97,6 +112,9 @@ class Daemon:
         self.reloader: Callable[[], None] | None = None
         self.on_tick: Callable[[], None] | None = None  # every loop pass: the systemd watchdog
         self.last_frame_index = 0
+        self.camera_watch = FaultWatch(camera, CAMERA_FAULT_CONSEQUENCE[cfg.inspect.mode])
+        self.triggers_ignored_continuous = 0  # triggers received while inspect.mode is continuous
+        self._continuous_trigger_logged = -WARN_EVERY_S
 
     # -- trigger mode --------------------------------------------------------------
     def trigger(self, part_id: str, received_mono: float | None = None, sent_ts: float | None = None) -> bool:
@@ -106,6 +124,9 @@ class Daemon:
         inspect.max_trigger_age_s (a stalled network, a queued backlog) is answered with a
         fail-safe reject: the part it announced has long left the camera's view.
         """
+        if self.cfg.inspect.mode != "trigger":
+            self._ignore_trigger_in_continuous(part_id)
+            return False
         if part_id in self._seen_parts:
             self.counters.duplicate_triggers += 1
             log.warning("duplicate trigger ignored", extra={"part_id": part_id})
@@ -121,18 +142,92 @@ class Daemon:
             self._emit(self.inspector.fault(part_id, "overloaded", None, None))
         return True
 
-    def _handle_trigger(self, part_id: str, t_mono: float, sent_ts: float | None = None) -> None:
+    def _ignore_trigger_in_continuous(self, part_id: str) -> None:
+        """A trigger while inspect.mode is continuous: not answered (the daemon decides the parts it
+        tracks itself), but said, so that a gate sending triggers learns why it only sees timeouts.
+        The first is logged at once, then at most one line per WARN_EVERY_S with the count."""
+        self.triggers_ignored_continuous += 1
+        now = time.monotonic()
+        if now - self._continuous_trigger_logged >= WARN_EVERY_S:
+            self._continuous_trigger_logged = now
+            log.info("ignoring triggers: inspect.mode is continuous (each part is decided as it passes, under "
+                     "the daemon's own part_id); set inspect.mode: trigger to answer them",
+                     extra={"part_id": part_id, "ignored": self.triggers_ignored_continuous})
+
+    def _due(self, t_mono: float, sent_ts: float | None) -> float:
+        """The gate's clock for a part started when its trigger was sent (or, at the latest, received),
+        not when the frame after it was captured: so does the decision's deadline (epoch s)."""
+        received = time.time() - (time.monotonic() - t_mono)
+        return (min(sent_ts, received) if sent_ts is not None else received) + self.cfg.mqtt.decision_deadline_s
+
+    def _cannot_inspect(self, sent_ts: float | None, due: float, ahead: int = 0) -> str | None:
+        """Why a trigger is answered without inspecting it, or None; `ahead`: triggers to be
+        inspected before it."""
         # A ts in the future is no evidence of freshness either (a gate clock running ahead, a
         # local time sent as UTC): beyond the same tolerance it is answered like a stale one.
         if sent_ts is not None and abs(time.time() - sent_ts) > self.cfg.inspect.max_trigger_age_s:
-            log.warning("stale trigger (or a sender clock far off): rejecting",
-                        extra={"part_id": part_id, "age_s": round(time.time() - sent_ts, 3)})
-            self._emit(self.inspector.fault(part_id, "stale_trigger", None, None))
+            return "stale_trigger"
+        if time.time() + (ahead + 1) * self._handle_s > due:
+            # Overload: by the time its turn comes it would be past its deadline (the gate would
+            # reject the part for lack of an answer anyway). An explicit reject now, while the
+            # gate still waits, keeps the backlog to what can be inspected in time.
+            return "overloaded"
+        return None
+
+    def _handle_trigger(self, part_id: str, t_mono: float, sent_ts: float | None = None) -> None:
+        """Take in every queued trigger; answer at once those that cannot be inspected before
+        their deadline (counting the ones ahead of them), then inspect the first that can.
+        The answered ones share one journal transaction (one fsync), so a burst is answered
+        within its deadlines instead of making every later part late too."""
+        backlog = self._backlog
+        backlog.appendleft((part_id, t_mono, sent_ts))  # its turn, ahead of the rest
+        while len(backlog) < TRIGGER_BATCH_MAX:
+            try:
+                backlog.append(self._triggers.get_nowait())
+            except queue.Empty:
+                break
+        batch: list[tuple[dict[str, Any], float]] = []
+        kept: deque[tuple[str, float, float | None]] = deque()
+        for item in backlog:
+            due = self._due(item[1], item[2])
+            why = self._cannot_inspect(item[2], due, ahead=len(kept))
+            if why is None:
+                kept.append(item)
+                continue
+            batch.append((self.inspector.fault(item[0], why, None, None), due))
+            self._note_unexamined(why, item[0], item[2])
+        self._backlog = kept
+        if batch:
+            self._emit_batch(batch)
+        if not kept:
             return
-        # The gate's clock for this part started when the trigger was sent (or, at the latest,
-        # received), not when the frame after it was captured: so does the decision's deadline.
-        received = time.time() - (time.monotonic() - t_mono)
-        due = (min(sent_ts, received) if sent_ts is not None else received) + self.cfg.mqtt.decision_deadline_s
+        first = kept.popleft()
+        t0 = time.monotonic()
+        try:
+            self._inspect_trigger(first[0], first[1], self._due(first[1], first[2]))
+        finally:
+            self._handle_s = 0.8 * self._handle_s + 0.2 * (time.monotonic() - t0)
+
+    def _note_unexamined(self, why: str, part_id: str, sent_ts: float | None) -> None:
+        """A log line per kind at most every few seconds, with how many: a burst must not flood the log."""
+        self._unexamined[why] = self._unexamined.get(why, 0) + 1
+        now = time.monotonic()
+        if now - self._unexamined_logged.get(why, -OVERLOAD_LOG_EVERY_S) < OVERLOAD_LOG_EVERY_S:
+            return
+        n, self._unexamined[why] = self._unexamined[why], 0
+        self._unexamined_logged[why] = now
+        if why == "stale_trigger":
+            log.warning("stale trigger (or a sender clock far off): rejecting", extra={
+                "part_id": part_id, "age_s": round(time.time() - (sent_ts or 0.0), 3), "count": n,
+                "max_trigger_age_s": self.cfg.inspect.max_trigger_age_s})
+        else:
+            log.warning("overloaded: triggers arrive faster than parts can be inspected in time; answering "
+                        "them with reject fault:overloaded", extra={
+                            "part_id": part_id, "count": n, "queued": self._triggers.qsize(),
+                            "inspect_ms": round(self._handle_s * 1000, 1),
+                            "deadline_s": self.cfg.mqtt.decision_deadline_s})
+
+    def _inspect_trigger(self, part_id: str, t_mono: float, due: float) -> None:
         wait = self.cfg.inspect.trigger_wait_s
         # The freshest frame captured after the trigger, not one from before it.
         deadline = t_mono + wait
@@ -286,6 +381,24 @@ class Daemon:
         if self.on_decision:
             self.on_decision(decision)
 
+    def _emit_batch(self, items: list[tuple[dict[str, Any], float]]) -> None:
+        """_emit for decisions without a crop (faults), journaled together where the sink can."""
+        if not hasattr(self.sink, "publish_decisions"):
+            for decision, due in items:
+                self._emit(decision, deadline_ts=due)
+            return
+        for decision, _due in items:
+            self.counters.count(decision)
+        seqs = self.sink.publish_decisions(items)
+        for (decision, _due), seq in zip(items, seqs, strict=True):
+            decision["seq"] = seq
+            if self.audit is not None:
+                self.audit.record(decision, None)
+            if self.telemetry is not None:
+                self.telemetry.observe(decision, None)
+            if self.on_decision:
+                self.on_decision(decision)
+
     def run(self, duration_s: float | None = None) -> None:
         """Inspect until stop_event is set (or duration_s passes)."""
         end = None if duration_s is None else time.monotonic() + duration_s
@@ -294,15 +407,19 @@ class Daemon:
         while not self.stop_event.is_set() and (end is None or time.monotonic() < end):
             if self.on_tick is not None:
                 self.on_tick()
+            self.camera_watch.check()
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 if self.reloader is not None:
                     self.reloader()
             if mode == "trigger":
-                try:
-                    part_id, t, sent_ts = self._triggers.get(timeout=0.1)
-                except queue.Empty:
-                    continue
+                if self._backlog:
+                    part_id, t, sent_ts = self._backlog.popleft()
+                else:
+                    try:
+                        part_id, t, sent_ts = self._triggers.get(timeout=0.1)
+                    except queue.Empty:
+                        continue
                 self._handle_trigger(part_id, t, sent_ts)
                 continue
             frame = self.camera.next_frame(self.last_frame_index, 0.2)
@@ -336,6 +453,8 @@ class Daemon:
             "camera": {"connected": self.camera.connected, "fps": round(self.camera.fps(), 1),
                        "frames": self.camera.frames, "dropped": self.camera.dropped,
                        "reconnects": self.camera.reconnects, "bad_frames": self.camera.bad_frames,
-                       "fault": self.camera.fault()},
+                       "fault": self.camera.fault(), **self.camera_watch.status()},
+            "triggers_ignored_continuous": self.triggers_ignored_continuous,
             "audit": self.audit.stats() if self.audit is not None else {},
+            "delivery_faults": self.sink.faults() if hasattr(self.sink, "faults") else [],
         }

@@ -61,6 +61,8 @@ class GateAction:
     """What the gate did with one part.
 
     reason: decision | timeout | offline | link_down | repeated_part_id.
+    detail: for `decision`, the decision's own reason (`model`, `fault:no_part`, ...), which
+    says why the daemon rejected; for `offline`, the daemon's status reason.
     """
 
     part_id: str
@@ -137,7 +139,8 @@ class Gate:
             else:
                 early = self._early.pop(part_id, None)
                 if early is not None and now < early[1] + self.deadline_s:  # same boundary as tick()
-                    act = self._act(part_id, early[0]["decision"], "decision", now, early[0]["seq"])
+                    act = self._act(part_id, early[0]["decision"], "decision", now, early[0]["seq"],
+                                    early[0]["reason"])
                 else:
                     self._pending[part_id] = now + self.deadline_s
                     act = None
@@ -191,7 +194,7 @@ class Gate:
                     self._early.popitem(last=False)
                 return None
             del self._pending[pid]
-            act = self._act(pid, d["decision"], "decision", now, d["seq"])
+            act = self._act(pid, d["decision"], "decision", now, d["seq"], d["reason"])
         return self._emit([act])[0]
 
     def on_status(self, payload: Payload | Mapping[str, Any]) -> list[GateAction]:
@@ -258,7 +261,7 @@ class Gate:
         out = [a for a in acts if a is not None]
         for a in out:
             log.info("gate action", extra={"part_id": a.part_id, "action": a.action, "reason": a.reason,
-                                           "seq": a.seq})
+                                           "detail": a.detail or "-", "seq": a.seq})
             if self._actuate is not None:
                 try:
                     self._actuate(a)
@@ -364,23 +367,56 @@ class GateClient:
         self.expect(trig.part_id)
 
 
+DESCRIPTION = """\
+Reference sorting gate for edge-inspect (the rules: docs/mqtt.md). Reads part ids from
+stdin, one per line, as a part sensor reports them, and prints one line per part:
+
+  ACCEPT part=P-1 reason=model seq=12
+  REJECT part=P-2 reason=fault:no_part seq=13
+  REJECT part=P-3 reason=timeout
+
+A part is accepted only when the daemon's `accept` for it arrives within --deadline while
+the daemon is online and the gate's own broker link is up; anything else rejects it. With
+a decision, `reason` is the decision's own (`model`, or `fault:<what>` for a fail-safe
+reject) and `seq` its journal number; otherwise it is the gate's: `timeout`, `offline`,
+`link_down` or `repeated_part_id`. Counters go to stderr at the end.
+
+Exit status: 0 once stdin ends and every part is answered; 2 bad settings.
+"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written; each option's default appended unless it is unset or off."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) \
+                and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-gate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--host", default="localhost")
-    p.add_argument("--port", type=int, default=1883)
-    p.add_argument("--prefix", default=DEFAULT_PREFIX)
+    p = argparse.ArgumentParser(prog="edge-gate", description=DESCRIPTION, formatter_class=_HelpFormatter)
+    p.add_argument("--host", default="localhost", help="MQTT broker host")
+    p.add_argument("--port", type=int, default=1883, help="MQTT broker port")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX,
+                   help="topic prefix of the daemon's camera (its mqtt.prefix): {prefix}/decision, /status, /trigger")
     p.add_argument("--deadline", type=float, default=2.0, metavar="S",
                    help="reject a part when no decision arrives within S seconds of announcing it")
-    p.add_argument("--protocol", choices=("3.1.1", "5", "auto"), default="auto", help="auto = 3.1.1 for the gate")
-    p.add_argument("--client-id", default=None)
-    p.add_argument("--username")
-    p.add_argument("--password-file", type=Path)
-    p.add_argument("--password-env", metavar="VAR")
+    p.add_argument("--protocol", choices=("3.1.1", "5", "auto"), default="auto",
+                   help="MQTT protocol version; auto means 3.1.1, as the gate needs nothing of MQTT 5")
+    p.add_argument("--client-id", default=None,
+                   help="MQTT client id (default: edge-inspect-<hostname>-gate); never the daemon's own, or "
+                        "each login knocks the other off the broker")
+    p.add_argument("--username", help="MQTT user name (default: none, anonymous)")
+    p.add_argument("--password-file", type=Path, metavar="FILE",
+                   help="file holding the MQTT password (trailing newline stripped)")
+    p.add_argument("--password-env", metavar="VAR", help="environment variable holding the MQTT password")
     p.add_argument("--tls", action="store_true", help="TLS with the system CA store (implied by --tls-ca)")
-    p.add_argument("--tls-ca", type=Path)
-    p.add_argument("--tls-cert", type=Path)
-    p.add_argument("--tls-key", type=Path)
+    p.add_argument("--tls-ca", type=Path, metavar="FILE", help="CA certificate file to verify the broker with")
+    p.add_argument("--tls-cert", type=Path, metavar="FILE", help="client certificate file (with --tls-key)")
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="client private key file (with --tls-cert)")
     p.add_argument("--tls-insecure", action="store_true", help="skip certificate verification (testing only)")
     p.add_argument("--send-triggers", action="store_true",
                    help="trigger mode: publish {prefix}/trigger for each part id read from stdin")
@@ -389,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-online", type=float, default=1.0, metavar="S",
                    help="at start, wait up to S seconds for the daemon's `online` status (parts announced "
                         "before it are rejected)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging, every gate action included (default: warnings only)")
     return p
 
 
@@ -406,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
         out_lock = threading.Lock()
 
         def actuate(a: GateAction) -> None:
-            line = f"{a.action.upper():6s} part={a.part_id} reason={a.reason}" + (f" seq={a.seq}" if a.seq else "")
+            # A decision's own reason says why the daemon rejected (fault:no_part, ...); "decision" said nothing.
+            reason = a.detail if a.reason == "decision" and a.detail else a.reason
+            line = f"{a.action.upper():6s} part={a.part_id} reason={reason}" + (f" seq={a.seq}" if a.seq else "")
             with out_lock:
                 sys.stdout.write(line + "\n")
                 sys.stdout.flush()

@@ -26,7 +26,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,25 +204,39 @@ class Journal:
 
     def append_row(self, decision: Mapping[str, Any], deadline_ts: float) -> Row:
         """Like append(), returning the whole row so the caller publishes exactly `payload`."""
-        part_id = decision.get("part_id")
-        if not isinstance(part_id, str) or not part_id:
-            raise ValueError("a decision needs a non-empty string part_id")
+        return self.append_rows([(decision, deadline_ts)])[0]
+
+    def append_rows(self, items: Sequence[tuple[Mapping[str, Any], float]]) -> list[Row]:
+        """Journal several decisions in one transaction (one fsync): how an overloaded daemon
+        answers a backlog of triggers within their deadlines. All or none are journaled."""
+        for decision, _deadline in items:
+            part_id = decision.get("part_id")
+            if not isinstance(part_id, str) or not part_id:
+                raise ValueError("a decision needs a non-empty string part_id")
+        if not items:
+            return []
         now = self._clock()
-        body = {k: v for k, v in decision.items() if k != "seq"}
+        rows = []
+        first = items[0][0]["part_id"]
+        what = f"cannot append decision for part {first!r}" + (f" and {len(items) - 1} more" if len(items) > 1 else "")
         with self._lock:
             self._check_open()
-            with self._transaction(f"cannot append decision for part {part_id!r}"):
-                cur = self._db.execute(
-                    "INSERT INTO decisions (part_id, created_ts, deadline_ts, payload) VALUES (?, ?, ?, '')",
-                    (part_id, now, float(deadline_ts)))
-                seq = int(cur.lastrowid)  # type: ignore[arg-type]
-                payload = json.dumps({"seq": seq, **body}, separators=(",", ":"), allow_nan=False,
-                                     ensure_ascii=False)
-                self._db.execute("UPDATE decisions SET payload = ? WHERE seq = ?", (payload, seq))
-            self._appends_since_prune += 1
+            with self._transaction(what):
+                for decision, deadline_ts in items:
+                    part_id = decision["part_id"]
+                    body = {k: v for k, v in decision.items() if k != "seq"}
+                    cur = self._db.execute(
+                        "INSERT INTO decisions (part_id, created_ts, deadline_ts, payload) VALUES (?, ?, ?, '')",
+                        (part_id, now, float(deadline_ts)))
+                    seq = int(cur.lastrowid)  # type: ignore[arg-type]
+                    payload = json.dumps({"seq": seq, **body}, separators=(",", ":"), allow_nan=False,
+                                         ensure_ascii=False)
+                    self._db.execute("UPDATE decisions SET payload = ? WHERE seq = ?", (payload, seq))
+                    rows.append(Row(seq, part_id, now, float(deadline_ts), PENDING, None, payload))
+            self._appends_since_prune += len(rows)
             if self._appends_since_prune >= self.prune_every:
                 self.prune()
-        return Row(seq, part_id, now, float(deadline_ts), PENDING, None, payload)
+        return rows
 
     def mark_delivered(self, seq: int) -> bool:
         """PUBACK for /decision: True if the row moved from pending to delivered."""
@@ -231,6 +245,24 @@ class Journal:
     def mark_late(self, seq: int) -> bool:
         """PUBACK for /decision/late: True if the row moved from pending to late."""
         return self._finish(seq, LATE)
+
+    def finish_many(self, items: Sequence[tuple[int, str]]) -> int:
+        """Mark several rows delivered/late in one transaction (one fsync, not one per PUBACK);
+        returns how many moved from pending. All or none are marked."""
+        if any(state not in (DELIVERED, LATE) for _seq, state in items):
+            raise ValueError("finish_many: states are 'delivered' or 'late'")
+        if not items:
+            return 0
+        changed = 0
+        with self._lock:
+            self._check_open()
+            with self._transaction(f"cannot mark {len(items)} rows delivered/late (first seq {items[0][0]})"):
+                for seq, state in items:
+                    cur = self._db.execute(
+                        "UPDATE decisions SET state = ?, done_ts = ? WHERE seq = ? AND state = 'pending'",
+                        (state, self._clock(), seq))
+                    changed += cur.rowcount
+        return changed
 
     def _finish(self, seq: int, state: str) -> bool:
         with self._lock:
@@ -318,6 +350,18 @@ class Journal:
             dropped = self._db.execute("SELECT value FROM meta WHERE key = 'dropped_undelivered'").fetchone()
         out = {s: int(by_state.get(s, 0)) for s in (PENDING, DELIVERED, LATE)}
         return {"total": sum(out.values()), **out, "dropped_undelivered": int(dropped[0]) if dropped else 0}
+
+    def backlog(self) -> dict[str, Any]:
+        """The pending rows in one read: how many, how many already past their deadline
+        (`expired`: the publisher reports those on /decision/late, never to the gate), and
+        the oldest and newest created_ts (None when there are none). Read before publishing
+        starts, it describes what an earlier run left undelivered."""
+        with self._lock, self._named_errors("cannot read the undelivered backlog"):
+            self._check_open()
+            n, expired, oldest, newest = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(deadline_ts <= ?), 0), MIN(created_ts), MAX(created_ts) "
+                "FROM decisions WHERE state = 'pending'", (self._clock(),)).fetchone()
+        return {"pending": int(n), "expired": int(expired), "oldest_ts": oldest, "newest_ts": newest}
 
     @property
     def last_seq(self) -> int:

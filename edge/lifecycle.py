@@ -33,6 +33,8 @@ def summary(status: dict[str, Any]) -> str:
     """One line for `systemctl status`."""
     cam = status.get("camera", {})
     fault = f", camera fault {cam['fault']}" if cam.get("fault") else ""
+    if status.get("delivery_faults"):
+        fault += f", delivery fault {' '.join(status['delivery_faults'])}"
     return (f"model {status.get('model')}: {status.get('parts', 0)} parts, {status.get('reject', 0)} rejected, "
             f"{status.get('faults', 0)} faults; camera {cam.get('fps', 0)} fps{fault}")
 

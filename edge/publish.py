@@ -42,6 +42,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.contract import (
     DEFAULT_PREFIX,
@@ -62,7 +63,24 @@ log = logging.getLogger(__name__)
 
 Protocol = Literal["5", "3.1.1", "auto"]
 _UNSUPPORTED_PROTOCOL = 0x84  # CONNACK "Unsupported protocol version" (3.1.1 return code 1)
+_SESSION_TAKEN_OVER = 0x8E  # DISCONNECT "Session taken over" (MQTT 5): another client took our id
+_KEEPALIVE_TIMEOUT = 0x8D  # paho found the link dead itself: a network fault, not a takeover
+_LOG_EVERY_S = 10.0  # a repeated warning: the first at once, then one line per this with the count held back
 _PAGE = 200
+LATE_LOG_EVERY_S = 5.0
+SEND_MARGIN_S = 0.05  # a decision this close to its deadline goes to /decision/late: it would arrive after it
+MQTT_STRING_MAX = 65535  # a UTF-8 string field in an MQTT packet has a 2-byte length
+_thread_errors: dict[str, str] = {}  # paho thread name -> the exception that ended it
+
+
+def _record_thread_error(args: threading.ExceptHookArgs) -> None:
+    if args.thread is not None and args.thread.name.startswith("paho-mqtt-client-"):
+        _thread_errors[args.thread.name] = f"{args.exc_type.__name__}: {args.exc_value}"[:300]
+    _previous_hook(args)
+
+
+_previous_hook = threading.excepthook
+threading.excepthook = _record_thread_error
 
 
 def _version() -> str:
@@ -134,6 +152,11 @@ class MqttSettings:
                 raise MqttConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.reconnect_max_delay_s < self.reconnect_min_delay_s:
             raise MqttConfigError("reconnect_max_delay_s must be >= reconnect_min_delay_s")
+        for name in ("client_id", "username"):  # MQTT strings: paho's thread dies on one it cannot pack
+            value = getattr(self, name) or ""
+            if len(value.encode("utf-8", "surrogatepass")) > MQTT_STRING_MAX or any(ord(c) < 32 or c == "\x7f" for c in value):
+                raise MqttConfigError(f"{name}: at most {MQTT_STRING_MAX} bytes of UTF-8 without control characters "
+                                      f"(got {len(value)} characters)")
         if self.trigger_max_bytes < 16 or self.trigger_dedup < 1 or self.max_inflight < 1:
             raise MqttConfigError("trigger_max_bytes >= 16, trigger_dedup >= 1 and max_inflight >= 1 are required")
 
@@ -244,6 +267,18 @@ class Publisher:
         self._mids: dict[int, tuple[str, int | None]] = {}
         self._inflight: dict[int, int] = {}  # seq -> mid, decision and late messages only
         self._early: dict[int, ReasonCode] = {}  # PUBACKs that beat their mid registration
+        # Acknowledged by the broker, not yet marked in the journal (the marker thread batches
+        # them; on a full disk they wait here): never re-sent. Guarded by _map_lock.
+        self._unmarked: dict[int, str] = {}
+        self._mark_evt = threading.Event()
+        self._mark_failed = False
+        self._marker: threading.Thread | None = None
+        self._marker_stop = threading.Event()
+        self._started_wall = time.time()
+        self._late_logged = -LATE_LOG_EVERY_S
+        self._late_since_log = 0
+        self._net_deaths = 0  # paho network threads found dead (a bug or a bad setting): relaunched
+        self._relaunch_at = 0.0
         self._connected = False
         self._connected_evt = threading.Event()
         self._ready_evt = threading.Event()  # connected and the trigger subscription acknowledged
@@ -258,6 +293,8 @@ class Publisher:
         self._stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._started_mono = time.monotonic()
+        self._connected_mono = 0.0  # when the current connection was accepted (takeover detection)
+        self._log_gate: dict[str, tuple[float, int]] = {}  # key -> (last logged, held back since)
 
     # -- public API ------------------------------------------------------------------
     @property
@@ -309,11 +346,15 @@ class Publisher:
             raise RuntimeError("Publisher already started")
         self._password = self.settings.read_password()
         self._started_mono = time.monotonic()
+        self._started_wall = time.time()
         self._stopping.clear()
         self._launch_client()
         self._started = True
         self._resender = threading.Thread(target=self._resend_loop, name="mqtt-resender", daemon=True)
         self._resender.start()
+        self._marker_stop.clear()
+        self._marker = threading.Thread(target=self._mark_loop, name="journal-marker", daemon=True)
+        self._marker.start()
         log.info("mqtt publisher started", extra={
             "host": self.settings.host, "port": self.settings.port, "prefix": self.settings.prefix,
             "client_id": self.settings.effective_client_id, "protocol": self.settings.protocol,
@@ -326,28 +367,38 @@ class Publisher:
         Raises ContractError (a ValueError) for a malformed decision and JournalError
         when it cannot be journaled: both are loud on purpose, never a silent drop.
         """
+        return self.publish_decisions([(decision, deadline_ts)])[0]
+
+    def publish_decisions(self, items: list[tuple[Mapping[str, Any], float | None]]) -> list[int]:
+        """publish_decision for several at once, journaled in one transaction (one fsync): an
+        overloaded daemon answers its backlog of triggers so, within their deadlines."""
         now = time.time()
-        payload = normalize_decision(decision, now)
-        if deadline_ts is None:
-            base = parse_ts(payload["frame_ts"] or payload["ts"])
-            deadline_ts = base + self.settings.decision_deadline_s
-        payload["deadline"] = iso(deadline_ts)
-        row = self.journal.append_row(payload, deadline_ts)
-        self._count("decisions")
+        batch = []
+        for decision, deadline_ts in items:
+            payload = normalize_decision(decision, now)
+            if deadline_ts is None:
+                base = parse_ts(payload["frame_ts"] or payload["ts"])
+                deadline_ts = base + self.settings.decision_deadline_s
+            payload["deadline"] = iso(deadline_ts)
+            batch.append((payload, deadline_ts))
+        rows = self.journal.append_rows(batch)
+        self._count("decisions", len(rows))
         with self._send_lock:
             if self._connected and not self._stopping.is_set():
-                with self._map_lock:
-                    busy = row.seq in self._inflight  # the resender may have picked it up already
-                    # every unacknowledged message counts in paho's window, the status ones too
-                    full = len(self._mids) >= 2 * self.settings.max_inflight - 1  # paho would queue it
-                if full:
-                    self._wake.set()  # the resender sends it (or reports it late) once the window opens
-                elif not busy and self.journal.is_pending(row.seq):  # not already sent and acknowledged
-                    self._send_row(row)
-                return row.seq
-        log.debug("decision journaled while not connected; sent on reconnect",
-                  extra={"seq": row.seq, "part_id": row.part_id})
-        return row.seq
+                for row in rows:
+                    with self._map_lock:
+                        busy = row.seq in self._inflight  # the resender may have picked it up already
+                        # every unacknowledged message counts in paho's window, the status ones too
+                        full = len(self._mids) >= 2 * self.settings.max_inflight - 1  # paho would queue it
+                    if full:
+                        self._wake.set()  # the resender sends it (or reports it late) once the window opens
+                        break
+                    if not busy and self._pending(row.seq):  # not already sent and acknowledged
+                        self._send_row(row)
+                return [r.seq for r in rows]
+        log.debug("decisions journaled while not connected; sent on reconnect",
+                  extra={"seqs": [r.seq for r in rows][:10], "part_id": rows[0].part_id if rows else None})
+        return [r.seq for r in rows]
 
     def on_trigger(self, callback: Callable[[Trigger], None]) -> None:
         """Subscribe to {prefix}/trigger; valid, first-seen triggers reach callback.
@@ -416,6 +467,10 @@ class Publisher:
             else:
                 client.disconnect()
             client.loop_stop()
+        self._marker_stop.set()
+        self._mark_evt.set()
+        if self._marker is not None:
+            self._marker.join(timeout=10)
         self._connected = False
         self._connected_evt.clear()
         self._ready_evt.clear()
@@ -447,6 +502,8 @@ class Publisher:
         with self._send_lock:
             self._client = client
         client.loop_start()
+        thread = getattr(client, "_thread", None)
+        client._edge_thread_name = thread.name if thread is not None else ""  # type: ignore[attr-defined]
 
     def _switch_to_311(self) -> None:
         """'auto': the broker refused MQTT 5, so rebuild the client for 3.1.1 (runs on the resender)."""
@@ -494,6 +551,7 @@ class Publisher:
                     self._subscribe_triggers(client)
                 else:
                     self._ready_evt.set()
+                self._connected_mono = time.monotonic()  # a drop soon after this may be a takeover
                 self._connected = True
                 self._connected_evt.set()
                 self._publish_status_locked(self._online_payload(None))
@@ -525,11 +583,73 @@ class Publisher:
                 level = logging.INFO if self._stopping.is_set() else logging.WARNING
                 log.log(level, "mqtt disconnected; decisions keep going to the journal", extra={
                     "reason": str(reason), "in_flight": len(self._inflight)})
+                self._check_takeover(flags, reason)
         except Exception:
             log.exception("on_disconnect failed")
 
+    def _check_takeover(self, flags: mqtt.DisconnectFlags, reason: ReasonCode) -> None:
+        """Count and report a session taken over: another client connected with our client id.
+
+        Each such login disconnects the daemon, the broker publishes its Will (`offline`) and
+        the gate rejects every part, so it must be loud. An MQTT 5 broker may say so (DISCONNECT
+        0x8E; Mosquitto only from 2.0.15). Under 3.1.1, or from a broker that just closes the
+        socket, the sign is the fight that follows: we reconnect and take the id back, the
+        other client does the same, and each of our connections is dropped soon after it was
+        accepted. Such a drop (within one keepalive, without a reason, not a keepalive timeout)
+        counts as suspected; the first takeover of a long-lived connection looks like any lost
+        link there and is only a `disconnects`.
+        """
+        if self._stopping.is_set():
+            return
+        lived = time.monotonic() - self._connected_mono
+        if flags.is_disconnect_packet_from_server:
+            if reason.value != _SESSION_TAKEN_OVER:
+                return  # the broker gave another reason (shutting down, not authorised...)
+            evidence = "the broker said so (DISCONNECT 0x8E Session taken over)"
+        elif reason.value in (0, _KEEPALIVE_TIMEOUT) or lived >= self.settings.keepalive:
+            return
+        else:
+            evidence = (f"suspected: the broker closed the connection {lived:.1f} s after accepting it, "
+                        "without a reason")
+        n = self._count("session_taken_over")
+        self._log_limited("session_taken_over", logging.ERROR,
+                          "mqtt session taken over: another client connected with this daemon's client id; "
+                          "the gate sees `offline` and rejects parts while they fight over it", {
+                              "client_id": self.settings.effective_client_id,
+                              "username": self.settings.username or "-", "protocol": self._protocol,
+                              "evidence": evidence, "connected_for_s": round(lived, 2), "taken_over": n,
+                              "fix": "one client id per client; bind ids to accounts on the broker "
+                                     "(use_username_as_clientid, docs/mqtt.md)"})
+
+    def _log_limited(self, key: str, level: int, msg: str, extra: Mapping[str, Any]) -> None:
+        """Log the first occurrence of `key` at once, then at most one line per _LOG_EVERY_S
+        with the number held back (`suppressed`): a stream of bad triggers or a takeover fight
+        must not flood the log. The counters in stats() stay exact."""
+        now = time.monotonic()
+        with self._stats_lock:
+            last, held = self._log_gate.get(key, (-math.inf, 0))
+            if now - last < _LOG_EVERY_S:
+                self._log_gate[key] = (last, held + 1)
+                return
+            self._log_gate[key] = (now, 0)
+        log.log(level, msg, extra={**extra, "suppressed": held})
+
     def _subscribe_triggers(self, client: mqtt.Client) -> None:
-        rc, _mid = client.subscribe(self.topics.trigger, qos=1)
+        """Subscribe so that retained triggers can be told apart and dropped (docs/mqtt.md).
+
+        A broker clears the retain flag of a retained publish it forwards to a subscriber that
+        is already there, so it would look like a live trigger. MQTT 5 retain-as-published
+        keeps the flag; the copy the broker stores arrives flagged at subscribe anyway (retain
+        handling 0: sent, so it is counted and reported instead of sitting there unseen). MQTT
+        3.1.1 has no such option: there a retained trigger published while we are subscribed
+        cannot be told from a plain one.
+        """
+        if self._protocol == "5":
+            opts = SubscribeOptions(qos=1, retainAsPublished=True,
+                                    retainHandling=SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE)
+            rc, _mid = client.subscribe(self.topics.trigger, options=opts)
+        else:
+            rc, _mid = client.subscribe(self.topics.trigger, qos=1)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             log.error("cannot subscribe to triggers", extra={"topic": self.topics.trigger,
                                                              "rc": mqtt.error_string(rc)})
@@ -578,7 +698,9 @@ class Publisher:
         if self._protocol != "5":
             return None
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.MessageExpiryInterval = max(1, math.ceil(seconds))
+        # Whole seconds, rounded down: a broker must not hold a decision past its deadline for
+        # longer than the 1 s granularity forces (the gate checks `deadline` itself too).
+        props.MessageExpiryInterval = max(1, math.floor(seconds))
         props.PayloadFormatIndicator = 1
         props.ContentType = "application/json"
         return props
@@ -589,7 +711,7 @@ class Publisher:
         if client is None:
             return False
         now = time.time()
-        if now < row.deadline_ts:
+        if now < row.deadline_ts - SEND_MARGIN_S:
             kind, topic, payload = "decision", self.topics.decision, row.payload
             props = self._expiry(row.deadline_ts - now)
         else:
@@ -610,8 +732,14 @@ class Publisher:
             return False
         self._count("sent_" + kind)
         if kind == "late":
-            log.warning("decision missed its deadline; reported on the late topic, not to the gate",
-                        extra={"seq": row.seq, "part_id": row.part_id, "late_by_s": round(now - row.deadline_ts, 3)})
+            self._late_since_log += 1
+            if time.monotonic() - self._late_logged >= LATE_LOG_EVERY_S:  # a backlog must not flood the log
+                earlier = row.created_ts < self._started_wall  # summarised at start (edge.service): a record
+                log.log(logging.INFO if earlier else logging.WARNING,
+                        "decision missed its deadline; reported on the late topic, not to the gate",
+                        extra={"seq": row.seq, "part_id": row.part_id, "late_by_s": round(now - row.deadline_ts, 3),
+                               "count": self._late_since_log, "earlier_run": earlier})
+                self._late_logged, self._late_since_log = time.monotonic(), 0
         self._register(info.mid, kind, row.seq)
         return True
 
@@ -663,14 +791,10 @@ class Publisher:
             log.error("broker refused a publish; it stays pending and is retried",
                       extra={"kind": kind, "seq": seq, "reason": str(reason)})
         elif seq is not None:
-            try:
-                if kind == "decision":
-                    self.journal.mark_delivered(seq)
-                else:
-                    self.journal.mark_late(seq)
-                self._count("acked_" + kind)
-            except JournalError as exc:
-                log.error("cannot mark journal row; it will be sent again", extra={"seq": seq, "error": str(exc)})
+            with self._map_lock:
+                self._unmarked[seq] = kind  # written to the journal by the marker, never re-sent
+            self._mark_evt.set()
+            self._count("acked_" + kind)
         with self._acked:
             if self._mids.get(mid) == (kind, seq):
                 del self._mids[mid]
@@ -688,12 +812,105 @@ class Publisher:
             try:
                 if self._fallback:
                     self._switch_to_311()
+                self._watch_network_thread()
                 if self._connected:
                     self._drain()
             except JournalError as exc:  # a damaged page: the message says what to do; no traceback
                 log.error("re-send pass failed; retrying later", extra={"error": str(exc)})
             except Exception:
                 log.exception("re-send pass failed; retrying later")
+
+    def _pending(self, seq: int) -> bool:
+        """Still to be sent: pending in the journal and not already acknowledged by the broker."""
+        with self._map_lock:
+            if seq in self._unmarked:
+                return False
+        return self.journal.is_pending(seq)
+
+    def _mark_loop(self) -> None:
+        """Record PUBACKs in the journal, many per transaction: one fsync per PUBACK on paho's
+        thread would cap delivery at the disk's fsync rate and stall the network thread."""
+        while not self._marker_stop.is_set():
+            self._mark_evt.wait(0.5)
+            self._mark_evt.clear()
+            self._write_marks()
+            if self._mark_failed:
+                self._marker_stop.wait(self.settings.resend_interval_s)  # the disk is full: retry calmly
+        self._write_marks()  # the PUBACKs of the final flush
+
+    def _write_marks(self) -> None:
+        """The broker has these messages. If the journal cannot say so (disk full, read-only file
+        system), re-sending them would duplicate them now and turn them into an endless stream of
+        late reports: they stay held here, are never re-sent, and the state is a delivery fault."""
+        with self._map_lock:
+            held = dict(self._unmarked)
+        if not held:
+            return
+        try:
+            self.journal.finish_many([(seq, "delivered" if kind == "decision" else "late")
+                                      for seq, kind in held.items()])
+        except JournalError as exc:
+            if not self._mark_failed:
+                self._mark_failed = True
+                self._count("journal_mark_failed")
+                log.error("journal cannot record deliveries (disk full?): delivered decisions are not sent "
+                          "again; retrying the journal write. Free space on the journal's disk",
+                          extra={"rows": len(held), "error": str(exc), "fault": "journal_unwritable",
+                                 "path": str(self.journal.path)})
+            return
+        with self._map_lock:
+            for seq in held:
+                if self._unmarked.get(seq) == held[seq]:
+                    del self._unmarked[seq]
+        with self._acked:
+            self._acked.notify_all()  # flush() waits on the journal's pending count
+        if self._mark_failed:
+            self._mark_failed = False
+            log.info("journal writable again: deliveries recorded", extra={"rows": len(held),
+                                                                           "fault_cleared": "journal_unwritable"})
+
+    def faults(self) -> list[str]:
+        """Delivery faults now in force (empty when healthy): in status, metrics and the log."""
+        out = []
+        if self._mark_failed:
+            out.append("journal_unwritable")
+        if self._net_deaths and not self._connected:
+            out.append("mqtt_thread_died")
+        return out
+
+    def _watch_network_thread(self) -> None:
+        """A paho network thread that died (an exception inside paho) silently ends all MQTT: the
+        daemon would stay 'no broker yet' for ever. Found here, reported, and the client relaunched
+        with backoff; the fault clears once it connects again."""
+        with self._send_lock:
+            client = self._client
+            dead = (client is not None and self._started and not self._stopping.is_set() and not self._fallback
+                    and hasattr(client, "_edge_thread_name") and getattr(client, "_thread", None) is None)
+            if not dead or time.monotonic() < self._relaunch_at:
+                return
+            self._client = None
+            self._connected = False
+        self._connected_evt.clear()
+        self._ready_evt.clear()
+        self._net_deaths += 1
+        self._count("mqtt_thread_died")
+        cause = _thread_errors.pop(getattr(client, "_edge_thread_name", ""), None)
+        try:
+            sock = client.socket()
+            if sock is not None:
+                sock.close()  # abrupt, as a crash: the broker publishes our Will (offline)
+        except OSError:
+            pass
+        delay = min(self.settings.reconnect_max_delay_s, self.settings.reconnect_min_delay_s * 2 ** min(self._net_deaths, 10))
+        self._relaunch_at = time.monotonic() + delay
+        log.error("MQTT network thread died; relaunching the client", extra={
+            "fault": "mqtt_thread_died", "error": cause or "unknown (see the traceback above)",
+            "deaths": self._net_deaths, "client_id": self.settings.effective_client_id[:64]})
+        with self._acked:
+            self._mids.clear()
+            self._inflight.clear()
+            self._acked.notify_all()
+        self._launch_client()
 
     def _window_open(self) -> bool:
         with self._acked:
@@ -723,7 +940,7 @@ class Publisher:
                             return
                         with self._acked:
                             busy = row.seq in self._inflight
-                        if busy or not self.journal.is_pending(row.seq):
+                        if busy or not self._pending(row.seq):
                             continue
                         if self._send_row(row):
                             sent += 1
@@ -741,15 +958,15 @@ class Publisher:
                 return
             size = len(msg.payload)
             if msg.retain:
-                self._count("triggers_ignored")
-                log.warning("retained trigger ignored (a trigger is an event, not a state)",
-                            extra={"topic": msg.topic, "bytes": size})
+                self._ignore_trigger("retained", "retained trigger ignored (a trigger is an event, not a state; "
+                                     "clear it with an empty retained publish, and have the sender publish "
+                                     "triggers without retain)", {"topic": msg.topic, "bytes": size})
                 return
             try:
                 trig = parse_trigger(msg.payload, time.time(), time.monotonic(), self.settings.trigger_max_bytes)
             except ContractError as exc:
-                self._count("triggers_ignored")
-                log.warning("malformed trigger ignored", extra={
+                why = "oversized" if size > self.settings.trigger_max_bytes else "malformed"
+                self._ignore_trigger(why, f"{why} trigger ignored; that part times out and is rejected", {
                     "topic": msg.topic, "bytes": size, "error": str(exc), "head": repr(bytes(msg.payload[:48]))})
                 return
             with self._trigger_lock:
@@ -759,8 +976,8 @@ class Publisher:
                     while len(self._seen_triggers) > self.settings.trigger_dedup:
                         self._seen_triggers.popitem(last=False)
             if repeated:
-                self._count("triggers_repeated")
-                log.info("repeated trigger ignored (already answered)", extra={"part_id": trig.part_id})
+                self._ignore_trigger("repeated", "repeated trigger ignored (already answered; a part_id reused "
+                                     "for a new part gets no decision and is rejected)", {"part_id": trig.part_id})
                 return
             self._count("triggers")
             cb = self._trigger_cb
@@ -768,6 +985,14 @@ class Publisher:
                 cb(trig)
         except Exception:
             log.exception("trigger handling failed", extra={"topic": msg.topic})
+
+    def _ignore_trigger(self, why: str, msg: str, extra: Mapping[str, Any]) -> None:
+        """Drop a trigger: counted by reason (`triggers_<why>_ignored`, all in `triggers_ignored`)
+        and logged, rate-limited per reason. Its part gets no decision and the gate rejects it
+        on timeout, so the operator must be able to see why (status `mqtt`, the log)."""
+        self._count("triggers_ignored")
+        n = self._count(f"triggers_{why}_ignored")
+        self._log_limited("trigger_" + why, logging.WARNING, msg, {**extra, "reason": why, "ignored": n})
 
     def _on_other_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         log.debug("unexpected message ignored", extra={"topic": msg.topic, "bytes": len(msg.payload)})
@@ -789,6 +1014,7 @@ class Publisher:
         except JournalError as exc:  # `online` must still go out: the gate needs it more than the counts
             log.warning("status sent without journal counts", extra={"error": str(exc)})
         payload["mqtt"] = self.stats()
+        payload["delivery_faults"] = self.faults()
         return payload
 
     def _offline_payload(self, reason: str) -> dict[str, Any]:
@@ -796,6 +1022,8 @@ class Publisher:
         return {"state": "offline", "reason": reason, key: iso(time.time()),
                 "client_id": self.settings.effective_client_id, "version": _version()}
 
-    def _count(self, key: str, n: int = 1) -> None:
+    def _count(self, key: str, n: int = 1) -> int:
+        """Add n to a stats() counter; returns its new value."""
         with self._stats_lock:
             self._stats[key] += n
+            return self._stats[key]

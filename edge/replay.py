@@ -37,6 +37,10 @@ from edge.preprocess import ImageError, load_image
 log = logging.getLogger(__name__)
 
 CHUNK = 32  # images per task: amortises the pool's overhead, keeps order cheap
+# A labelled replay more than this (a fraction: 5 accuracy points) below the bundle's
+# recorded test accuracy is warned about: rather a wrong bundle, folder or camera than
+# chance (the shipped bundle on the second camera's casting_512_dark: 3.4 points below).
+ACCURACY_MARGIN = 0.05
 
 
 @dataclass
@@ -176,7 +180,39 @@ def summarize_run(results: list[Result], bundle: Bundle, threshold: float, folde
         # what was decided: a guard fault is a reject whatever p_defect was
         p = np.array([1.0 if r.decision == "reject" and r.reason != "model" else r.p_defect for r in with_label])
         summary["metrics"] = summarize(y, p, threshold)
+    summary["warnings"] = health_warnings(summary, bundle)
     return summary
+
+
+def recorded_accuracy(bundle: Bundle) -> float | None:
+    """The int8 test accuracy the trainer recorded in model.json, if the bundle has it."""
+    try:
+        value = bundle.meta["metrics"]["test_all"]["int8"]["accuracy"]
+    except (KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def health_warnings(summary: dict[str, Any], bundle: Bundle) -> list[str]:
+    """What a labelled replay must not pass over in silence: escapes, and accuracy far below the record.
+
+    A bundle at 50% accuracy used to replay with exit 0 and a table nobody read.
+    """
+    m = summary.get("metrics")
+    if not m:
+        return []
+    out = []
+    escapes, caught = m["confusion"][1]
+    if escapes:
+        out.append(f"{escapes} defective part(s) accepted (escapes) of {escapes + caught} defects")
+    recorded = recorded_accuracy(bundle)
+    if recorded is not None and m["accuracy"] is not None and m["accuracy"] < recorded - ACCURACY_MARGIN:
+        own = summary["threshold"] == bundle.threshold
+        where = "" if own else f" (threshold {summary['threshold']:.8g}, not the bundle's {bundle.threshold:.8g})"
+        out.append(f"accuracy {m['accuracy'] * 100:.2f}% on {m['n']} images is {(recorded - m['accuracy']) * 100:.1f} "
+                   f"points below the bundle's recorded test accuracy {recorded * 100:.2f}%{where}: wrong bundle, "
+                   "wrong folder, or images unlike the training images?")
+    return out
 
 
 def write_json(path: Path, run: ReplayRun) -> None:
@@ -229,7 +265,22 @@ def format_summary(run: ReplayRun) -> str:
     if errs:
         lines += ["", f"  {len(errs)} file(s) could not be inspected:"]
         lines += [f"    {r.path}: {r.error}" for r in errs]
+    if s.get("warnings"):
+        lines += ["", *(f"  WARNING: {w}" for w in s["warnings"])]
     return printable("\n".join(lines))
+
+
+def misclassified_order(results: list[Result]) -> list[Result]:
+    """Misclassified results, the costliest first: escapes, guard faults on good parts, false rejects.
+
+    Within each kind the file order is kept. A capped sheet in plain file order could
+    show 50 false rejects and none of the escapes that matter.
+    """
+    def kind(r: Result) -> int:
+        if r.label == "def_front":
+            return 0  # a defect accepted
+        return 1 if (r.reason or "").startswith("fault:") else 2
+    return sorted((r for r in results if _misclassified(r)), key=kind)
 
 
 def _pct(v: float | None) -> str:

@@ -12,9 +12,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.replay import ReplayRun, printable
+from edge.replay import ReplayRun, Result, misclassified_order, printable
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+MAX_TILES = 50  # a sheet stays readable; the sheet says how many it leaves out
 
 
 def _ascii(text: str) -> str:
@@ -35,10 +36,15 @@ def _write_png(path: Path, img: np.ndarray) -> None:
     path.write_bytes(enc.tobytes())
 
 
-def confusion_png(cm: list[list[int]], title: str) -> np.ndarray:
+def confusion_png(cm: list[list[int]], title: str, warnings: list[str] | None = None) -> np.ndarray:
+    """The confusion matrix; each replay warning in red below it, so a figure passed on carries them."""
     cell, left, top = 160, 170, 90
-    img = np.full((top + 2 * cell + 20, left + 2 * cell + 20, 3), 255, np.uint8)
+    lines = [chunk for w in warnings or [] for chunk in _wrap(f"WARNING: {w}", 72)]
+    bottom = top + 2 * cell + 20
+    img = np.full((bottom + 22 * len(lines) + (10 if lines else 0), left + 2 * cell + 20 + 200, 3), 255, np.uint8)
     _put(img, title, (10, 28), 0.6, (0, 0, 0), 1)
+    for k, line in enumerate(lines):
+        _put(img, line, (10, bottom + 18 + 22 * k), 0.5, (0, 0, 200), 1)
     for j, name in enumerate(("accept", "reject")):
         _put(img, f"pred {name}", (left + j * cell + 20, top - 12), 0.55, (0, 0, 0), 1)
     peak = max(max(row) for row in cm) or 1
@@ -54,12 +60,26 @@ def confusion_png(cm: list[list[int]], title: str) -> np.ndarray:
     return img
 
 
-def grid_png(tiles: list[tuple[np.ndarray, str, str]], cols: int = 5, tile: int = 200) -> np.ndarray:
+def _wrap(text: str, width: int) -> list[str]:
+    words, lines = text.split(), [""]
+    for word in words:
+        if lines[-1] and len(lines[-1]) + 1 + len(word) > width:
+            lines.append("")
+        lines[-1] = f"{lines[-1]} {word}".strip()
+    return lines
+
+
+def grid_png(tiles: list[tuple[np.ndarray, str, str]], cols: int = 5, tile: int = 200,
+             header: str = "") -> np.ndarray:
+    """Tiles with two caption lines each, under an optional one-line header."""
+    head = 30 if header else 0
     rows = max(1, -(-len(tiles) // cols))
-    img = np.full((rows * (tile + 44), cols * tile, 3), 255, np.uint8)
+    img = np.full((head + rows * (tile + 44), cols * tile, 3), 255, np.uint8)
+    if header:
+        _put(img, header, (6, 21), 0.55, (0, 0, 0), 1)
     for k, (gray, line1, line2) in enumerate(tiles):
         r, c = divmod(k, cols)
-        x0, y0 = c * tile, r * (tile + 44)
+        x0, y0 = c * tile, head + r * (tile + 44)
         img[y0 : y0 + tile, x0 : x0 + tile] = cv2.cvtColor(cv2.resize(gray, (tile, tile)), cv2.COLOR_GRAY2BGR)
         _put(img, _ascii(line1)[:30], (x0 + 3, y0 + tile + 16), 0.4, (0, 0, 0), 1)
         _put(img, line2, (x0 + 3, y0 + tile + 34), 0.45, (0, 0, 200), 1)
@@ -72,13 +92,24 @@ def write(folder: Path, run: ReplayRun) -> list[Path]:
     m = run.summary.get("metrics")
     if m:
         p = folder / "confusion.png"
-        _write_png(p, confusion_png(m["confusion"], f"threshold {run.summary['threshold']:.8g}, n={m['n']}"))
+        _write_png(p, confusion_png(m["confusion"], f"threshold {run.summary['threshold']:.8g}, n={m['n']}",
+                                    run.summary.get("warnings")))
         written.append(p)
-    wrong = [r for r in run.results if r.path in run.images]
+    wrong = [r for r in misclassified_order(run.results) if r.path in run.images]
     if wrong:
-        tiles = [(run.images[r.path], Path(r.path).name, f"{r.label} p={r.p_defect:.3f} -> {r.decision}")
-                 for r in wrong[:50]]
+        shown = wrong[:MAX_TILES]
+        tiles = [(run.images[r.path], Path(r.path).name,
+                  f"{r.label} p={r.p_defect:.3f} -> {r.decision}" if r.reason in (None, "model")
+                  else f"{r.label} -> {r.reason}") for r in shown]
         p = folder / "misclassified.png"
-        _write_png(p, grid_png(tiles))
+        _write_png(p, grid_png(tiles, header=sheet_header(len(shown), wrong)))
         written.append(p)
     return written
+
+
+def sheet_header(shown: int, wrong: list[Result]) -> str:
+    """'showing 50 of 260 misclassified; escapes first (escapes 3, guard faults 10, false rejects 247)'."""
+    escapes = sum(r.label == "def_front" for r in wrong)
+    faults = sum(r.label != "def_front" and (r.reason or "").startswith("fault:") for r in wrong)
+    counts = f"escapes {escapes}, guard faults {faults}, false rejects {len(wrong) - escapes - faults}"
+    return f"showing {shown} of {len(wrong)} misclassified; escapes first ({counts})"

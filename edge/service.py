@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from edge import override
 from edge.audit import AuditSettings, AuditTrail
 from edge.camera import Camera, IterSource, Source, SourceError, open_source
 from edge.config import Config
+from edge.contract import Topics, dumps, iso
 from edge.daemon import Daemon
 from edge.dataset import (
     default_data_root,
@@ -34,11 +36,13 @@ from edge.inspector import Inspector
 from edge.journal import Journal
 from edge.lifecycle import Lifecycle, reload_model
 from edge.override import ThresholdRefused
-from edge.publish import MqttConfigError, MqttSettings, Publisher
+from edge.publish import MqttConfigError, MqttSettings, Publisher, make_client
 from edge.simulate import SimulatedLine
 from edge.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
+
+MQTT_DEFAULT_PORT = 1883
 
 
 class StartError(RuntimeError):
@@ -74,17 +78,89 @@ def sim_parts(cfg: Config) -> tuple[list[np.ndarray], list[str | None]]:
         "def_front" if i % 3 == 0 else "ok_front" for i in range(12)]
 
 
-def build_source(cfg: Config) -> Source:
+class SimPartSensor:
+    """The simulated line's part sensor, for the trigger-mode demo (demo/trigger.yaml).
+
+    A trigger-mode line announces each part when it reaches the camera (a photo-eye, the
+    PLC); without one the simulated belt's parts and a gate's triggers never meet, and a
+    trigger lands between two parts as often as not (fault:no_part). So, on its own demo
+    broker only, the simulated line publishes {prefix}/trigger as each part's centre
+    reaches the inspection line: the daemon answers it like any trigger, and
+    `edge-gate --follow-triggers` expects the same part and actuates on its decision.
+    Part ids are `<start time>-<n>`, unique across runs, so a decision journaled by an
+    earlier run can never answer a part of this one.
+    """
+
+    def __init__(self) -> None:
+        self._client: Any = None
+        self._topic = ""
+        self._run = time.strftime("%H%M%S")
+        self._n = 0
+
+    def start(self, settings: MqttSettings) -> None:
+        self._topic = settings.topics.trigger
+        self._client = make_client(settings, f"{settings.effective_client_id}-sim-sensor"[:256], "3.1.1",
+                                   settings.read_password())
+        self._client.connect_async(settings.host, settings.port, settings.keepalive)
+        self._client.loop_start()
+        log.info("simulated line announces its parts on the trigger topic (trigger-mode demo): follow them with "
+                 "edge-gate --follow-triggers", extra={"topic": self._topic, "url": f"mqtt://{settings.host}:"
+                                                        f"{settings.port}"})
+
+    def announce(self) -> None:
+        """A part reached the inspection line (called from the camera thread)."""
+        client = self._client
+        if client is None or not client.is_connected():
+            return  # as a line's sensor with its broker down: the part is not announced
+        self._n += 1
+        part_id = f"{self._run}-{self._n}"
+        client.publish(self._topic, dumps({"part_id": part_id, "ts": iso(time.time())}), qos=1)
+        log.debug("simulated part announced", extra={"part_id": part_id})
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
+
+
+def _log_backlog(journal: Journal, cfg: Config, will_send: bool) -> None:
+    """Say at start what the undelivered decisions of an earlier run are, once, before the
+    publisher re-sends them: past their deadline they go to /decision/late one by one,
+    each with its own warning, which otherwise reads as this run's decisions being late."""
+    b = journal.backlog()
+    if not b["pending"]:
+        return
+    late = Topics(cfg.mqtt.prefix).late
+    ctx = {"oldest": iso(b["oldest_ts"]), "newest": iso(b["newest_ts"]), "journal": str(journal.path)}
+    if b["expired"]:
+        where = (f"sent now as late, on {late}, a record for monitoring" if will_send
+                 else f"kept in the journal, to go to {late} once a broker is reachable")
+        log.warning(f"{b['expired']} decisions from an earlier run (oldest {ctx['oldest']}) never reached the "
+                    f"broker and are past their deadline: {where}; the gate must not act on them (a fail-safe "
+                    "gate rejected those parts on timeout)", extra={"count": b["expired"], **ctx})
+    if b["pending"] > b["expired"]:
+        log.info(f"{b['pending'] - b['expired']} decisions from an earlier run are still within their deadline: "
+                 f"sent to the gate on {cfg.mqtt.prefix}/decision", extra={"count": b["pending"] - b["expired"]})
+
+
+def build_source(cfg: Config, on_part: Callable[[], None] | None = None) -> Source:
+    """The camera source; for the simulated line, on_part is called as each part's centre
+    reaches the inspection line, just before the frame that shows it there."""
     c = cfg.camera
     if c.source == "sim":
         images, labels = sim_parts(cfg)
         s = cfg.sim
+        line_x = cfg.inspect.inspection_line * s.width
 
         def frames() -> Iterator[np.ndarray]:
             line = SimulatedLine(images, labels, width=s.width, height=s.height, speed_px=s.speed_px,
                                  spacing_px=s.spacing_px, diameter_px=s.part_diameter_px,
                                  belt_level=s.belt_level, context=s.context, seed=s.seed)
-            for frame, _truth in line:
+            for frame, truth in line:
+                if on_part is not None:
+                    for _ in range(sum(p.cx - s.speed_px < line_x <= p.cx for p in truth.parts)):
+                        on_part()
                 yield frame
 
         return IterSource("sim", frames, fps=s.fps)
@@ -128,7 +204,10 @@ def run(cfg: Config, duration_s: float | None = None,
         inspector.self_check()  # as on reload; also warms the interpreter before the first part
         host, port = cfg.mqtt.host, cfg.mqtt.port
         if host is None:
-            host, port = _local_broker(stack)
+            host, port = _local_broker(stack, cfg.mqtt.port)
+        # The simulated line in trigger mode on the demo's own broker plays the line's part sensor.
+        sensor = SimPartSensor() if (cfg.camera.source == "sim" and cfg.inspect.mode == "trigger"
+                                     and cfg.mqtt.host is None and host is not None) else None
         try:
             Path(cfg.journal.path).parent.mkdir(parents=True, exist_ok=True)
             journal = Journal(cfg.journal.path, retention_days=cfg.journal.retention_days,
@@ -136,8 +215,9 @@ def run(cfg: Config, duration_s: float | None = None,
         except OSError as exc:
             raise SettingError(f"journal.path {cfg.journal.path}: cannot create it: {_why(exc)}") from exc
         stack.callback(journal.close)
+        _log_backlog(journal, cfg, will_send=host is not None)
         try:
-            source = build_source(cfg)
+            source = build_source(cfg, on_part=sensor.announce if sensor is not None else None)
         except SourceError as exc:
             raise SettingError(f"camera.source: {exc}") from exc
         camera = Camera(source, stale_after_s=cfg.camera.stale_after_s,
@@ -163,14 +243,18 @@ def run(cfg: Config, duration_s: float | None = None,
             d = cfg.drift
             daemon.drift = DriftWatch(DriftSettings(d.window, d.baseline_parts, d.k, d.reject_z),
                                       b.meta.get("image_stats"))
-        if cfg.inspect.mode == "trigger":
-            publisher.on_trigger(lambda t: daemon.trigger(t.part_id, t.received_mono, t.ts))
+        # In continuous mode too, so that a trigger sent there is said to be ignored (Daemon.trigger).
+        publisher.on_trigger(lambda t: daemon.trigger(t.part_id, t.received_mono, t.ts))
         if host is not None:
             try:
                 publisher.start()  # reads the password and TLS files; connects in the background
             except MqttConfigError as exc:
                 raise SettingError(f"{_mqtt_key(str(exc))}: {exc}") from exc
             stack.callback(publisher.stop)
+            daemon.camera_watch.on_change = publisher.publish_status  # a camera fault is on the status at once
+            if sensor is not None:
+                sensor.start(settings)
+                stack.callback(sensor.stop)
         camera.start()
         stack.callback(camera.stop)
         _install_signals(daemon)
@@ -232,19 +316,34 @@ def _status_loop(publisher: Publisher, stop: threading.Event, interval_s: float)
             log.exception("status publish failed; retrying at the next interval")
 
 
-def _local_broker(stack: ExitStack) -> tuple[str | None, int]:
+def _local_broker(stack: ExitStack, port: int = MQTT_DEFAULT_PORT) -> tuple[str | None, int]:
     """The demo's broker: a local mosquitto, or none at all where it is not installed
-    (decisions are then journaled and printed, so the demo still runs on a bare machine)."""
+    (decisions are then journaled and printed, so the demo still runs on a bare machine).
+
+    It listens on loopback, on a free port when mqtt.port is the default 1883 (a broker
+    already on the box keeps it) and on mqtt.port otherwise, so that a demo config can
+    name the port a gate is started against (demo/trigger.yaml).
+    """
     from edge.broker import LocalBroker, mosquitto_path  # noqa: PLC0415
 
     if mosquitto_path() is None:
         log.warning("no broker configured (mqtt.host) and mosquitto is not installed: decisions are journaled "
                     "but not published (apt-get install mosquitto, or set mqtt.host)")
-        return None, 1883  # unused: the publisher is never started
+        return None, MQTT_DEFAULT_PORT  # unused: the publisher is never started
     broker = LocalBroker()
+    if port != MQTT_DEFAULT_PORT:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise StartError(f"mqtt.port {port}: cannot listen on 127.0.0.1:{port} for the local broker "
+                                 f"({exc.strerror or exc}): is another demo running? Stop it or choose another "
+                                 "port") from None
+        broker.port = port
     broker.start()
     stack.callback(broker.stop)
-    log.info("no broker configured: started a local mosquitto", extra={"port": broker.port})
+    log.info("no broker configured: started a local mosquitto",
+             extra={"url": f"mqtt://127.0.0.1:{broker.port}", "port": broker.port})
     return "127.0.0.1", broker.port
 
 
@@ -252,7 +351,7 @@ def _state(daemon: Daemon, publisher: Publisher, journal: Journal) -> dict[str, 
     """What a metrics scrape reports besides the decision counters."""
     s = daemon.status()
     s.update(broker_connected=publisher.connected, journal_pending=journal.counts()["pending"],
-             model_sha=daemon.inspector.bundle.sha256)
+             model_sha=daemon.inspector.bundle.sha256, mqtt=publisher.stats())
     return s
 
 

@@ -56,11 +56,29 @@ class _State(Collector):
         if cam.get("fault"):
             fault.add_metric([str(cam["fault"])], 1.0)
         yield fault
+        # Episodes, not the gauge, show a fault that began and cleared between two scrapes.
+        episodes = CounterMetricFamily("edge_camera_fault_episodes", "Camera faults begun (FaultWatch: one per "
+                                       "episode, however many frames it lasts), by fault", labels=["fault"])
+        for name, n in (cam.get("fault_episodes") or {}).items():
+            episodes.add_metric([str(name)], n)
+        yield episodes
+        yield CounterMetricFamily("edge_camera_damaged_frames", "Video-file frames that could not be decoded "
+                                  "and were skipped", value=cam.get("damaged_frames", 0))
         yield CounterMetricFamily("edge_parts_inspected", "Parts decided (model or fault)", value=s.get("parts", 0))
         yield GaugeMetricFamily("edge_broker_connected", "1 while connected to the MQTT broker",
                                 value=1.0 if s.get("broker_connected") else 0.0)
         yield GaugeMetricFamily("edge_journal_backlog", "Decisions journaled but not yet acknowledged by the broker",
                                 value=s.get("journal_pending", 0))
+        # Publisher.stats() under "mqtt", as in the retained status: a takeover takes the line down.
+        yield CounterMetricFamily("edge_mqtt_session_taken_over", "Broker connections lost because another client "
+                                  "connected with the daemon's client id (said by the broker, or suspected: "
+                                  "dropped within a keepalive of connecting); should stay 0",
+                                  value=(s.get("mqtt") or {}).get("session_taken_over", 0))
+        delivery = GaugeMetricFamily("edge_delivery_fault", "1 for each delivery fault in force (journal cannot "
+                                     "record deliveries, MQTT network thread died)", labels=["fault"])
+        for name in s.get("delivery_faults") or []:
+            delivery.add_metric([str(name)], 1.0)
+        yield delivery
         drift = GaugeMetricFamily("edge_drift", "1 while a monitored statistic is off its baseline", labels=["signal"])
         for name, on in (s.get("drift") or {}).items():
             drift.add_metric([name], 1.0 if on else 0.0)

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +12,10 @@ import numpy as np
 import pytest
 
 from edge.camera import (
+    DAMAGED_FAULT_S,
     V4L_SELECT_TIMEOUT_ENV,
     Camera,
+    FaultWatch,
     FolderSource,
     Frame,
     IterSource,
@@ -264,3 +267,102 @@ def test_a_folder_without_loop_plays_once_and_ends(tmp_path: Path) -> None:
     cam.stop()
     assert [int(f.gray[0, 0]) for f in frames] == [0, 80, 160]
     assert cam.ended and cam.frames == 3 and cam.reconnects == 0
+
+
+def damage(video: Path, first: int, last: int) -> Path:
+    """Zero the JPEG headers of MJPG frames first..last in place: listed by the container,
+    undecodable (OpenCV's read fails on them exactly as at the end of the file)."""
+    data = bytearray(video.read_bytes())
+    starts = [i for i in range(len(data) - 2) if data[i:i + 3] == b"\xff\xd8\xff"]
+    for k in range(first, last + 1):
+        data[starts[k] + 2:starts[k] + 300] = bytes(298)
+    video.write_bytes(bytes(data))
+    return video
+
+
+def stripe(frame: np.ndarray) -> int:
+    """The frame number write_video drew (MJPG moves it by a grey level or two)."""
+    return int(round(float(np.median(frame[:, :8]))))
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_damaged_frames_of_a_video_file_are_skipped_not_taken_for_its_end(tmp_path: Path, loop: bool) -> None:
+    video = damage(write_video(tmp_path / "v.avi", 40), 10, 19)
+    src = OpenCVSource(str(video), loop=loop, fps=1000)
+    src.open()
+    got = []
+    for _ in range(30 if not loop else 45):
+        frame = src.read()
+        if frame is None:
+            break
+        got.append(stripe(frame))
+    end = src.read() if not loop else "looping"
+    src.close()
+    # Before, frame 10 ended the file (loop: false) or rewound it to 0 (loop: true), silently.
+    assert [abs(a - b) <= 2 for a, b in zip(got, list(range(10)) + list(range(20, 40)))] == [True] * 30, got
+    if not loop:
+        assert end is None and src.damaged_frames == 10
+    else:  # rewound at the real end only; the damage is skipped again on the next pass
+        assert abs(got[30] - 0) <= 2 and abs(got[40] - 20) <= 2, got
+        assert src.damaged_frames == 20
+
+
+def test_a_camera_with_damaged_frames_reports_the_fault_for_a_while(tmp_path: Path) -> None:
+    video = damage(write_video(tmp_path / "v.avi", 80, fps=50), 10, 14)
+    cam = Camera(OpenCVSource(str(video), loop=False), stale_after_s=0.5)
+    cam.start()
+    faults = []
+    deadline = time.monotonic() + 10
+    while not cam.ended and time.monotonic() < deadline:
+        faults.append(cam.fault())
+        time.sleep(0.01)
+    cam.stop()
+    assert cam.damaged_frames == 5 and cam.frames == 75
+    assert DAMAGED_FAULT_S < 1.3  # the good frames after the damage last 1.3 s at 50 fps
+    assert "damaged_frames" in faults and faults[-1] is None, faults
+
+
+def test_a_source_whose_reads_fail_is_one_fault_episode_begun_and_cleared(
+        caplog: pytest.LogCaptureFixture) -> None:
+    broken = threading.Event()
+
+    def connection() -> Iterator[np.ndarray]:
+        if broken.is_set():
+            raise OSError("no signal")
+
+        def frames() -> Iterator[np.ndarray]:
+            for i in range(100_000):
+                if broken.is_set():
+                    raise cv2.error("read timed out")
+                yield np.full((48, 64), i % 256, np.uint8)
+        return frames()
+
+    cam = Camera(IterSource("flaky", connection, fps=100), stale_after_s=0.2, reconnect_min_s=0.05,
+                 reconnect_max_s=0.1)
+    watch = FaultWatch(cam, "parts pass uninspected", clear_after_s=0.5)
+    changes: list[str | None] = []
+    watch.on_change = lambda: changes.append(watch.fault)
+    with caplog.at_level(logging.INFO, "edge.camera"):
+        cam.start()
+        assert cam.next_frame(0, 2.0) is not None
+
+        def run(seconds: float) -> None:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                watch.check()
+                time.sleep(0.01)
+
+        run(0.3)
+        broken.set()
+        run(1.0)  # some 100 checks and several reconnects with the fault in force
+        during = dict(watch.status())
+        broken.clear()
+        run(1.2)
+        cam.stop()
+    begun = [r for r in caplog.records if r.getMessage().startswith("camera fault: ")]
+    cleared = [r for r in caplog.records if r.getMessage() == "camera fault cleared"]
+    assert len(begun) == 1 and begun[0].levelno == logging.WARNING, [r.getMessage() for r in begun]
+    assert "stale_frame" in begun[0].getMessage() and "parts pass uninspected" in begun[0].getMessage()
+    assert len(cleared) == 1 and cleared[0].levelno == logging.INFO and vars(cleared[0])["fault"] == "stale_frame"
+    assert during["fault_episode"] == "stale_frame" and during["fault_since"]
+    assert watch.fault is None and watch.episodes == {"stale_frame": 1} and changes == ["stale_frame", None]

@@ -12,14 +12,14 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
-from broker import Mosquitto
+from broker import Mosquitto, free_port
 from conftest_mqtt import Collector, require_mosquitto, retained
 from daemon_run import BUNDLE, DEADLINE_S, DaemonProcess, write_config
 
@@ -27,7 +27,7 @@ from edge import bundle as bundle_fmt
 from edge.contract import Topics
 from edge.journal import Journal
 from edge.replay import replay
-from edge.simulate import DATASET_BACKDROP_LEVEL, DEMO_CONTEXT, SimulatedLine, belt, write_video
+from edge.simulate import DATASET_BACKDROP_LEVEL, DEMO_CONTEXT, SimulatedLine, belt, synthetic_part, write_video
 
 FIELDS = {"part_id", "seq", "ts", "frame_ts", "decision", "p_defect", "threshold", "reason", "model", "latency_ms"}
 
@@ -102,7 +102,7 @@ def test_continuous_one_decision_per_part_matching_replay(broker: Mosquitto, lin
     assert [d["seq"] for d in got] == sorted(d["seq"] for d in got)
     model_id = bundle_fmt.load(BUNDLE).short_id
     for m, d in zip(decisions, got):
-        assert m.qos == 1 and not m.retain and m.expiry == int(DEADLINE_S)
+        assert m.qos == 1 and not m.retain and int(DEADLINE_S) - 1 <= m.expiry <= int(DEADLINE_S)  # whole seconds left, rounded down
         assert set(d) >= FIELDS, FIELDS - set(d)
         assert d["decision"] in ("accept", "reject") and d["reason"] == "model"
         assert 0.0 <= d["p_defect"] <= 1.0 and d["model"] == model_id
@@ -283,3 +283,48 @@ def test_broker_restart_mid_run_loses_no_decision(line: Line, tmp_path: Path) ->
         assert row is not None and row.state in ("delivered", "late"), row
         topic = t.decision if row.state == "delivered" else t.late
         assert row.seq in seen.get(topic, set()), f"seq {row.seq} is {row.state} but never seen on {topic}"
+
+
+def test_an_earlier_runs_undelivered_decisions_are_summarised_once_at_start(
+        broker: Mosquitto, empty_belt: Path, tmp_path: Path) -> None:
+    """A run whose decisions never reached a broker leaves them in the journal; the next run
+    re-sends them on /decision/late, each with its own warning, which read as this run's
+    decisions being late. One line at start must say what they are, before any of those."""
+    parts = [synthetic_part(i, defect=i % 2 == 0) for i in range(4)]
+    sim = SimulatedLine(parts, [None] * 4, speed_px=40, diameter_px=280, belt_level=DATASET_BACKDROP_LEVEL,
+                        context=DEMO_CONTEXT, seed=3)
+    video = tmp_path / "line.avi"
+    write_video(video, (frame for frame, _truth in sim), fps=25)
+    prefix = f"test/{tmp_path.name[-10:]}/cam1"
+    t = Topics(prefix)
+    nobody = free_port()  # no broker there: every decision stays journaled, undelivered
+    first = write_config(tmp_path, nobody, prefix, video, audit={"dir": None}, service={"ready_timeout_s": 1.0},
+                         mqtt={"decision_deadline_s": 1.0})
+    with DaemonProcess(first) as proc:
+        out1 = proc.join()
+    assert proc.returncode == 0, out1[-3000:]
+    with Journal(tmp_path / "journal.sqlite") as j:
+        left = j.undelivered()
+    assert len(left) >= 2, out1[-3000:]
+    oldest = datetime.fromtimestamp(left[0].created_ts, tz=timezone.utc).isoformat(timespec="milliseconds")
+    oldest = oldest.replace("+00:00", "Z")
+    second = write_config(tmp_path, broker.port, prefix, empty_belt, camera={"loop": True}, audit={"dir": None},
+                          mqtt={"decision_deadline_s": 1.0})
+    sub = Collector(broker.port, [t.decision, t.late])
+    try:
+        with DaemonProcess(second) as proc:
+            assert sub.wait(lambda ms: sum(m.topic == t.late for m in ms) >= len(left), 30), proc.out
+            out2 = proc.stop()
+    finally:
+        sub.close()
+    assert proc.returncode == 0, out2[-3000:]
+    lines = out2.splitlines()
+    summary = [i for i, line in enumerate(lines) if "decisions from an earlier run" in line]
+    assert len(summary) == 1, out2[-3000:]
+    line = lines[summary[0]]
+    assert f"{len(left)} decisions from an earlier run (oldest {oldest})" in line, line
+    assert f"sent now as late, on {t.late}" in line and "the gate must not act on them" in line, line
+    per_row = [i for i, line in enumerate(lines) if "decision missed its deadline" in line]
+    assert all(i > summary[0] for i in per_row), out2[-3000:]  # said before any per-decision line
+    assert {m.json["seq"] for m in sub.on(t.late)} == {r.seq for r in left}
+    assert not {m.json["seq"] for m in sub.on(t.decision)} & {r.seq for r in left}  # never to the gate

@@ -1,6 +1,8 @@
 """edge-train fit end to end on a few images for a few steps (seconds, never a full run)."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from edge.metrics import summarize  # noqa: E402
 from edge.model import Classifier  # noqa: E402
 from edge.perturb import FOCUS_CHANGES, refocus_all  # noqa: E402
 from tests.conftest import part_image, write_split  # noqa: E402
+from tests.test_links import links  # noqa: E402
 from trainer.cli import main  # noqa: E402
 from trainer.export import ExportError, check_int8_accuracy  # noqa: E402
 from trainer.fit import FitOptions, run  # noqa: E402
@@ -263,6 +266,81 @@ def test_bad_numeric_options_exit_2_before_touching_out(tmp_path: Path, capsys: 
     assert main(["fit", "--data", str(tmp_path), "--out", str(out), flag, value]) == 2
     assert flag in capsys.readouterr().err
     assert not out.exists()
+
+
+OUR_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.-]+: ")
+TF_CPP_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}: [IWEF] "  # TF's C++ log
+                         r"|^[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] ", re.MULTILINE)  # absl's
+
+
+@pytest.fixture(scope="module")
+def console_fit(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """A real `edge-train fit` from the console script, on drawn images: (process, run folder)."""
+    tmp = tmp_path_factory.mktemp("console_fit")
+    data, out = tmp / "data", tmp / "run"
+    write_split(data / "train", 12, seed=1)
+    write_split(data / "test", 4, seed=2)
+    script = Path(sys.executable).parent / "edge-train"
+    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "trainer.cli"]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # this process set it: not the user
+    r = subprocess.run([*cmd, "fit", "--data", str(data), "--out", str(out), *QUICK], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r, out
+
+
+def test_a_real_fit_writes_only_its_own_log_to_stderr(
+        console_fit: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    """TensorFlow, Keras and LiteRT start-up and converter chatter buried the trainer's log (issue 18)."""
+    r, _ = console_fit
+    assert "bundle written" in r.stderr
+    assert not TF_CPP_LINE.search(r.stderr), r.stderr
+    for noise in ("oneDNN custom operations", "absl::InitializeLog", "cuda", "XNNPACK", "fully_quantize",
+                  "UserWarning", "Assets written to"):
+        assert noise.lower() not in r.stderr.lower(), (noise, r.stderr)
+    assert [line for line in r.stderr.splitlines() if not OUR_LOG_LINE.match(line)] == []
+    assert r.stdout == ""  # the converter's model export listed its 30 endpoints here
+
+
+def test_the_report_links_only_figures_it_wrote_and_never_dataset_images(
+        console_fit: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    """A bundle copied to models/ must keep working links: sheets of dataset images stay out of git."""
+    _, out = console_fit
+    report = (out / "report.md").read_text()
+    targets = links(report)
+    assert "figures/confusion_int8_test.png" in targets and all((out / t).is_file() for t in targets), targets
+    for sheet in ("augmented_batch", "threshold_evidence", "misclassified_int8_test"):
+        assert not any(sheet in t for t in targets)
+        assert (f"`figures/{sheet}.png`" in report) == (out / "figures" / f"{sheet}.png").is_file(), sheet
+    assert (out / "figures/augmented_batch.png").is_file()
+
+
+_FILTERED = """
+import os, sys
+from trainer.cli import TF_NOISE, _stderr_filtered
+with _stderr_filtered(TF_NOISE):
+    os.write(2, b"I0000 00:00:1796237096.297376    4025 port.cc:153] oneDNN custom operations are on.\\n")
+    os.write(2, b"2024-01-11 05:40:05.061907: W tensorflow/core/platform/cpu_feature_guard.cc:182] AVX\\n")
+    os.write(2, b"E0000 00:00:1796237096.297377    4025 kernel.cc:12] a real error\\n")
+    print("UserWarning: a real warning", file=sys.stderr, flush=True)
+    if sys.argv[1] == "abort":
+        os.write(2, b"F0000 00:00:1796237096.297378    4025 check.cc:1] Check failed: last words\\n")
+        os.abort()
+print("after the filter", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("end", ["exit", "abort"])
+def test_the_log_filter_drops_tensorflow_info_and_keeps_errors_even_through_a_crash(end: str) -> None:
+    r = subprocess.run([sys.executable, "-c", _FILTERED, end], capture_output=True, text=True, timeout=60,
+                       cwd=Path(__file__).resolve().parent.parent)
+    kept = ["E0000 00:00:1796237096.297377    4025 kernel.cc:12] a real error", "UserWarning: a real warning"]
+    if end == "abort":
+        assert r.returncode != 0
+        assert r.stderr.splitlines() == kept + ["F0000 00:00:1796237096.297378    4025 check.cc:1] Check failed: "
+                                                "last words"]
+    else:
+        assert r.returncode == 0 and r.stderr.splitlines() == kept + ["after the filter"]
 
 
 def test_int8_gate_refuses_a_model_that_lost_accuracy() -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import queue
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from broker import Mosquitto
-from conftest_mqtt import decision, mosquitto, prefix, settings  # noqa: F401 - fixtures
+from conftest_mqtt import decision, make_publisher, mosquitto, prefix, settings  # noqa: F401 - fixtures
 
 from edge import gate as gate_mod
 from edge.contract import (
@@ -318,6 +321,59 @@ def test_cli_rejects_every_part_when_no_daemon_is_there(mosquitto: Mosquitto, pr
     assert rc == 0
     assert out.splitlines() == ["REJECT part=part-1 reason=offline", "REJECT part=part-2 reason=offline"]
     assert "parts=2" in err and "reject_offline=2" in err
+
+
+def edge_gate_cmd() -> list[str]:
+    script = Path(sys.executable).parent / "edge-gate"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "edge.gate"]
+
+
+def test_cli_prints_the_decisions_own_reason(mosquitto: Mosquitto, prefix: str, make_publisher) -> None:
+    """`REJECT ... reason=decision` hid a fail-safe reject: the line shows `fault:no_part` as the daemon said."""
+    pub = make_publisher(mosquitto.port, prefix, status_fn=lambda: {"model": "0123456789ab"})
+    assert pub.wait_ready(10)
+    answers = {"P-1": ("reject", "fault:no_part"), "P-2": ("accept", "model"), "P-3": ("reject", "model")}
+    triggers: queue.Queue[str] = queue.Queue()
+    pub.on_trigger(lambda t: triggers.put(t.part_id))  # answered off the MQTT thread, as the daemon does
+
+    def answer() -> None:
+        while (pid := triggers.get()) != "":
+            if pid in answers:
+                verdict, reason = answers[pid]
+                pub.publish_decision({**decision(pid, verdict), "reason": reason})
+
+    worker = threading.Thread(target=answer, daemon=True)
+    worker.start()
+    try:
+        r = subprocess.run([*edge_gate_cmd(), "--host", "127.0.0.1", "--port", str(mosquitto.port), "--prefix",
+                            prefix, "--deadline", "3", "--send-triggers", "--wait-online", "5",
+                            "--client-id", f"gate-{prefix}"],
+                           input="P-1\nP-2\nP-3\nsilent-1\n", capture_output=True, text=True, timeout=60)
+    finally:
+        triggers.put("")
+        worker.join(5)
+    assert r.returncode == 0, r.stderr
+    lines = sorted(line.split(" seq=")[0] for line in r.stdout.splitlines())
+    assert lines == ["ACCEPT part=P-2 reason=model", "REJECT part=P-1 reason=fault:no_part",
+                     "REJECT part=P-3 reason=model", "REJECT part=silent-1 reason=timeout"], r.stdout
+    assert all(" seq=" in line for line in r.stdout.splitlines() if "silent" not in line)
+    assert "accept_decision=1" in r.stderr and "reject_decision=2" in r.stderr and "reject_timeout=1" in r.stderr
+
+
+def test_cli_help_describes_the_gate_and_every_option_with_its_default() -> None:
+    r = subprocess.run([*edge_gate_cmd(), "--help"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "COLUMNS": "400"})  # argparse would wrap inside edge-inspect-...
+    assert r.returncode == 0 and r.stderr == ""
+    text = " ".join(r.stdout.split())
+    assert "`Gate` is the pure logic" not in text  # the module docstring was the help
+    assert "Reads part ids from stdin" in text and "REJECT part=P-2 reason=fault:no_part" in text
+    assert "Exit status: 0" in text
+    for option, default in (("--host", "localhost"), ("--port", "1883"), ("--prefix", "casting/line1/cam1"),
+                            ("--deadline", "2.0"), ("--protocol", "auto"), ("--wait-online", "1.0"),
+                            ("--client-id", "edge-inspect-<hostname>-gate")):
+        assert re.search(rf"{option} \S+ .*?\(default: {re.escape(default)}\)", text), option
+    for action in gate_mod.build_parser()._actions:
+        assert action.help and len(action.help) > 10, action.option_strings
 
 
 def test_cli_bad_settings_exit_2(keep_logging: None) -> None:

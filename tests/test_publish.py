@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import re
 import shutil
 import signal
@@ -328,37 +329,65 @@ def test_triggers_malformed_huge_retained_repeated_are_ignored_safely(
     assert got == ["P-1", "42", "boom", "P-2", "last"]  # each once, in order, garbage dropped
     assert pub.connected
     s = pub.stats()
-    assert s["triggers_repeated"] == 2 and s["triggers_ignored"] >= 11
-    assert "malformed trigger ignored" in caplog.text and "repeated trigger ignored" in caplog.text
+    # each reason counted exactly; logged at WARNING, the first at once and the rest held back
+    assert s["triggers_repeated_ignored"] == 2 and s["triggers_oversized_ignored"] == 1, s
+    assert s["triggers_malformed_ignored"] == 10 and s["triggers_ignored"] == 13, s
+    lines = [r for r in caplog.records if r.levelno == logging.WARNING and "trigger ignored" in r.getMessage()]
+    reasons = sorted(getattr(r, "reason", "") for r in lines)
+    assert reasons == ["malformed", "oversized", "repeated"], caplog.text
     assert "trigger handling failed" in caplog.text  # the callback's exception was logged
     pub.publish_decision(decision("still-alive"))
     assert pub.flush(3)
 
 
-def test_retained_trigger_is_not_an_event(mosquitto: Mosquitto, prefix: str,
-                                          make_publisher: Callable[..., Publisher]) -> None:
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_retained_triggers_get_no_decision_whenever_they_were_sent(
+        mosquitto: Mosquitto, prefix: str, make_publisher: Callable[..., Publisher],  # noqa: F811
+        collectors: Callable[..., Collector], caplog: pytest.LogCaptureFixture, protocol: str) -> None:  # noqa: F811
+    """A retained trigger is a state, not an event: one stored before the daemon subscribes and
+    (MQTT 5) one published while it is subscribed get no decision; a plain one does. Under
+    3.1.1 the broker clears the flag of the live one, which is then answered (documented)."""
     t = Topics(prefix)
-    sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    sub = collectors(mosquitto.port, [t.decision])
+    sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     sender.connect("127.0.0.1", mosquitto.port)
     sender.loop_start()
-    sender.publish(t.trigger, json.dumps({"part_id": "stale"}), qos=1, retain=True).wait_for_publish(2)
-    got: list[str] = []
-    live = threading.Event()
+    work: queue.Queue[object] = queue.Queue()
+    pub = make_publisher(mosquitto.port, prefix, start=False, protocol=protocol, decision_deadline_s=10.0)
 
-    def on_trigger(trig: object) -> None:
-        got.append(trig.part_id)  # type: ignore[attr-defined]
-        live.set()
+    def decide() -> None:  # the daemon's way: the MQTT thread only enqueues
+        while (trig := work.get()) is not None:
+            pub.publish_decision(decision(trig.part_id))  # type: ignore[attr-defined]
 
-    pub = make_publisher(mosquitto.port, prefix, start=False)
-    pub.on_trigger(on_trigger)
-    pub.start()
-    assert pub.wait_ready(5)
-    sender.publish(t.trigger, json.dumps({"part_id": "live"}), qos=1).wait_for_publish(2)
-    assert live.wait(5)  # in-order delivery: the retained one was handled before this
-    assert got == ["live"] and pub.stats()["triggers_ignored"] == 1
-    sender.publish(t.trigger, b"", qos=1, retain=True).wait_for_publish(2)  # clear it
-    sender.disconnect()
-    sender.loop_stop()
+    worker = threading.Thread(target=decide, daemon=True)
+    worker.start()
+    try:
+        sender.publish(t.trigger, json.dumps({"part_id": "stored"}), qos=1, retain=True).wait_for_publish(2)
+        pub.on_trigger(work.put)
+        with caplog.at_level(logging.WARNING, "edge.publish"):
+            pub.start()
+            assert pub.wait_ready(5)
+            sender.publish(t.trigger, json.dumps({"part_id": "live-retained"}), qos=1,
+                           retain=True).wait_for_publish(2)
+            sender.publish(t.trigger, json.dumps({"part_id": "normal"}), qos=1).wait_for_publish(2)
+            # in-order delivery: both retained ones were handled before "normal" was decided
+            assert sub.wait(lambda ms: any(m.json["part_id"] == "normal" for m in ms if m.topic == t.decision), 5)
+            assert pub.flush(5)
+        answered = [m.json["part_id"] for m in sub.on(t.decision)]
+        s = pub.stats()
+        if protocol == "5":
+            assert answered == ["normal"] and s["triggers_retained_ignored"] == 2, (answered, s)
+        else:  # no retain-as-published in 3.1.1: only the stored copy can be told apart
+            assert answered == ["live-retained", "normal"] and s["triggers_retained_ignored"] == 1, (answered, s)
+        assert s["triggers"] == len(answered)
+        assert any(r.levelno == logging.WARNING and r.getMessage().startswith("retained trigger ignored")
+                   for r in caplog.records), caplog.text
+    finally:
+        work.put(None)
+        worker.join(5)
+        sender.publish(t.trigger, b"", qos=1, retain=True).wait_for_publish(2)  # clear it
+        sender.disconnect()
+        sender.loop_stop()
 
 
 def test_settings_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,7 @@ from edge.cli import main
 from edge.dataset import list_labelled, load_samples
 from edge.metrics import summarize
 from edge.model import Classifier
+from edge.preprocess import load_image
 from tests.conftest import ROOT, part_image
 
 SHIPPED = bundle.DEFAULT_BUNDLE
@@ -40,6 +41,7 @@ def test_replay_of_real_test_split_reproduces_bundle_metrics(casting_data: Path,
     recorded = shipped.meta["metrics"]["test_all"]["int8"]
     assert summary["metrics"] == recorded
     assert summary["files"] == 715 and summary["errors"] == 0
+    assert summary["warnings"] == []  # at its recorded accuracy, no escape: nothing to warn about
 
 
 def test_replay_p_defect_matches_the_trainers_int8_path(casting_data: Path, shipped: bundle.Bundle,
@@ -280,3 +282,69 @@ def test_a_part_scoring_exactly_the_threshold_is_counted_as_the_reject_it_was(tm
         rejects = m["confusion"][0][1] + m["confusion"][1][1]
         assert rejects == data["summary"]["reject"] == sum(x["p_defect"] >= t or x["reason"] != "model"
                                                            for x in data["images"]), t
+
+
+def test_misclassified_sheet_shows_escapes_first_and_says_how_many_it_shows(casting_data: Path,
+                                                                           shipped: bundle.Bundle,
+                                                                           tmp_path: Path) -> None:
+    """50 tiles in file order showed 50 false rejects and none of the escapes after them (issue 18)."""
+    samples = list_labelled(casting_data / "test")
+    folder = tmp_path / "mislabelled"
+    # Real defects filed as good (rejected: false rejects, listed first), real good parts filed as defects
+    # (accepted: escapes, listed last).
+    for cls, picked in (("ok_front", [s for s in samples if s.label == 1][:60]),
+                        ("def_front", [s for s in samples if s.label == 0][:3])):
+        (folder / cls).mkdir(parents=True)
+        for s in picked:
+            shutil.copy(s.path, folder / cls / s.path.name)
+    out, report = tmp_path / "r.json", tmp_path / "rep"
+    r = run_cli("--replay", str(folder), "--json", str(out), "--report", str(report), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    images = json.loads(out.read_text())["images"]
+    wrong = [x for x in images if (x["decision"] == "reject") != (x["label"] == "def_front")]
+    escapes = [x for x in wrong if x["label"] == "def_front"]
+    faults = [x for x in wrong if x["label"] == "ok_front" and x["reason"] != "model"]
+    rejects = [x for x in wrong if x["label"] == "ok_front" and x["reason"] == "model"]
+    assert len(escapes) == 3 and len(wrong) > 50
+    warning = "3 defective part(s) accepted (escapes) of 3 defects"
+    assert warning in r.stdout and warning in r.stderr
+    sheet = cv2.imread(str(report / "misclassified.png"), cv2.IMREAD_COLOR)
+    tile, head, cols = 200, 30, 5
+    assert sheet.shape == (head + 10 * (tile + 44), cols * tile, 3)  # 50 tiles, not 63
+    size = tuple(shipped.meta["image_size"])
+    for k, x in enumerate(escapes + faults + rejects[: 50 - len(escapes) - len(faults)]):
+        row, col = divmod(k, cols)
+        y0, x0 = head + row * (tile + 44), col * tile
+        expected = cv2.cvtColor(cv2.resize(load_image(Path(x["path"]), size), (tile, tile)), cv2.COLOR_GRAY2BGR)
+        assert np.array_equal(sheet[y0: y0 + tile, x0: x0 + tile], expected), (k, x["path"])
+    text = (f"showing 50 of {len(wrong)} misclassified; escapes first (escapes 3, guard faults {len(faults)}, "
+            f"false rejects {len(rejects)})")
+    band = np.full((head, cols * tile, 3), 255, np.uint8)
+    cv2.putText(band, text, (6, 21), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    assert np.array_equal(sheet[:head], band)  # the count is drawn on the sheet
+
+
+def test_a_replay_far_below_the_bundles_record_warns_and_min_accuracy_exits_3(tmp_path: Path,
+                                                                              shipped: bundle.Bundle) -> None:
+    """A bundle at 50% accuracy replayed with exit 0 and not a word (issue 18)."""
+    folder = _drawn_labelled(tmp_path / "lab", ("ok_front", "def_front"))  # drawn parts: the guard rejects all
+    out, report = tmp_path / "r.json", tmp_path / "rep"
+    r = run_cli("--replay", str(folder), "--json", str(out), "--report", str(report), "--no-progress")
+    assert r.returncode == 0, r.stderr  # without --min-accuracy a warning, not a failure
+    recorded = shipped.meta["metrics"]["test_all"]["int8"]["accuracy"]
+    warning = (f"accuracy 50.00% on 12 images is {(recorded - 0.5) * 100:.1f} points below the bundle's recorded "
+               f"test accuracy {recorded * 100:.2f}%")
+    assert f"WARNING: {warning}" in r.stdout and f"WARNING edge-inspect: {warning}" in r.stderr
+    assert json.loads(out.read_text())["summary"]["warnings"][0].startswith(warning)
+    confusion = cv2.imread(str(report / "confusion.png"), cv2.IMREAD_COLOR)
+    assert (confusion[-80:, :, 2] > confusion[-80:, :, 0] + 100).any()  # red warning text under the matrix
+    r = run_cli("--replay", str(folder), "--min-accuracy", "0.9", "--json", str(out), "--no-progress")
+    assert r.returncode == 3 and "accuracy 50.00% is below --min-accuracy 90.00%" in r.stderr, r.stderr
+    assert out.is_file()  # outputs are written before the verdict
+    assert run_cli("--replay", str(folder), "--min-accuracy", "0.5", "--no-progress").returncode == 0
+    (tmp_path / "flat").mkdir()
+    cv2.imwrite(str(tmp_path / "flat" / "a.png"), part_image(1))
+    for args, message in ((["--min-accuracy", "0.9", "--replay", str(tmp_path / "flat")], "not a labelled folder"),
+                          (["--min-accuracy", "95", "--replay", str(folder)], "must be in (0, 1]")):
+        r = run_cli(*args)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -1,9 +1,12 @@
-"""The shipped broker ACL example, enforced by a real Mosquitto: only the daemon can
-publish decisions, only the gate and monitoring can read them."""
+"""The shipped broker example (docs/mosquitto: mosquitto.conf and acl), enforced by a real
+Mosquitto: only the daemon can publish decisions, only the gate and monitoring can read
+them, and no account can take the daemon's session over by using its client id."""
 
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import shutil
 import subprocess
 import threading
@@ -24,32 +27,71 @@ from edge.publish import Publisher
 
 PREFIX = "casting/line1/cam1"  # the example ACL's prefix, used as is
 USERS = {"edge-cam1": "daemon pw", "gate-line1": "gate pw", "monitor": "monitor pw"}
+SHIPPED = ROOT / "docs" / "mosquitto"
+DAEMON_ID = "edge-inspect-cam1"  # the id a daemon sends; the monitor tries to claim it
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def shipped_config(d: Path, port: int, log: Path) -> str:
+    """docs/mosquitto/mosquitto.conf as shipped, with only its port (on loopback) and file paths
+    moved into d, plus a log file and this user: every other line is used as it is."""
+    moved = {"password_file": d / "passwd", "acl_file": d / "acl", "cafile": d / "ca.pem",
+             "certfile": d / "server.pem", "keyfile": d / "server.key", "persistence_location": f"{d}/"}
+    out, seen = [], set()
+    for line in (SHIPPED / "mosquitto.conf").read_text().splitlines():
+        key = line.split()[0] if line.strip() and not line.lstrip().startswith("#") else ""
+        if key in moved:
+            line, _ = f"{key} {moved[key]}", seen.add(key)
+        elif key == "listener":
+            line, _ = f"listener {port} 127.0.0.1", seen.add(key)
+        out.append(line)
+    assert seen == {*moved, "listener"}, f"the shipped config changed shape: adapt this test ({seen})"
+    out += [f"user {pwd.getpwuid(os.getuid()).pw_name}", f"log_dest file {log}", "log_type all",
+            "connection_messages true"]
+    return "\n".join(out) + "\n"
 
 
 @pytest.fixture(scope="module")
 def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A Mosquitto running the shipped mosquitto.conf and acl (TLS, passwords, ids bound to users)."""
     require_mosquitto()
-    if shutil.which("mosquitto_passwd") is None:
-        pytest.skip("mosquitto_passwd not installed")
+    for tool in ("mosquitto_passwd", "openssl"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed")
     d = tmp_path_factory.mktemp("acl")
     for i, (user, pw) in enumerate(USERS.items()):
         subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(d / "passwd"), user, pw],
                        check=True, capture_output=True)
-    shutil.copy(ROOT / "docs" / "mosquitto" / "acl", d / "acl")
-    b = Mosquitto(d / "broker", allow_anonymous=False, password_file=d / "passwd", extra=f"acl_file {d / 'acl'}")
+    shutil.copy(SHIPPED / "acl", d / "acl")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"), "-days", "2",
+             "-subj", "/CN=edge-test-ca")
+    _openssl("req", *ec, "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"), "-subj", "/CN=localhost")
+    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
+             "-CAcreateserial", "-out", str(d / "server.pem"), "-days", "2", "-extfile", str(d / "ext.cnf"))
+    b = Mosquitto(d / "broker")
+    b.conf.write_text(shipped_config(d, b.port, b.log_path))
+    b.ca = d / "ca.pem"  # type: ignore[attr-defined]
     b.start()
     yield b
     b.stop()
 
 
 class Client:
-    def __init__(self, port: int, user: str | None, password: str | None) -> None:
+    def __init__(self, broker: Mosquitto, user: str | None, password: str | None,
+                 client_id: str | None = None) -> None:
         self.messages: list[mqtt.MQTTMessage] = []
         self.acks: dict[int, int] = {}
         self.connected = threading.Event()
         self.refused: int | None = None
         self.got = threading.Condition()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"t-{uuid.uuid4().hex[:8]}",
+                             protocol=mqtt.MQTTv5)
+        self.c.tls_set(ca_certs=str(broker.ca))  # type: ignore[attr-defined]
         if user:
             self.c.username_pw_set(user, password)
         self.c.on_connect = self._on_connect
@@ -57,7 +99,7 @@ class Client:
         self.c.on_publish = self._on_publish
         self.subscribed = threading.Event()
         self.c.on_subscribe = lambda *a: self.subscribed.set()
-        self.c.connect("127.0.0.1", port)
+        self.c.connect("127.0.0.1", broker.port)
         self.c.loop_start()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
@@ -91,8 +133,8 @@ class Client:
 def test_only_the_daemon_publishes_decisions_and_only_gate_and_monitor_read_them(
         acl_broker: Mosquitto, tmp_path: Path) -> None:
     t = Topics(PREFIX)
-    gate = Client(acl_broker.port, "gate-line1", USERS["gate-line1"])
-    monitor = Client(acl_broker.port, "monitor", USERS["monitor"])
+    gate = Client(acl_broker, "gate-line1", USERS["gate-line1"])
+    monitor = Client(acl_broker, "monitor", USERS["monitor"])
     try:
         assert gate.connected.wait(5) and monitor.connected.wait(5)
         gate.c.subscribe(t.decision, qos=1)
@@ -106,7 +148,8 @@ def test_only_the_daemon_publishes_decisions_and_only_gate_and_monitor_read_them
         journal = Journal(tmp_path / "j.db")
         pw = tmp_path / "pw"
         pw.write_text(USERS["edge-cam1"] + "\n")
-        pub = Publisher(settings(acl_broker.port, PREFIX, username="edge-cam1", password_file=pw), journal)
+        pub = Publisher(settings(acl_broker.port, PREFIX, username="edge-cam1", password_file=pw,
+                                 tls_ca=acl_broker.ca), journal)
         pub.start()
         try:
             assert pub.wait_connected(5)
@@ -132,9 +175,55 @@ def test_only_the_daemon_publishes_decisions_and_only_gate_and_monitor_read_them
 
 def test_anonymous_and_wrong_password_are_refused(acl_broker: Mosquitto) -> None:
     for user, pw in ((None, None), ("edge-cam1", "guess")):
-        c = Client(acl_broker.port, user, pw)
+        c = Client(acl_broker, user, pw)
         try:
             assert not c.connected.wait(2)
             assert c.refused in (134, 135), c.refused  # bad user name or password / not authorized
         finally:
             c.close()
+
+
+def test_no_account_can_take_the_daemons_session_over(acl_broker: Mosquitto, tmp_path: Path) -> None:
+    """The monitoring account logging in with the daemon's client id (5 times) must not disconnect
+    it: with use_username_as_clientid the broker gives each login its username as id."""
+    t = Topics(PREFIX)
+    journal = Journal(tmp_path / "j.db")
+    pw = tmp_path / "pw"
+    pw.write_text(USERS["edge-cam1"] + "\n")
+    pub = Publisher(settings(acl_broker.port, PREFIX, client_id=DAEMON_ID, username="edge-cam1", password_file=pw,
+                             tls_ca=acl_broker.ca), journal)  # type: ignore[attr-defined]
+    gate = Client(acl_broker, "gate-line1", USERS["gate-line1"])
+    try:
+        pub.start()
+        assert pub.wait_connected(5) and gate.connected.wait(5)
+        gate.c.subscribe([(t.status, 1), (t.decision, 1)])
+        assert gate.subscribed.wait(5)
+
+        def states() -> list[str]:
+            return [json.loads(m.payload)["state"] for m in gate.messages if m.topic == t.status]
+
+        with gate.got:  # the previous test's retained `offline` may come first
+            assert gate.got.wait_for(lambda: "online" in states(), 5)
+            seen = len(states())
+        logins = acl_broker.log().count("as monitor (p5")
+        for _ in range(5):
+            intruder = Client(acl_broker, "monitor", USERS["monitor"], client_id=DAEMON_ID)
+            try:
+                assert intruder.connected.wait(5), f"the monitor login itself failed: {intruder.refused}"
+            finally:
+                intruder.close()
+        # A decision acknowledged after the logins went over the daemon's first connection:
+        # had a login taken it over, the broker would have closed that connection first.
+        pub.publish_decision(decision("AFTER-LOGINS", "reject"))
+        assert pub.flush(5)
+        with gate.got:
+            assert gate.got.wait_for(lambda: any(m.topic == t.decision for m in gate.messages), 5)
+        s = pub.stats()
+        assert s.get("disconnects", 0) == 0 and s["connects"] == 1, s
+        assert s.get("session_taken_over", 0) == 0, s
+        assert "offline" not in states()[seen:], states()  # the Will was never published
+        assert acl_broker.log().count("as monitor (p5") == logins + 5  # each login got its username as id
+    finally:
+        pub.stop()
+        journal.close()
+        gate.close()

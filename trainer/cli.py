@@ -3,6 +3,7 @@
 Exit status of `fit`: 0 bundle written; 1 no bundle: training diverged or the int8 export
 failed its accuracy gate; 2 bad usage, data or output folder (message, no traceback).
 `compare`: 0 compared; 2 bad usage, bundle or data.
+Both: 2 when the trainer's extra (TensorFlow, matplotlib) is not installed.
 """
 
 from __future__ import annotations
@@ -13,13 +14,137 @@ import logging
 import math
 import os
 import shlex
+import subprocess
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import trainer
 from edge import logs
 from edge.dataset import default_data_root
 
 log = logging.getLogger("edge-train")
+
+# Top-level modules of the `train` extra and what they pull in: one of them missing means
+# an edge-only install (pip install -e . without [train]), not a bug to show as a traceback.
+TRAIN_EXTRA_MODULES = frozenset({"tensorflow", "keras", "matplotlib", "PIL", "absl"})
+
+# Lines TensorFlow, its converter and LiteRT write straight to file descriptor 2, bypassing
+# TF_CPP_MIN_LOG_LEVEL (TF 2.17+ logs through absl before absl::InitializeLog is called).
+# Only INFO/WARNING lines and known start-up messages: C++ errors (E, F) always get through.
+TF_NOISE = (
+    r"[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w./-]+:\d+\] "  # absl C++ INFO/WARNING (raw clock)
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IW] [\w./-]+:\d+\] "  # TF's older C++ INFO/WARNING
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
+    r"|To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\.$"
+    r"|fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, output_inference_type: \w+$"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"
+    r"|E\d{4} .*\] Unable to register cu(DNN|FFT|BLAS) factory: Attempting to register factory for plugin"
+)
+
+_FILTER = """
+import re, sys
+noise = re.compile(sys.argv[1])
+out = sys.stdout.buffer
+for line in sys.stdin.buffer:
+    if not noise.match(line.decode("utf-8", "replace")):
+        out.write(line)
+        out.flush()
+"""
+
+# Python warnings that Keras and the TFLite converter give for every run of this trainer,
+# each checked harmless here; any other warning is shown.
+BENIGN_WARNINGS = (
+    # trainer.data shuffles in the tf.data pipeline; model.fit's shuffle=True default is moot
+    r"`shuffle=True` was passed, but will be ignored since the data `x` was provided as a tf\.data\.Dataset",
+    # a one-input model called with a bare tensor instead of {"image": tensor}
+    r"The structure of `inputs` doesn't match the expected structure",
+    # the uint8 input quantization comes from the representative data (scale 1, zero point 0, checked)
+    r"Statistics for quantized inputs were expected, but not specified; continuing anyway",
+)
+
+
+def missing_extra(exc: ModuleNotFoundError, command: str) -> str | None:
+    """The one-line error for a module of the `train` extra that is not installed, else None."""
+    name = (exc.name or "").split(".")[0]
+    if name not in TRAIN_EXTRA_MODULES:
+        return None
+    return (f"edge-train {command} needs the trainer's extra: pip install -e '.[train]' in the repository, "
+            f"or pip install 'edge-inspect[train]' (missing module: {name})")
+
+
+@contextmanager
+def quiet_tensorflow(verbose: bool) -> Iterator[None]:
+    """Keep TensorFlow's start-up and converter noise out of the trainer's stderr.
+
+    Without this a one-minute fit printed 30 lines of TensorFlow, Keras and LiteRT
+    chatter among its own. A TF_CPP_MIN_LOG_LEVEL the user set turns the C++ filter
+    off (they asked for TensorFlow's log); --verbose keeps the Python loggers and warnings.
+    """
+    quieter = {} if verbose else {"absl": logging.ERROR, "matplotlib": logging.WARNING}
+    before = {name: logging.getLogger(name).level for name in quieter}
+    tf_log = logging.getLogger("tensorflow")
+    with warnings.catch_warnings():
+        try:
+            if not verbose:
+                for message in BENIGN_WARNINGS:
+                    warnings.filterwarnings("ignore", message=message, category=UserWarning)
+                for name, level in quieter.items():
+                    logging.getLogger(name).setLevel(level)
+                # TensorFlow's INFO stays (e.g. "Using MirroredStrategy with devices ..."); the
+                # converter's temporary SavedModel does not concern anyone.
+                tf_log.addFilter(_drop_saved_model_assets)
+            if trainer.TF_LOG_LEVEL_FROM_USER:
+                yield
+            else:
+                with _stderr_filtered(TF_NOISE):
+                    yield
+        finally:
+            tf_log.removeFilter(_drop_saved_model_assets)
+            for name, level in before.items():
+                logging.getLogger(name).setLevel(level)
+
+
+def _drop_saved_model_assets(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Assets written to")
+
+
+@contextmanager
+def _stderr_filtered(pattern: str) -> Iterator[None]:
+    """File descriptor 2 through a filter process that drops lines matching `pattern`.
+
+    A process, not a thread: what the trainer writes just before a crash (a C++ check
+    failure, then abort) still reaches the terminal, as the filter outlives its writer.
+    """
+    sys.stderr.flush()
+    saved = child = None
+    try:
+        saved = os.dup(2)
+        r, w = os.pipe()
+        try:
+            # Own session: the terminal's Ctrl-C must not kill the filter before the trainer's last words.
+            child = subprocess.Popen([sys.executable, "-I", "-c", _FILTER, pattern], stdin=r, stdout=saved,
+                                     stderr=saved, start_new_session=True)
+            os.dup2(w, 2)
+        finally:
+            os.close(r)
+            os.close(w)
+    except OSError as exc:
+        log.debug("TensorFlow's log is not filtered", extra={"error": str(exc)})
+    try:
+        yield
+    finally:
+        if saved is not None:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        if child is not None:
+            try:
+                child.wait(5)  # EOF once fd 2 is back, unless a process the trainer started still holds it
+            except subprocess.TimeoutExpired:
+                log.debug("log filter still running", extra={"pid": child.pid})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,11 +260,33 @@ def compare_main(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # --help needs no TensorFlow
     logs.setup(logging.DEBUG if args.verbose else logging.INFO)
-    if args.command == "compare":
-        return compare_main(args)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        if args.command == "compare":
+            return compare_main(args)
+        with quiet_tensorflow(args.verbose):
+            return fit_main(args, argv)
+    except ModuleNotFoundError as exc:
+        message = missing_extra(exc, args.command)
+        if message is None:
+            raise
+        log.error(message)
+        return 2
+
+
+def fit_main(args: argparse.Namespace, argv: list[str]) -> int:
+    """`edge-train fit`; TensorFlow is imported first, so an edge-only install is told at once."""
+    import keras  # noqa: PLC0415
+
+    from edge.dataset import DatasetError  # noqa: PLC0415
+    from trainer.export import ExportError  # noqa: PLC0415 - imports TensorFlow
+    from trainer.fit import FitOptions, OutputError, TrainingError, run  # noqa: PLC0415
+    from trainer.resume import ResumeMismatch  # noqa: PLC0415
+    from trainer.threshold import PolicyError  # noqa: PLC0415
+
+    if not args.verbose:
+        keras.config.disable_interactive_logging()  # the converter's model export printed 30 lines of endpoints
     for name, value in (("--epochs", args.epochs), ("--steps-per-epoch", args.steps_per_epoch),
                         ("--batch-size", args.batch_size)):
         if value < 1:
@@ -171,12 +318,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit is not None and args.limit < 2:
         log.error(f"--limit must be at least 2, got {args.limit}")
         return 2
-
-    from edge.dataset import DatasetError  # noqa: PLC0415
-    from trainer.export import ExportError  # noqa: PLC0415 - imports TensorFlow
-    from trainer.fit import FitOptions, OutputError, TrainingError, run  # noqa: PLC0415
-    from trainer.resume import ResumeMismatch  # noqa: PLC0415
-    from trainer.threshold import PolicyError  # noqa: PLC0415
 
     data = args.data or default_data_root()
     second = args.second_camera

@@ -1,4 +1,10 @@
-"""Per-run report: the notebook's figures as PNGs plus report.md with every number."""
+"""Per-run report: the notebook's figures as PNGs plus report.md with every number.
+
+report.md links only figures this run wrote and that a bundle may carry. The image sheets
+(augmented batch, threshold evidence, misclassified test images) show dataset images,
+which the dataset's licence keeps out of the repository (.gitignore), so the report names
+them without linking: a bundle copied to models/ keeps a report whose every link works.
+"""
 
 from __future__ import annotations
 
@@ -254,6 +260,7 @@ def write(out: Path, meta: dict[str, Any], metrics: dict[str, Any], history: lis
                         float(po.get("fill", 128))).numpy()[..., 0]
     image_grid(figs / "augmented_batch.png", augmented.astype(np.uint8),
                [CLASS_NAMES[int(c)] for c in fit_y[pick]], "Augmented training images")
+    sheets = ["figures/augmented_batch.png"]  # dataset images: named in the report, never linked
     training_curves(figs / "training_curves.png", history)
     confusion_plot(figs / "confusion_int8_test.png", metrics["test_all"]["int8"]["confusion"],
                    f"int8, test (715 max), t={t:.4f}")
@@ -263,8 +270,8 @@ def write(out: Path, meta: dict[str, Any], metrics: dict[str, Any], history: lis
         image_grid(figs / "misclassified_int8_test.png", test_set.images[wrong[:24]],
                    [f"{test_set.paths[i].name}\n{CLASS_NAMES[y[i]]} p={int8_test[i]:.3f}" for i in wrong[:24]],
                    "Misclassified test images (int8)", colors=["red"] * len(wrong[:24]))
-    elif (figs / "misclassified_int8_test.png").exists():
-        (figs / "misclassified_int8_test.png").unlink()
+    else:
+        (figs / "misclassified_int8_test.png").unlink(missing_ok=True)  # an earlier run's, in this folder
 
     ev = metrics.get("threshold_evidence")
     shown = (ev["lowest_defects"] + ev["highest_good"]) if ev else []
@@ -274,6 +281,11 @@ def write(out: Path, meta: dict[str, Any], metrics: dict[str, Any], history: lis
                    f"Validation images nearest the threshold {t:.4f} (int8): lowest defects, highest good parts",
                    cols=len(ev["lowest_defects"]) or 1,
                    colors=["red"] * len(ev["lowest_defects"]) + ["green"] * len(ev["highest_good"]))
+        sheets.append("figures/threshold_evidence.png")
+    else:
+        (figs / "threshold_evidence.png").unlink(missing_ok=True)
+    if len(wrong):
+        sheets.append("figures/misclassified_int8_test.png")
     line_lines = line_sections(metrics, figs)
     ta, tu = metrics["test_all"], metrics["test_unique"]
     rob = metrics["robustness"]
@@ -319,14 +331,13 @@ def write(out: Path, meta: dict[str, Any], metrics: dict[str, Any], history: lis
         "## Figures",
         "",
         "![class proportions](figures/class_proportions.png)",
-        "![augmented batch](figures/augmented_batch.png)",
         "![training curves](figures/training_curves.png)",
         "![confusion](figures/confusion_int8_test.png)",
+        "",
+        "Image sheets in the run folder, not linked and not shipped with a bundle: they show dataset images. "
+        + ", ".join(f"`{name}`" for name in sheets) + ".",
     ]
-    if shown and val_images:
-        lines.append("![threshold evidence](figures/threshold_evidence.png)")
     if len(wrong):
-        lines.append("![misclassified](figures/misclassified_int8_test.png)")
         lines += ["", "Misclassified test images (int8):", ""]
         lines += [f"- `{test_set.paths[i].parent.name}/{test_set.paths[i].name}` p_defect={int8_test[i]:.4f}"
                   for i in wrong]
