@@ -85,3 +85,21 @@ class DaemonProcess:
         self.proc.send_signal(signal.SIGTERM)
         self.out = finish(self.proc, timeout)
         return self.out
+
+
+def drawn_video(directory: Path, parts: int = 4) -> Path:
+    """A video of drawn parts (defect, ok, ...) on the simulated line: no dataset needed."""
+    from edge.simulate import (  # noqa: PLC0415
+        DATASET_BACKDROP_LEVEL,
+        DEMO_CONTEXT,
+        SimulatedLine,
+        synthetic_part,
+        write_video,
+    )
+
+    drawn = [synthetic_part(i, defect=i % 2 == 0) for i in range(parts)]
+    sim = SimulatedLine(drawn, [None] * parts, speed_px=60, diameter_px=260, belt_level=DATASET_BACKDROP_LEVEL,
+                        context=DEMO_CONTEXT, seed=1)
+    video = directory / "drawn.avi"
+    write_video(video, (f for f, _t in sim), fps=25)
+    return video

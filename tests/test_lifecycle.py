@@ -20,29 +20,17 @@ import yaml
 from broker import Mosquitto
 from conftest import ROOT
 from conftest_mqtt import Collector, mosquitto, retained  # noqa: F401 - fixture
-from daemon_run import BUNDLE, DaemonProcess, write_config
+from daemon_run import drawn_video, BUNDLE, DaemonProcess, write_config
 
 from edge.config import load
 from edge.contract import Topics
 from edge.journal import Journal
 from edge.service import run
-from edge.simulate import (
-    DATASET_BACKDROP_LEVEL,
-    DEMO_CONTEXT,
-    SimulatedLine,
-    synthetic_part,
-    write_video,
-)
 
 
 @pytest.fixture(scope="module")
 def drawn_line(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    parts = [synthetic_part(i, defect=i % 2 == 0) for i in range(4)]
-    sim = SimulatedLine(parts, [None] * 4, speed_px=60, diameter_px=260, belt_level=DATASET_BACKDROP_LEVEL,
-                        context=DEMO_CONTEXT, seed=1)
-    video = tmp_path_factory.mktemp("drawn") / "drawn.avi"
-    write_video(video, (f for f, _t in sim), fps=25)
-    return video
+    return drawn_video(tmp_path_factory.mktemp("drawn"))
 
 
 @pytest.fixture

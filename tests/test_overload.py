@@ -16,11 +16,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from broker import Mosquitto
 from conftest_mqtt import Collector, mosquitto  # noqa: F401 - fixture
-from daemon_run import DaemonProcess, write_config
+from daemon_run import drawn_video, DaemonProcess, write_config
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.contract import Topics
-from edge.simulate import DATASET_BACKDROP_LEVEL, DEMO_CONTEXT, SimulatedLine, synthetic_part, write_video
 
 BURST = 800
 DEADLINE_S = 2.0
@@ -28,12 +27,7 @@ DEADLINE_S = 2.0
 
 @pytest.fixture(scope="module")
 def drawn_line(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    parts = [synthetic_part(i, defect=i % 2 == 0) for i in range(4)]
-    sim = SimulatedLine(parts, [None] * 4, speed_px=60, diameter_px=260, belt_level=DATASET_BACKDROP_LEVEL,
-                        context=DEMO_CONTEXT, seed=1)
-    video = tmp_path_factory.mktemp("drawn") / "drawn.avi"
-    write_video(video, (f for f, _t in sim), fps=25)
-    return video
+    return drawn_video(tmp_path_factory.mktemp("drawn"))
 
 
 def _epoch(text: str) -> float:
