@@ -111,3 +111,25 @@ def test_an_acknowledged_override_runs_loudly_and_sighup_cannot_sneak_one_in(
     start = [ln for ln in out.splitlines() if "overrides the bundle's" in ln]
     assert start and "WARNING" in start[0], out[-3000:]
     assert {json.loads(m.payload)["threshold"] for m in sub.on(t.decision)} == {1.0}
+
+
+def test_edge_train_scores_rebuilds_the_same_record_and_refuses_other_data(tmp_path: Path) -> None:
+    import shutil  # noqa: PLC0415
+
+    from edge.dataset import default_data_root  # noqa: PLC0415
+
+    data = default_data_root()
+    if not (data / "train").is_dir():
+        pytest.skip(f"dataset not found at {data} (set CASTING_DATA)")
+    copy = tmp_path / "b"
+    shutil.copytree(ROOT / "models" / "casting-cnn-crisp", copy, ignore=shutil.ignore_patterns("figures"))
+    meta = json.loads((copy / "model.json").read_text())
+    shipped_record = meta.pop(override.SCORES_KEY)
+    (copy / "model.json").write_text(json.dumps(meta))
+    cli = [sys.executable, "-m", "trainer.cli", "scores", str(copy), "--data", str(data)]
+    run = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads((copy / "model.json").read_text())[override.SCORES_KEY] == shipped_record
+    wrong = subprocess.run([*cli[:-1], str(tmp_path / "nowhere")], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+    assert wrong.returncode == 2 and "missing" in wrong.stderr and "Traceback" not in wrong.stderr

@@ -220,8 +220,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--line-rule", action="store_true",
                    help="instead: both bundles under the line-condition rule (docs/training.md), each with its "
                         "threshold chosen again over plain + 14 line-condition validation sets")
+    s = sub.add_parser("scores", help="record a bundle's validation scores in its model.json (what a threshold "
+                                      "override is judged on; fit records them itself)")
+    s.add_argument("bundle", type=Path, help="bundle folder made by edge-train fit")
+    s.add_argument("--data", type=Path, default=None,
+                   help="the folder it was trained on (default: $CASTING_DATA or ../shared/datasets/casting_data)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def scores_main(args: argparse.Namespace) -> int:
+    """`edge-train scores`: needs no TensorFlow."""
+    from trainer.scores import ScoresError, record  # noqa: PLC0415
+
+    try:
+        rec = record(args.bundle, args.data or default_data_root())
+    except ScoresError as exc:
+        log.error(str(exc))
+        return 2
+    print(f"{args.bundle}: validation scores recorded ({len(rec['defect'])} defects, "  # noqa: T201
+          f"{len(rec['ok'])} good)")
+    return 0
 
 
 def compare_main(args: argparse.Namespace) -> int:
@@ -265,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "compare":
             return compare_main(args)
+        if args.command == "scores":
+            return scores_main(args)
         with quiet_tensorflow(args.verbose):
             return fit_main(args, argv)
     except ModuleNotFoundError as exc:
