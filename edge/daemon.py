@@ -98,7 +98,7 @@ class Daemon:
         self._unfollowed_logged = -WARN_EVERY_S
         self._off_line_logged = -WARN_EVERY_S  # a trigger found whole parts, none on the inspection line
         # Entries are small: the bound is only a last resort, so that the MQTT thread (which must
-        # never wait on the disk) almost never has to answer a trigger itself. See _handle_trigger.
+        # never wait on the disk) almost never has to answer a trigger itself. See _serve_triggers.
         self._triggers: queue.Queue[tuple[str, float, float | None]] = queue.Queue(maxsize=TRIGGER_QUEUE_MAX)
         self._handle_s = 0.0  # moving average of one trigger's inspection time: the overload estimate
         self._backlog: deque[tuple[str, float, float | None]] = deque()  # taken in, still to inspect
@@ -174,13 +174,12 @@ class Daemon:
             return "overloaded"
         return None
 
-    def _handle_trigger(self, part_id: str, t_mono: float, sent_ts: float | None = None) -> None:
+    def _serve_triggers(self) -> None:
         """Take in every queued trigger; answer at once those that cannot be inspected before
         their deadline (counting the ones ahead of them), then inspect the first that can.
         The answered ones share one journal transaction (one fsync), so a burst is answered
         within its deadlines instead of making every later part late too."""
         backlog = self._backlog
-        backlog.appendleft((part_id, t_mono, sent_ts))  # its turn, ahead of the rest
         while len(backlog) < TRIGGER_BATCH_MAX:
             try:
                 backlog.append(self._triggers.get_nowait())
@@ -413,14 +412,12 @@ class Daemon:
                 if self.reloader is not None:
                     self.reloader()
             if mode == "trigger":
-                if self._backlog:
-                    part_id, t, sent_ts = self._backlog.popleft()
-                else:
+                if not self._backlog:
                     try:
-                        part_id, t, sent_ts = self._triggers.get(timeout=0.1)
+                        self._backlog.append(self._triggers.get(timeout=0.1))
                     except queue.Empty:
                         continue
-                self._handle_trigger(part_id, t, sent_ts)
+                self._serve_triggers()
                 continue
             frame = self.camera.next_frame(self.last_frame_index, 0.2)
             if frame is None:

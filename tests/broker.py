@@ -49,6 +49,25 @@ def wait_port(port: int, timeout: float = 5.0, proc: subprocess.Popen[bytes] | N
             time.sleep(0.02)
 
 
+
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+
+def make_server_certs(d: Path) -> None:
+    """A test CA (d/ca.pem, ca.key) and a localhost/127.0.0.1 server certificate it signed
+    (d/server.pem, server.key), valid for two days."""
+    openssl("req", "-x509", *EC_KEY, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"), "-days", "2",
+            "-subj", "/CN=edge-test-ca")
+    openssl("req", *EC_KEY, "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"), "-subj", "/CN=localhost")
+    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
+            "-CAcreateserial", "-out", str(d / "server.pem"), "-days", "2", "-extfile", str(d / "ext.cnf"))
+
+
 class Mosquitto:
     """A private mosquitto: config and data in `workdir`, same port across restarts."""
 

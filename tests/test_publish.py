@@ -18,7 +18,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from broker import Mosquitto, StallProxy, V311OnlyProxy, free_port
+from broker import EC_KEY, Mosquitto, StallProxy, V311OnlyProxy, free_port, make_server_certs, openssl
 from conftest_mqtt import (  # noqa: F401 - fixtures
     Collector,
     collectors,
@@ -411,10 +411,6 @@ def test_settings_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 # -- authentication and TLS against a broker that requires both -----------------------------
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     require_mosquitto()
@@ -422,14 +418,8 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitt
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} not installed: cannot set up the TLS + password broker")
     d = tmp_path_factory.mktemp("secure")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"), "-days", "2",
-             "-subj", "/CN=edge-test-ca")
-    _openssl("req", *ec, "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"), "-subj", "/CN=localhost")
-    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
-             "-CAcreateserial", "-out", str(d / "server.pem"), "-days", "2", "-extfile", str(d / "ext.cnf"))
-    _openssl("req", "-x509", *ec, "-keyout", str(d / "other.key"), "-out", str(d / "other-ca.pem"), "-days", "2",
+    make_server_certs(d)
+    openssl("req", "-x509", *EC_KEY, "-keyout", str(d / "other.key"), "-out", str(d / "other-ca.pem"), "-days", "2",
              "-subj", "/CN=someone-else")
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(d / "passwd"), "edge", "correct horse"], check=True,
                    capture_output=True)

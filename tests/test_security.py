@@ -16,7 +16,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from broker import Mosquitto
+from broker import Mosquitto, make_server_certs
 from conftest import ROOT
 from conftest_mqtt import decision, require_mosquitto, settings
 from paho.mqtt.enums import CallbackAPIVersion
@@ -29,10 +29,6 @@ PREFIX = "casting/line1/cam1"  # the example ACL's prefix, used as is
 USERS = {"edge-cam1": "daemon pw", "gate-line1": "gate pw", "monitor": "monitor pw"}
 SHIPPED = ROOT / "docs" / "mosquitto"
 DAEMON_ID = "edge-inspect-cam1"  # the id a daemon sends; the monitor tries to claim it
-
-
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
 def shipped_config(d: Path, port: int, log: Path) -> str:
@@ -66,13 +62,7 @@ def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Any:
         subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(d / "passwd"), user, pw],
                        check=True, capture_output=True)
     shutil.copy(SHIPPED / "acl", d / "acl")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"), "-days", "2",
-             "-subj", "/CN=edge-test-ca")
-    _openssl("req", *ec, "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"), "-subj", "/CN=localhost")
-    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
-             "-CAcreateserial", "-out", str(d / "server.pem"), "-days", "2", "-extfile", str(d / "ext.cnf"))
+    make_server_certs(d)
     b = Mosquitto(d / "broker")
     b.conf.write_text(shipped_config(d, b.port, b.log_path))
     b.ca = d / "ca.pem"  # type: ignore[attr-defined]
