@@ -1,6 +1,7 @@
 """Distillation (`--teacher`): the targets it trains on, and the teachers it refuses."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,15 +55,23 @@ def test_training_metrics_judge_blended_targets_by_their_label() -> None:
     assert float(auc.result()) == pytest.approx(1.0)
 
 
-def test_fit_distils_and_refuses_teachers_that_may_know_the_validation_images(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _fitter(tmp_path: Path, data: Path) -> Callable[..., int]:
+    def fit(out: str, *extra: str, on: Path = data) -> int:
+        return main(["fit", "--data", str(on), "--out", str(tmp_path / out), "--arch", "seed", *QUICK, *extra])
+    return fit
+
+
+def _two_datasets(tmp_path: Path) -> tuple[Path, Path]:
     data, other = tmp_path / "data", tmp_path / "other"
     for root, seed in ((data, 1), (other, 3)):
         write_split(root / "train", 12, seed=seed)
         write_split(root / "test", 4, seed=seed + 1)
+    return data, other
 
-    def fit(out: str, *extra: str, on: Path = data) -> int:
-        return main(["fit", "--data", str(on), "--out", str(tmp_path / out), "--arch", "seed", *QUICK, *extra])
+
+def test_fit_distils_and_a_resume_keeps_its_teacher(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, _ = _two_datasets(tmp_path)
+    fit = _fitter(tmp_path, data)
 
     assert fit("teacher") == 0
     assert fit("plain", "--seed", "7") == 0
@@ -77,23 +86,10 @@ def test_fit_distils_and_refuses_teachers_that_may_know_the_validation_images(
     assert bundle.load(tmp_path / "plain").meta["training"]["distillation"] is None
     # Same seed, same images: only the teacher's targets can make the weights differ.
     assert meta["sha256"] != bundle.load(tmp_path / "plain").meta["sha256"]
-
-    assert fit("split9", "--split-seed", "9") == 0
-    assert fit("elsewhere", on=other) == 0
     capsys.readouterr()
-    refusals = {"split9": "split its training data differently", "elsewhere": "trained on other images",
-                "nothing-here": "nothing-here"}
-    for teacher, message in refusals.items():
-        assert fit("refused", "--teacher", str(tmp_path / teacher), "--force") == 2
-        err = capsys.readouterr().err
-        assert message in err and f"--teacher {tmp_path / teacher}" in err and "Traceback" not in err
     assert fit("teacher", "--teacher", str(tmp_path / "teacher"), "--force") == 2
     assert "a model cannot teach itself" in capsys.readouterr().err
     assert bundle.load(tmp_path / "teacher")  # refused before --force could clear it
-    assert fit("typo", "--teacher", str(tmp_path / "nothing-here")) == 2
-    assert not (tmp_path / "typo").exists()  # nothing written, so the corrected command needs no --force
-    assert fit("refused", "--teacher", str(tmp_path / "teacher"), "--distill-weight", "0.7", "--force") == 2
-    assert "--distill-weight must be above 0 and at most 0.5" in capsys.readouterr().err
     assert fit("plain", "--seed", "7", "--distill-weight", "0.3", "--force") == 2  # would be ignored
     assert "--distill-weight without --teacher" in capsys.readouterr().err
     assert bundle.load(tmp_path / "plain")  # refused before --force could clear it
@@ -110,3 +106,22 @@ def test_fit_distils_and_refuses_teachers_that_may_know_the_validation_images(
     capsys.readouterr()
     assert fit("student", "--seed", "7", "--teacher", str(tmp_path / "teacher"), "--resume") == 2
     assert "--teacher [" in capsys.readouterr().err
+
+
+def test_fit_refuses_teachers_that_may_know_the_validation_images(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, other = _two_datasets(tmp_path)
+    fit = _fitter(tmp_path, data)
+    assert fit("split9", "--split-seed", "9") == 0
+    assert fit("elsewhere", on=other) == 0
+    capsys.readouterr()
+    refusals = {"split9": "split its training data differently", "elsewhere": "trained on other images",
+                "nothing-here": "nothing-here"}
+    for teacher, message in refusals.items():
+        assert fit("refused", "--teacher", str(tmp_path / teacher), "--force") == 2
+        err = capsys.readouterr().err
+        assert message in err and f"--teacher {tmp_path / teacher}" in err and "Traceback" not in err
+    assert fit("typo", "--teacher", str(tmp_path / "nothing-here")) == 2
+    assert not (tmp_path / "typo").exists()  # nothing written, so the corrected command needs no --force
+    assert fit("refused", "--teacher", str(tmp_path / "elsewhere"), "--distill-weight", "0.7", "--force") == 2
+    assert "--distill-weight must be above 0 and at most 0.5" in capsys.readouterr().err

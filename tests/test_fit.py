@@ -289,6 +289,7 @@ def console_fit(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Co
     return r, out
 
 
+@pytest.mark.xdist_group("console_fit")  # one worker builds the shared fit
 def test_a_real_fit_writes_only_its_own_log_to_stderr(
         console_fit: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     """TensorFlow, Keras and LiteRT start-up and converter chatter buried the trainer's log (issue 18)."""
@@ -302,6 +303,7 @@ def test_a_real_fit_writes_only_its_own_log_to_stderr(
     assert r.stdout == ""  # the converter's model export listed its 30 endpoints here
 
 
+@pytest.mark.xdist_group("console_fit")  # one worker builds the shared fit
 def test_the_report_links_only_figures_it_wrote_and_never_dataset_images(
         console_fit: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     """A bundle copied to models/ must keep working links: sheets of dataset images stay out of git."""

@@ -220,8 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--line-rule", action="store_true",
                    help="instead: both bundles under the line-condition rule (docs/training.md), each with its "
                         "threshold chosen again over plain + 14 line-condition validation sets")
-    s = sub.add_parser("scores", help="record a bundle's validation scores in its model.json (what a threshold "
-                                      "override is judged on; fit records them itself)")
+    scores_help = ("record a bundle's validation scores in its model.json (what a threshold override is judged "
+                   "on; fit records them itself)")
+    s = sub.add_parser("scores", help=scores_help, description=scores_help[0].upper() + scores_help[1:] + ".")
     s.add_argument("bundle", type=Path, help="bundle folder made by edge-train fit")
     s.add_argument("--data", type=Path, default=None,
                    help="the folder it was trained on (default: $CASTING_DATA or ../shared/datasets/casting_data)")
