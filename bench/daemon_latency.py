@@ -39,10 +39,10 @@ import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge import bundle as bundle_fmt
-from edge.broker import LocalBroker
-from edge.dataset import default_data_root
-from edge.simulate import (
+from edge.delivery.broker import LocalBroker
+from edge.inference import bundle as bundle_fmt
+from edge.offline.dataset import default_data_root
+from edge.vision.simulate import (
     DATASET_BACKDROP_LEVEL,
     DEMO_CONTEXT,
     SimulatedLine,

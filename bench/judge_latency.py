@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/judge_latency.py [--model BUNDLE] [--data DIR] [--parts 60] [--repeats 5]
 
-The verdict (edge.judge) = rim found on the crop, guard, part-only mask, every test-time
+The verdict (edge.inference.judge) = rim found on the crop, guard, part-only mask, every test-time
 view, threshold. Timed on dataset test crops (synthetic ones if the dataset is absent),
 each stage separately and together, for 1 and 8 views whatever the bundle chose. Prints
 medians and p99, and each figure as a ratio to the model alone measured in the same run.
@@ -20,13 +20,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge import bundle as bundle_fmt
-from edge.dataset import default_data_root
-from edge.guard import Guard, GuardLimits
-from edge.judge import Judge
-from edge.model import Classifier
-from edge.partview import part_only_input, rim_circle
-from edge.preprocess import load_image
+from edge.inference import bundle as bundle_fmt
+from edge.inference.guard import Guard, GuardLimits
+from edge.inference.judge import Judge
+from edge.inference.model import Classifier
+from edge.offline.dataset import default_data_root
+from edge.vision.partview import part_only_input, rim_circle
+from edge.vision.preprocess import load_image
 
 
 def _crops(data: Path, n: int) -> list[np.ndarray]:

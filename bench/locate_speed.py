@@ -18,9 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.dataset import default_data_root
-from edge.locate import LocateConfig, crop_part, find_parts
-from edge.simulate import belt, camera, place_part
+from edge.offline.dataset import default_data_root
+from edge.vision.locate import LocateConfig, crop_part, find_parts
+from edge.vision.simulate import belt, camera, place_part
 
 
 def _parts(data: Path, n: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -3,7 +3,7 @@
     .venv/bin/python bench/replay_throughput.py [--model BUNDLE] [--data DIR] [--keras-images 150]
 
 Measured in one run, all on the same files (the OS page cache is warmed first):
-- replay: `edge.replay.replay` (what `edge-inspect --replay` runs), all cores;
+- replay: `edge.offline.replay.replay` (what `edge-inspect --replay` runs), all cores;
 - bare loop: cv2.imread + interpreter invoke, nothing else, one thread per core (the limit);
 - bare loop on one thread;
 - Keras per image: float model, `model.predict(x[None])` per image (the notebook's way),
@@ -28,10 +28,10 @@ import cv2
 import numpy as np
 from daemon_latency import proc_mb
 
-from edge import bundle as bundle_fmt
-from edge.dataset import default_data_root, list_labelled
-from edge.model import Classifier
-from edge.replay import replay
+from edge.inference import bundle as bundle_fmt
+from edge.inference.model import Classifier
+from edge.offline.dataset import default_data_root, list_labelled
+from edge.offline.replay import replay
 
 ROOT = Path(__file__).resolve().parent.parent
 

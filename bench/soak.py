@@ -37,9 +37,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge import bundle as bundle_fmt
-from edge.broker import LocalBroker
-from edge.simulate import DATASET_BACKDROP_LEVEL, DEMO_CONTEXT, SimulatedLine, write_video
+from edge.delivery.broker import LocalBroker
+from edge.inference import bundle as bundle_fmt
+from edge.vision.simulate import (
+    DATASET_BACKDROP_LEVEL,
+    DEMO_CONTEXT,
+    SimulatedLine,
+    write_video,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

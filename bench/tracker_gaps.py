@@ -3,7 +3,7 @@
     .venv/bin/python bench/tracker_gaps.py [--data DIR] [--runs 200] [--seed 0]
 
 The daemon always takes the newest frame, so a slow or starved loop sees a part in only
-some of the frames it crosses. Renders the simulated line of tests/test_daemon.py (8
+some of the frames it crosses. Renders the simulated line of tests/station/test_daemon.py (8
 parts, 1280x720, 40 px/frame, rims 280 px, parts about 420 px apart), encodes and decodes
 it as an MJPG video as the daemon would read it, locates the parts in every frame once,
 then replays the tracker (with `due()`, as `inspect.predictive_crop` does) under random
@@ -23,10 +23,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.dataset import default_data_root
-from edge.locate import LocateConfig, find_parts
-from edge.simulate import DATASET_BACKDROP_LEVEL, DEMO_CONTEXT, SimulatedLine, write_video
-from edge.tracker import PartTracker
+from edge.offline.dataset import default_data_root
+from edge.vision.locate import LocateConfig, find_parts
+from edge.vision.simulate import (
+    DATASET_BACKDROP_LEVEL,
+    DEMO_CONTEXT,
+    SimulatedLine,
+    write_video,
+)
+from edge.vision.tracker import PartTracker
 
 # (share of frames after which the loop stalls, fewest and most frames skipped by a stall)
 PATTERNS = [(0.0, 1, 1), (0.2, 2, 5), (0.2, 5, 14), (0.5, 2, 9), (0.5, 5, 9), (0.8, 2, 6)]

@@ -38,7 +38,7 @@ def _datasets(train_dir: Path, kind: str) -> tuple[object, float]:
     """(training data for `kind`, seconds spent decoding the images up front)."""
     import tensorflow as tf  # noqa: PLC0415
 
-    from edge.dataset import list_labelled, load_samples, stratified_split  # noqa: PLC0415
+    from edge.offline.dataset import list_labelled, load_samples, stratified_split  # noqa: PLC0415
     from trainer.augment import NOTEBOOK  # noqa: PLC0415
     from trainer.data import train_dataset  # noqa: PLC0415
 
@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--no-model", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.data is None:
-        from edge.dataset import default_data_root  # noqa: PLC0415
+        from edge.offline.dataset import default_data_root  # noqa: PLC0415
 
         args.data = default_data_root()
     train_dir = args.data / "train"

@@ -32,7 +32,7 @@ import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.broker import mosquitto_path
+from edge.delivery.broker import mosquitto_path
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "bench/burst/cam1"

@@ -17,11 +17,11 @@ import logging
 import sys
 from pathlib import Path
 
-from edge import logs
-from edge.bundle import DEFAULT_BUNDLE, BundleError
-from edge.bundle import load as load_bundle
-from edge.dataset import DatasetError
-from edge.journal import JournalError
+from edge.delivery.journal import JournalError
+from edge.inference.bundle import DEFAULT_BUNDLE, BundleError
+from edge.inference.bundle import load as load_bundle
+from edge.offline.dataset import DatasetError
+from edge.ops import logs
 
 log = logging.getLogger("edge-inspect")
 
@@ -127,7 +127,7 @@ def run_daemon(args: argparse.Namespace) -> int:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    from edge import replay  # noqa: PLC0415 - keeps --help fast
+    from edge.offline import replay  # noqa: PLC0415 - keeps --help fast
 
     if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
         log.error(f"--threshold must be in (0, 1], got {args.threshold}")
@@ -156,7 +156,7 @@ def run_replay(args: argparse.Namespace) -> int:
     for warning in run.summary["warnings"]:  # also on stderr: a summary on stdout is easily piped away
         log.warning(warning)
     if args.conditions:
-        from edge import condition_report  # noqa: PLC0415
+        from edge.offline import condition_report  # noqa: PLC0415
 
         if not run.summary["labelled"]:
             log.error(f"--conditions: {args.replay} is not a labelled folder (def_front/ok_front or defect/ok)")
@@ -173,7 +173,7 @@ def run_replay(args: argparse.Namespace) -> int:
         if args.csv:
             replay.write_csv(args.csv, run)
         if args.report:
-            from edge import replay_report  # noqa: PLC0415
+            from edge.offline import replay_report  # noqa: PLC0415
 
             replay_report.write(args.report, run)
     except OSError as exc:

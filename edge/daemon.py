@@ -17,14 +17,23 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edge.audit import AuditTrail
-from edge.camera import Camera, FaultWatch, Frame
 from edge.config import Config, InspectSection
-from edge.drift import DriftWatch
-from edge.inspector import Inspector
-from edge.locate import LocateConfig, PartBox, crop_part, crop_roi, find_parts, framed_part, part_near
-from edge.telemetry import Telemetry
-from edge.tracker import PartTracker, Track
+from edge.inference.inspector import Inspector
+from edge.ops.audit import AuditTrail
+from edge.ops.drift import DriftWatch
+from edge.ops.telemetry import Telemetry
+from edge.vision.camera import Camera, FaultWatch
+from edge.vision.locate import (
+    LocateConfig,
+    PartBox,
+    crop_part,
+    crop_roi,
+    find_parts,
+    framed_part,
+    part_near,
+)
+from edge.vision.sources import Frame
+from edge.vision.tracker import PartTracker, Track
 
 log = logging.getLogger(__name__)
 

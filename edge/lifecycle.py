@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge import bundle as bundle_fmt
 from edge.config import Config, ConfigError, load
-from edge.inspector import Inspector
-from edge.notify import Notifier, watchdog_interval_s
-from edge.override import ThresholdRefused, announce
+from edge.inference import bundle as bundle_fmt
+from edge.inference.inspector import Inspector
+from edge.inference.override import ThresholdRefused, announce
+from edge.ops.notify import Notifier, watchdog_interval_s
 
 if TYPE_CHECKING:
     from edge.daemon import Daemon

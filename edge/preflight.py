@@ -21,8 +21,8 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from edge.camera import is_path_source
 from edge.config import MQTT_STRING_MAX, Config, ConfigError, load_located
+from edge.vision.sources import is_path_source
 
 Problem = tuple[tuple[str, ...], str]  # (key path, message)
 
@@ -72,9 +72,9 @@ def _camera(cfg: Config) -> list[Problem]:
 
 def _bundle(cfg: Config) -> list[Problem]:
     """Load the bundle as the daemon does: files, checksum, the threshold check, interpreter, self-check."""
-    from edge import bundle as bundle_fmt  # noqa: PLC0415 - the interpreter is only needed here
-    from edge.inspector import Inspector  # noqa: PLC0415
-    from edge.override import ThresholdRefused  # noqa: PLC0415
+    from edge.inference import bundle as bundle_fmt  # noqa: PLC0415 - the interpreter is only needed here
+    from edge.inference.inspector import Inspector  # noqa: PLC0415
+    from edge.inference.override import ThresholdRefused  # noqa: PLC0415
 
     key = ("model", "bundle")
     try:
@@ -108,7 +108,7 @@ def _mqtt_files(cfg: Config) -> list[Problem]:
     for name, p in files.items():
         found += _readable(("mqtt", "tls", name), Path(p), want="file")
     if len(found) == before:  # each file readable: now whether they are a CA, a certificate and its key
-        from edge.publish import MqttConfigError, MqttSettings, tls_context  # noqa: PLC0415
+        from edge.delivery.mqtt_settings import MqttConfigError, MqttSettings, tls_context  # noqa: PLC0415
 
         try:
             tls_context(MqttSettings(tls=True, tls_ca=tls.ca_file, tls_cert=tls.cert_file, tls_key=tls.key_file,

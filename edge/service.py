@@ -17,36 +17,36 @@ from typing import Any
 
 import numpy as np
 
-from edge import bundle as bundle_fmt
-from edge import override
-from edge.audit import AuditSettings, AuditTrail
-from edge.camera import Camera, IterSource, Source, SourceError, open_source
 from edge.config import Config
-from edge.contract import Topics, dumps, iso
 from edge.daemon import Daemon
-from edge.dataset import (
+from edge.delivery.contract import Topics, dumps
+from edge.delivery.journal import Journal
+from edge.delivery.mqtt import Publisher
+from edge.delivery.mqtt_settings import MqttConfigError, MqttSettings, make_client
+from edge.errors import StartError
+from edge.inference import bundle as bundle_fmt
+from edge.inference import override
+from edge.inference.inspector import Inspector
+from edge.inference.override import ThresholdRefused
+from edge.lifecycle import Lifecycle, reload_model
+from edge.offline.dataset import (
     default_data_root,
     is_labelled,
     list_labelled,
     list_unlabelled,
     load_samples,
 )
-from edge.drift import DriftSettings, DriftWatch
-from edge.inspector import Inspector
-from edge.journal import Journal
-from edge.lifecycle import Lifecycle, reload_model
-from edge.override import ThresholdRefused
-from edge.publish import MqttConfigError, MqttSettings, Publisher, make_client
-from edge.simulate import SimulatedLine
-from edge.telemetry import Telemetry
+from edge.ops.audit import AuditSettings, AuditTrail
+from edge.ops.drift import DriftSettings, DriftWatch
+from edge.ops.telemetry import Telemetry
+from edge.timestamps import iso
+from edge.vision.camera import Camera
+from edge.vision.simulate import SimulatedLine
+from edge.vision.sources import IterSource, Source, SourceError, open_source
 
 log = logging.getLogger(__name__)
 
 MQTT_DEFAULT_PORT = 1883
-
-
-class StartError(RuntimeError):
-    """The daemon cannot start (no broker binary for the demo, metrics port taken...)."""
 
 
 class SettingError(StartError):
@@ -72,7 +72,7 @@ def sim_parts(cfg: Config) -> tuple[list[np.ndarray], list[str | None]]:
         if len(loaded.paths):
             names = {0: "ok_front", 1: "def_front"}
             return list(loaded.images), [names.get(int(v)) for v in loaded.labels]
-    from edge.simulate import synthetic_part  # noqa: PLC0415
+    from edge.vision.simulate import synthetic_part  # noqa: PLC0415
 
     return [synthetic_part(i, defect=i % 3 == 0) for i in range(12)], [
         "def_front" if i % 3 == 0 else "ok_front" for i in range(12)]
@@ -324,7 +324,7 @@ def _local_broker(stack: ExitStack, port: int = MQTT_DEFAULT_PORT) -> tuple[str 
     already on the box keeps it) and on mqtt.port otherwise, so that a demo config can
     name the port a gate is started against (demo/trigger.yaml).
     """
-    from edge.broker import LocalBroker, mosquitto_path  # noqa: PLC0415
+    from edge.delivery.broker import LocalBroker, mosquitto_path  # noqa: PLC0415
 
     if mosquitto_path() is None:
         log.warning("no broker configured (mqtt.host) and mosquitto is not installed: decisions are journaled "

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.dataset import default_data_root
+from edge.offline.dataset import default_data_root
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = default_data_root()

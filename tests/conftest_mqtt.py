@@ -23,8 +23,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.journal import Journal
-from edge.publish import MqttSettings, Publisher
+from edge.delivery.journal import Journal
+from edge.delivery.mqtt import Publisher
+from edge.delivery.mqtt_settings import MqttSettings
 
 FAST = {"keepalive": 5, "reconnect_min_delay_s": 0.1, "reconnect_max_delay_s": 0.4, "connect_timeout_s": 2.0,
         "resend_interval_s": 1.0, "flush_timeout_s": 2.0}

@@ -18,9 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge.contract import Trigger
-from edge.journal import Journal
-from edge.publish import MqttSettings, Publisher
+from edge.delivery.contract import Trigger
+from edge.delivery.journal import Journal
+from edge.delivery.mqtt import Publisher
+from edge.delivery.mqtt_settings import MqttSettings
 
 
 def main() -> int:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from edge import bundle as bundle_fmt
+from edge.inference import bundle as bundle_fmt
 
 BUNDLE = bundle_fmt.DEFAULT_BUNDLE
 DEADLINE_S = 30.0  # generous: this machine may be training in the background
@@ -89,7 +89,7 @@ class DaemonProcess:
 
 def drawn_video(directory: Path, parts: int = 4) -> Path:
     """A video of drawn parts (defect, ok, ...) on the simulated line: no dataset needed."""
-    from edge.simulate import (  # noqa: PLC0415
+    from edge.vision.simulate import (  # noqa: PLC0415
         DATASET_BACKDROP_LEVEL,
         DEMO_CONTEXT,
         SimulatedLine,

@@ -39,7 +39,7 @@ class AugmentConfig:
     noise: float = 0.0  # largest sensor-noise sigma in grey levels
     jpeg: float = 0.0  # share of images re-compressed as JPEG
     jpeg_quality: tuple[int, int] = (60, 95)
-    part_only: bool = False  # mask beyond the (transformed) rim as edge.partview does
+    part_only: bool = False  # mask beyond the (transformed) rim as edge.vision.partview does
     mask_jitter: float = 0.0  # relative error of the located rim radius the mask is drawn at
 
     def to_dict(self) -> dict[str, object]:
@@ -302,7 +302,7 @@ def _jpeg(x: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
 def _part_mask(transforms: tf.Tensor, circles: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor, h: int,
                w: int, margin: float) -> tf.Tensor:
     """(B, H, W, 1) bool: output pixels whose source lies within the rim radius x (1 + margin),
-    the radius off by up to mask_jitter as the edge's rim finder may be (edge.partview)."""
+    the radius off by up to mask_jitter as the edge's rim finder may be (edge.vision.partview)."""
     n = tf.shape(transforms)[0]
     xs, ys = _grid(h, w)
 
@@ -322,7 +322,7 @@ def augment(images: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor, circles: tf.
     """uint8/float (B, H, W, 1) -> augmented float32 (B, H, W, 1) in 0..255.
 
     `circles` (B, 4): each image's rim (cx, cy, r) and backdrop grey, needed by the line
-    conditions and the part-only mask (`margin`, `fill`: the bundle's edge.partview spec).
+    conditions and the part-only mask (`margin`, `fill`: the bundle's edge.vision.partview spec).
     """
     n = tf.shape(images)[0]
     h, w = int(images.shape[1]), int(images.shape[2])

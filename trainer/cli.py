@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import trainer
-from edge import logs
-from edge.dataset import default_data_root
+from edge.offline.dataset import default_data_root
+from edge.ops import logs
 
 log = logging.getLogger("edge-train")
 
@@ -246,9 +246,15 @@ def scores_main(args: argparse.Namespace) -> int:
 
 def compare_main(args: argparse.Namespace) -> int:
     """`edge-train compare`: needs no TensorFlow."""
-    from edge.bundle import BundleError  # noqa: PLC0415
-    from edge.dataset import DatasetError  # noqa: PLC0415
-    from trainer.compare import CompareError, compare, line_rule, render, render_line_rule  # noqa: PLC0415
+    from edge.inference.bundle import BundleError  # noqa: PLC0415
+    from edge.offline.dataset import DatasetError  # noqa: PLC0415
+    from trainer.compare import (  # noqa: PLC0415
+        CompareError,
+        compare,
+        line_rule,
+        render,
+        render_line_rule,
+    )
     from trainer.threshold import PolicyError  # noqa: PLC0415
 
     if args.resamples < 1 or not (math.isfinite(args.cost_ratio) and args.cost_ratio > 0):
@@ -301,7 +307,7 @@ def fit_main(args: argparse.Namespace, argv: list[str]) -> int:
     """`edge-train fit`; TensorFlow is imported first, so an edge-only install is told at once."""
     import keras  # noqa: PLC0415
 
-    from edge.dataset import DatasetError  # noqa: PLC0415
+    from edge.offline.dataset import DatasetError  # noqa: PLC0415
     from trainer.export import ExportError  # noqa: PLC0415 - imports TensorFlow
     from trainer.fit import FitOptions, OutputError, TrainingError, run  # noqa: PLC0415
     from trainer.resume import ResumeMismatch  # noqa: PLC0415

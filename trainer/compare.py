@@ -17,10 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from edge import bundle as bundle_fmt
-from edge.dataset import file_digests, fingerprint, first_per_class, list_labelled, load_samples, stratified_split
-from edge.judge import Judge, reject_scores
-from edge.perturb import FOCUS_CHANGES, refocus_all
+from edge.inference import bundle as bundle_fmt
+from edge.inference.judge import Judge, reject_scores
+from edge.offline.dataset import (
+    file_digests,
+    fingerprint,
+    first_per_class,
+    list_labelled,
+    load_samples,
+    stratified_split,
+)
+from edge.offline.perturb import FOCUS_CHANGES, refocus_all
 from trainer.threshold import Policy, choose, parse_policy
 
 log = logging.getLogger(__name__)
@@ -180,7 +187,7 @@ def line_rule(champion: Path, challenger: Path, data: Path, ratio: float = 20.0)
     """Both bundles under the line-condition rule (trainer.lineval): each judged as the edge would,
     its threshold chosen again by cost:R over the plain and line-condition validation sets, the
     summed cost compared. The rule's step 4 for replacing a shipped model."""
-    from edge import evaluate  # noqa: PLC0415
+    from edge.offline import evaluate  # noqa: PLC0415
     from trainer.lineval import rule_threshold  # noqa: PLC0415
 
     bundles = [bundle_fmt.load(champion), bundle_fmt.load(challenger)]

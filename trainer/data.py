@@ -1,4 +1,4 @@
-"""tf.data input pipelines over images decoded once by edge.preprocess.
+"""tf.data input pipelines over images decoded once by edge.vision.preprocess.
 
 Decoding every file once with the edge's own function means training, evaluation and
 the line see identical pixels; the per-epoch hot path is gather + batched augmentation

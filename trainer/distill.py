@@ -23,8 +23,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from edge import bundle as bundle_fmt
-from edge.dataset import DatasetError
+from edge.inference import bundle as bundle_fmt
+from edge.offline.dataset import DatasetError
 from trainer.compare import split_of
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 The rule (docs/training.md, "Line-condition rule"), fixed before the run it judges:
 - line-condition validation sets: the plain validation images and each condition of
-  edge.conditions.LINE_CONDITIONS applied to them (seed 0);
+  edge.offline.conditions.LINE_CONDITIONS applied to them (seed 0);
 - the threshold minimises the policy's cost summed over all those sets (for cost:R,
   R x escapes + good parts rejected, counted over the union);
 - test-time views: 1 and 8 are both tried (unless --views fixes one); the one with the
@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from edge import evaluate
-from edge.dataset import CLASS_NAMES, list_labelled, load_samples
-from edge.guard import Guard
-from edge.judge import Judge
-from edge.model import Classifier
-from edge.partview import Circle, InputSpec
+from edge.inference.guard import Guard
+from edge.inference.judge import Judge
+from edge.inference.model import Classifier
+from edge.offline import evaluate
+from edge.offline.dataset import CLASS_NAMES, list_labelled, load_samples
+from edge.vision.partview import Circle, InputSpec
 from trainer.threshold import Policy, choose
 
 log = logging.getLogger(__name__)

@@ -18,12 +18,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from edge.dataset import CLASS_NAMES, LoadedImages  # noqa: E402
-from edge.partview import circles_and_backdrops  # noqa: E402
+from edge.offline.dataset import CLASS_NAMES, LoadedImages  # noqa: E402
+from edge.vision.partview import circles_and_backdrops  # noqa: E402
 
 if TYPE_CHECKING:
     from trainer.augment import AugmentConfig
-    from trainer.fit import FitOptions
+    from trainer.options import FitOptions
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
@@ -241,7 +241,9 @@ def write(out: Path, meta: dict[str, Any], metrics: dict[str, Any], history: lis
           train_set: LoadedImages, test_set: LoadedImages, unique: np.ndarray, float_test: np.ndarray,
           int8_test: np.ndarray, fit_x: np.ndarray, fit_y: np.ndarray, val_y: np.ndarray,
           aug: AugmentConfig, opts: FitOptions, val_images: dict[str, np.ndarray] | None = None) -> None:
-    from trainer.augment import augment  # TensorFlow only needed here for the sample batch
+    from trainer.augment import (
+        augment,  # TensorFlow only needed here for the sample batch
+    )
 
     figs = out / "figures"
     figs.mkdir(exist_ok=True)

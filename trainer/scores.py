@@ -1,6 +1,6 @@
 """`edge-train scores`: record a bundle's validation scores in its model.json.
 
-The daemon judges a threshold override against them (edge.override). `edge-train fit`
+The daemon judges a threshold override against them (edge.inference.override). `edge-train fit`
 records them as it exports; this adds them to a bundle made before that, from the same
 validation images: the split is rebuilt from the options the bundle records and must
 reproduce the bundle's own validation confusion at its threshold, or nothing is written.
@@ -17,12 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from edge import bundle as bundle_fmt
-from edge.dataset import DatasetError, fingerprint, file_digests, first_per_class, list_labelled, load_samples, \
-    stratified_split
-from edge.judge import Judge, reject_scores
-from edge.override import SCORES_KEY, score_record
-from edge.partview import rim_circle
+from edge.inference import bundle as bundle_fmt
+from edge.inference.judge import Judge, reject_scores
+from edge.inference.override import SCORES_KEY, score_record
+from edge.offline.dataset import (
+    DatasetError,
+    file_digests,
+    fingerprint,
+    first_per_class,
+    list_labelled,
+    load_samples,
+    stratified_split,
+)
+from edge.vision.partview import rim_circle
 
 log = logging.getLogger(__name__)
 

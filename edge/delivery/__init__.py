@@ -1,0 +1,1 @@
+"""A verdict to the line: the decision contract, the journal, MQTT publishing, the gate."""

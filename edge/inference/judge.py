@@ -1,0 +1,78 @@
+"""One crop to one verdict, the same way in the daemon, replay and the trainer's evaluation.
+
+The rim is found once per crop and shared by the part-only mask (edge.vision.partview) and the
+guard (edge.inference.guard). An `accept` is only ever the model's verdict on a part the guard let
+through, at the bundle's threshold; anything the guard flags is a reject with its fault,
+and its p_defect is still recorded as evidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.inference.bundle import Bundle, BundleError
+from edge.inference.guard import Features, Guard, GuardLimits
+from edge.inference.model import Classifier, decide
+from edge.vision.partview import Circle, rim_circle
+
+
+@dataclass(frozen=True)
+class Judgement:
+    p_defect: float
+    decision: str  # accept | reject
+    reason: str  # "model" or "fault:<what>"
+    features: Features | None = None
+
+    @property
+    def fault(self) -> str | None:
+        return self.reason[len("fault:"):] if self.reason.startswith("fault:") else None
+
+
+class Judge:
+    """A bundle's classifier and guard at one threshold."""
+
+    def __init__(self, classifier: Classifier, threshold: float, guard: Guard | None = None) -> None:
+        self.classifier = classifier
+        self.threshold = threshold
+        self.guard = guard
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, threshold: float | None = None, num_threads: int = 1) -> Judge:
+        clf = Classifier.from_bundle(bundle, num_threads=num_threads)
+        try:
+            limits = GuardLimits.from_meta(bundle.meta)
+        except ValueError as exc:
+            raise BundleError(f"{bundle.path / 'model.json'}: {exc}") from exc
+        return cls(clf, bundle.threshold if threshold is None else threshold,
+                   Guard(limits) if limits is not None else None)
+
+    @property
+    def needs_rim(self) -> bool:
+        return self.guard is not None or self.classifier.spec.part_only
+
+    def judge(self, crop: np.ndarray, circle: Circle | None = None) -> Judgement:
+        """The verdict on one uint8 crop (`circle`: its rim, where already found)."""
+        if circle is None and self.needs_rim:
+            circle = rim_circle(crop)
+        p = self.classifier.p_defect(crop, circle)
+        if self.guard is not None and circle is not None:
+            fault, feats = self.guard.check(crop, circle)
+            if fault is not None:
+                return Judgement(p, "reject", f"fault:{fault}", feats)
+            return Judgement(p, decide(p, self.threshold), "model", feats)
+        return Judgement(p, decide(p, self.threshold), "model")
+
+    def judge_all(self, crops: np.ndarray, circles: list[Circle] | None = None) -> list[Judgement]:
+        if circles is None:
+            return [self.judge(c) for c in crops]
+        return [self.judge(c, r) for c, r in zip(crops, circles, strict=True)]
+
+
+def reject_scores(judgements: list[Judgement]) -> np.ndarray:
+    """Scores whose `>= threshold` is each verdict: p_defect, or 1.0 for a fault (always a reject).
+
+    So confusion matrices and costs count what was decided, faults included.
+    """
+    return np.array([1.0 if j.fault else j.p_defect for j in judgements], np.float64)

@@ -1,0 +1,1 @@
+"""Judging a bundle on image folders: datasets, replay, line conditions, reports."""

@@ -1,0 +1,1 @@
+"""Frames to part crops: camera sources, part location and tracking, the pixels the model sees."""

@@ -1,0 +1,149 @@
+"""What of a crop the model may see: the casting inside its rim, and nothing around it.
+
+A model trained on one capture setup learns the backdrop with the part (the dataset's
+light plate): on a darker belt it rejected good parts, on a plain plate it accepted a
+defect. So a bundle can declare `input.part_only`: every model input, in training,
+evaluation, replay and on the line, first goes through `part_only_input`, which finds the
+rim around the crop's centre and replaces every pixel farther than `margin` beyond it by
+one constant grey. Whatever lies outside that circle cannot move p_defect.
+
+The margin keeps the rim's outline and what protrudes from it (flash, burrs: defects)
+in view; training randomises the backdrop inside that band (trainer.augment).
+
+Also here: the dihedral test-time views (8 rotations/flips of a crop), which are exact
+pixel permutations, so a masked crop stays masked. Pure numpy/OpenCV.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from edge.vision.locate import RIM_DIAMETER_FRACTION, find_rim_in_crop
+
+RIM_MARGIN = 0.08  # of the rim radius kept beyond the rim: outline, flash and burrs stay in view
+FILL = 128  # the grey that replaces everything beyond the margin
+VIEW_CHOICES = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class Circle:
+    """A rim circle in crop pixels (pixel centres at integers); found False = the fallback."""
+
+    cx: float
+    cy: float
+    r: float
+    found: bool
+    score: float = 0.0
+
+
+def framing_circle(size: tuple[int, int]) -> Circle:
+    """Where the edge's crop puts the rim (locate.crop_part), and the fallback when no rim is found."""
+    h, w = size
+    return Circle((w - 1) / 2, (h - 1) / 2, RIM_DIAMETER_FRACTION * min(h, w) / 2, found=False)
+
+
+def rim_circle(gray: np.ndarray) -> Circle:
+    """The rim of the part a crop is framed on, or the framing circle (found=False)."""
+    box = find_rim_in_crop(gray)
+    if box is None:
+        return framing_circle(gray.shape[:2])
+    return Circle(box.cx, box.cy, box.radius, found=True, score=box.score)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How a bundle's model input is made from a crop (model.json: `input.part_only`, `views`)."""
+
+    part_only: bool = False
+    margin: float = RIM_MARGIN
+    fill: int = FILL
+    views: int = 1
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> InputSpec:
+        """Read and check the sidecar's fields; ValueError names the bad one."""
+        po = (meta.get("input") or {}).get("part_only")
+        views = meta.get("views", 1)
+        if isinstance(views, bool) or not isinstance(views, int) or views not in VIEW_CHOICES:
+            raise ValueError(f"views: {views!r} is not one of {', '.join(map(str, VIEW_CHOICES))}")
+        if po is None:
+            return cls(views=views)
+        if not isinstance(po, dict):
+            raise ValueError(f"input.part_only: expected an object with margin and fill, got {po!r}")
+        margin, fill = po.get("margin"), po.get("fill")
+        if isinstance(margin, bool) or not isinstance(margin, int | float) or not (0 <= margin <= 0.5):
+            raise ValueError(f"input.part_only.margin: {margin!r} is not a number in 0..0.5")
+        if isinstance(fill, bool) or not isinstance(fill, int) or not (0 <= fill <= 255):
+            raise ValueError(f"input.part_only.fill: {fill!r} is not an integer grey level 0..255")
+        return cls(True, float(margin), int(fill), views)
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"margin": self.margin, "fill": self.fill} if self.part_only else {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def disk_mask(size: tuple[int, int], cx: float, cy: float, radius: float) -> np.ndarray:
+    """Boolean (H, W): pixel centres within `radius` of (cx, cy)."""
+    h, w = size
+    ys = (np.arange(h, dtype=np.float32) - np.float32(cy)) ** 2
+    xs = (np.arange(w, dtype=np.float32) - np.float32(cx)) ** 2
+    return (ys[:, None] + xs[None, :]) <= np.float32(radius) ** 2
+
+
+def mask_outside(gray: np.ndarray, circle: Circle, margin: float = RIM_MARGIN, fill: int = FILL) -> np.ndarray:
+    """uint8 copy of `gray` with every pixel beyond radius r x (1 + margin) set to `fill`."""
+    keep = disk_mask(gray.shape[:2], circle.cx, circle.cy, circle.r * (1 + margin))
+    return np.where(keep, gray, np.uint8(fill)).astype(np.uint8)
+
+
+def part_only_input(gray: np.ndarray, spec: InputSpec, circle: Circle | None = None) -> np.ndarray:
+    """The model input for a crop under `spec` (unchanged where the bundle is not part-only)."""
+    if not spec.part_only:
+        return gray
+    return mask_outside(gray, circle if circle is not None else rim_circle(gray), spec.margin, spec.fill)
+
+
+def dihedral_views(img: np.ndarray, n: int) -> list[np.ndarray]:
+    """The first n of: identity, rot90, rot180, rot270, and the same after a left-right flip.
+
+    Exact pixel permutations (no resampling); n = 2 is the identity and its 180-degree turn.
+    """
+    if n not in VIEW_CHOICES:
+        raise ValueError(f"views: {n} is not one of {VIEW_CHOICES}")
+    order = [(0, False), (2, False), (1, False), (3, False), (0, True), (2, True), (1, True), (3, True)]
+    out = []
+    for k, flip in order[:n]:
+        v = np.fliplr(img) if flip else img
+        out.append(np.ascontiguousarray(np.rot90(v, k)))
+    return out
+
+
+_P_FLOOR = 1.0 / 512  # half a quantization step of a uint8 probability: logit stays finite
+
+
+def mean_logit(ps: np.ndarray | list[float]) -> float:
+    """Average of probabilities in logit space (views of one part), back as a probability."""
+    p = np.clip(np.asarray(ps, np.float64), _P_FLOOR, 1 - _P_FLOOR)
+    z = float(np.mean(np.log(p) - np.log1p(-p)))
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def backdrop_grey(gray: np.ndarray, circle: Circle) -> float:
+    """Median grey of the backdrop ring 1.12-1.35 rim radii out (the whole image's if none is in view)."""
+    ring = disk_mask(gray.shape[:2], circle.cx, circle.cy, circle.r * 1.35)
+    ring &= ~disk_mask(gray.shape[:2], circle.cx, circle.cy, circle.r * 1.12)
+    return float(np.median(gray[ring])) if ring.any() else float(np.median(gray))
+
+
+def circles_and_backdrops(images: np.ndarray) -> tuple[list[Circle], np.ndarray]:
+    """Each image's rim (or the framing fallback) and a (N, 4) float32 array [cx, cy, r, backdrop grey]."""
+    circles = [rim_circle(img) for img in images]
+    table = np.array([[c.cx, c.cy, c.r, backdrop_grey(img, c)] for img, c in zip(images, circles, strict=True)],
+                     np.float32).reshape(-1, 4)
+    return circles, table
