@@ -22,7 +22,7 @@ from edge.offline.conditions import (
 )
 from edge.vision.partview import Circle, disk_mask, rim_circle
 from edge.vision.simulate import synthetic_part
-from tests.test_partview import drawn_part
+from tests.vision.test_partview import drawn_part
 
 SEEDED = {"belt_woven_125", "motion_5px", "offset_0.04", "grain_120", "woven_125"}  # use the per-image seed
 

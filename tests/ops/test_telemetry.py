@@ -12,10 +12,10 @@ from broker import Mosquitto, free_port
 from conftest_mqtt import Collector, mosquitto  # noqa: F401 - fixture
 from daemon_run import BUNDLE, DaemonProcess, write_config
 from prometheus_client.parser import text_string_to_metric_families
-from test_lifecycle import drawn_line  # noqa: F401 - fixture
 
 from edge.delivery.contract import Topics
 from edge.inference import bundle as bundle_fmt
+from tests.station.test_lifecycle import drawn_line  # noqa: F401 - fixture
 
 
 def scrape(port: int) -> dict[str, float | dict[str, str]]:

@@ -19,7 +19,6 @@ from broker import Mosquitto, StallProxy, free_port
 from conftest import ROOT
 from conftest_mqtt import Collector, mosquitto, require_mosquitto  # noqa: F401 - fixture
 from daemon_run import BUNDLE, DaemonProcess, write_config
-from test_lifecycle import drawn_line  # noqa: F401 - fixture
 
 from edge.delivery.contract import Topics
 from edge.delivery.journal import Journal
@@ -31,6 +30,7 @@ from edge.vision.simulate import (
     write_video,
 )
 from edge.vision.simulate import camera as camera_fx
+from tests.station.test_lifecycle import drawn_line  # noqa: F401 - fixture
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,7 @@ from edge.offline.dataset import list_labelled, load_samples  # noqa: E402
 from edge.offline.metrics import summarize  # noqa: E402
 from edge.offline.perturb import FOCUS_CHANGES, refocus_all  # noqa: E402
 from tests.conftest import part_image, write_split  # noqa: E402
-from tests.test_links import links  # noqa: E402
+from tests.station.test_links import links  # noqa: E402
 from trainer.cli import main  # noqa: E402
 from trainer.export import ExportError, check_int8_accuracy  # noqa: E402
 from trainer.fit import FitOptions, run  # noqa: E402
