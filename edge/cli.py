@@ -1,6 +1,7 @@
 """`edge-inspect`: the line's command.
 
   edge-inspect [--config FILE] [--duration S]   run the inspection daemon
+               [--collect DIR]                 ... saving every judged crop for labelling
   edge-inspect --check-config FILE              validate a config, list every problem
   edge-inspect --replay DIR                     validate a bundle offline on images
 
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validate FILE and what it points at (bundle loads, camera file, journal and audit "
                         "folders writable, password and TLS files readable), list every problem, exit 2 if any")
     p.add_argument("--quiet", action="store_true", help="do not print one line per decision")
+    p.add_argument("--collect", type=Path, metavar="DIR",
+                   help="daemon: also save every judged part's crop and decision to DIR for labelling "
+                        "(collect.dir in the config; edge-label turns them into a labelled folder)")
     p.add_argument("--replay", type=Path, metavar="DIR",
                    help="score every image under DIR (labelled by def_front/ok_front or defect/ok "
                         "subfolders, or unlabelled) and print a summary")
@@ -106,6 +110,8 @@ def run_daemon(args: argparse.Namespace) -> int:
             log.error(problem)
         return 2
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else cfg.log_level)
+    if args.collect is not None:
+        cfg = cfg.model_copy(update={"collect": cfg.collect.model_copy(update={"dir": args.collect.absolute()})})
     try:
         daemon = service.run(cfg, args.duration, on_decision=None if args.quiet else _print_decision,
                              config_path=args.config)

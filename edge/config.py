@@ -262,6 +262,13 @@ class AuditSection(_Strict):
     max_mb: float = Field(500.0, gt=0, description="disk budget; oldest evidence is deleted first")
 
 
+class CollectSection(_Strict):
+    dir: Path | None = Field(None, description="every judged part's crop + decision JSON, for labelling "
+                             "(edge-label, docs/commissioning.md); null = off")
+    sample: float = Field(1.0, gt=0, le=1, description="fraction of judged parts saved, accepted and rejected alike")
+    max_mb: float = Field(2000.0, gt=0, description="disk budget; the oldest crops are deleted first")
+
+
 class DriftSection(_Strict):
     enabled: bool = True
     window: int = Field(100, ge=10, le=1_000_000, description="parts in the rolling window compared with the baseline")
@@ -296,6 +303,7 @@ class Config(_Strict):
     mqtt: MqttSection = MqttSection()
     journal: JournalSection = JournalSection()
     audit: AuditSection = AuditSection()
+    collect: CollectSection = CollectSection()
     drift: DriftSection = DriftSection()
     service: ServiceSection = ServiceSection()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -320,6 +328,7 @@ def _resolve(cfg: Config, base: Path) -> Config:
         "mqtt": cfg.mqtt.model_copy(update={"password_file": fix(cfg.mqtt.password_file), "tls": mqtt_tls}),
         "journal": cfg.journal.model_copy(update={"path": fix(cfg.journal.path)}),
         "audit": cfg.audit.model_copy(update={"dir": fix(cfg.audit.dir)}),
+        "collect": cfg.collect.model_copy(update={"dir": fix(cfg.collect.dir)}),
     })
 
 

@@ -88,9 +88,10 @@ class Counters:
 class Daemon:
     def __init__(self, cfg: Config, camera: Camera, sink: DecisionSink, inspector: Inspector,
                  on_decision: Callable[[dict[str, Any]], None] | None = None,
-                 audit: AuditTrail | None = None) -> None:
+                 audit: AuditTrail | None = None, collect: AuditTrail | None = None) -> None:
         self.cfg = cfg
         self.audit = audit
+        self.collect = collect  # crops for labelling (commissioning): every judged part, or a sample
         self.telemetry: Telemetry | None = None
         self.drift: DriftWatch | None = None
         self.camera = camera
@@ -381,6 +382,8 @@ class Daemon:
         decision["seq"] = seq
         if self.audit is not None:
             self.audit.record(decision, crop)
+        if self.collect is not None and crop is not None:
+            self.collect.record(decision, crop)
         if self.drift is not None:
             self.drift.observe(crop, diameter, decision)
         if self.telemetry is not None:
@@ -462,5 +465,6 @@ class Daemon:
                        "fault": self.camera.fault(), **self.camera_watch.status()},
             "triggers_ignored_continuous": self.triggers_ignored_continuous,
             "audit": self.audit.stats() if self.audit is not None else {},
+            "collect": self.collect.stats() if self.collect is not None else {},
             "delivery_faults": self.sink.faults() if hasattr(self.sink, "faults") else [],
         }

@@ -48,6 +48,8 @@ def check(cfg: Config, source: str = "<config>", lines: Mapping[tuple, int] | No
     found += _writable_file(("journal", "path"), Path(cfg.journal.path))
     if cfg.audit.dir is not None:
         found += _creatable_folder(("audit", "dir"), Path(cfg.audit.dir))
+    if cfg.collect.dir is not None:
+        found += _creatable_folder(("collect", "dir"), Path(cfg.collect.dir))
     found += _mqtt_files(cfg)
     found += _bundle(cfg)
     out = []

@@ -237,7 +237,16 @@ def run(cfg: Config, duration_s: float | None = None,
             except OSError as exc:
                 raise SettingError(f"audit.dir {cfg.audit.dir}: cannot create it: {_why(exc)}") from exc
             stack.callback(audit.close)
-        daemon = Daemon(cfg, camera, publisher, inspector, on_decision=on_decision, audit=audit)
+        collect = None
+        if cfg.collect.dir is not None:
+            c = cfg.collect
+            try:
+                collect = AuditTrail(AuditSettings(Path(c.dir), sample_accepted=c.sample, max_bytes=int(c.max_mb * 2**20),
+                                                   sample_rejected=c.sample, crops_only=True, name="collect"))
+            except OSError as exc:
+                raise SettingError(f"collect.dir {c.dir}: cannot create it: {_why(exc)}") from exc
+            stack.callback(collect.close)
+        daemon = Daemon(cfg, camera, publisher, inspector, on_decision=on_decision, audit=audit, collect=collect)
         daemon_ref.append(daemon)
         if cfg.drift.enabled:
             d = cfg.drift

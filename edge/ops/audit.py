@@ -37,6 +37,9 @@ class AuditSettings:
     sample_accepted: float = 0.0  # fraction of accepted parts saved too, 0..1
     max_bytes: int = 500 * 2**20
     queue_size: int = 256
+    sample_rejected: float = 1.0  # fraction of rejected and faulted parts saved: evidence keeps every one
+    crops_only: bool = False  # only decisions with a crop (a folder for labelling: a decision alone teaches nothing)
+    name: str = "audit"  # in log lines: this trail's config section (audit, collect)
 
 
 class AuditTrail:
@@ -60,7 +63,7 @@ class AuditTrail:
         self.evicted = 0
         self.errors = 0
         self._scan()
-        self._thread = threading.Thread(target=self._work, name="audit", daemon=True)
+        self._thread = threading.Thread(target=self._work, name=settings.name, daemon=True)
         self._thread.start()
 
     def _scan(self) -> None:
@@ -82,7 +85,7 @@ class AuditTrail:
                 mtime, size = sizes.get(p.stem, (st.st_mtime, 0))
                 sizes[p.stem] = (min(mtime, st.st_mtime), size + _on_disk(st))
         if stray:
-            log.warning("removed unfinished audit writes", extra={"dir": str(self.dir), "files": stray})
+            log.warning(f"removed unfinished {self.settings.name} writes", extra={"dir": str(self.dir), "files": stray})
         for name, (_mtime, size) in sorted(sizes.items(), key=lambda kv: (kv[1][0], kv[0])):
             self._files[name] = size
             self._bytes += size
@@ -98,20 +101,21 @@ class AuditTrail:
         return {"saved": self.saved, "errors": self.errors, "dropped": self.dropped, "evicted": self.evicted,
                 "files": len(self._files), "bytes": self._bytes}
 
-    def wants(self, decision: dict[str, Any]) -> bool:
-        if decision.get("decision") != "accept":
-            return True
-        return self.settings.sample_accepted > 0 and self._rng.random() < self.settings.sample_accepted
+    def wants(self, decision: dict[str, Any], has_crop: bool = True) -> bool:
+        if self.settings.crops_only and not has_crop:
+            return False
+        rate = self.settings.sample_accepted if decision.get("decision") == "accept" else self.settings.sample_rejected
+        return rate >= 1 or (rate > 0 and self._rng.random() < rate)
 
     def record(self, decision: dict[str, Any], crop: np.ndarray | None) -> bool:
         """Queue a decision (and its crop) for saving; False when not audited or dropped."""
-        if not self.wants(decision):
+        if not self.wants(decision, crop is not None):
             return False
         try:
             self._queue.put_nowait((dict(decision), None if crop is None else crop.copy()))
         except queue.Full:
             self.dropped += 1
-            log.warning("audit queue full: crop not saved", extra={"part_id": decision.get("part_id")})
+            log.warning(f"{self.settings.name} queue full: crop not saved", extra={"part_id": decision.get("part_id")})
             return False
         return True
 
@@ -134,7 +138,7 @@ class AuditTrail:
                 self._save(*item)
             except OSError as exc:
                 self.errors += 1
-                log.error("audit write failed", extra={"dir": str(self.dir), "error": repr(exc)})
+                log.error(f"{self.settings.name} write failed", extra={"dir": str(self.dir), "error": repr(exc)})
 
     def _name(self, decision: dict[str, Any]) -> str:
         """`<seq>-<part_id>`, never the name of evidence already on disk."""

@@ -49,6 +49,13 @@ class _State(Collector):
                                   value=audit.get("dropped", 0))
         yield CounterMetricFamily("edge_audit_evicted", "Audited decisions deleted, oldest first, to stay within "
                                   "audit.max_mb", value=audit.get("evicted", 0))
+        collect = s.get("collect", {})
+        yield CounterMetricFamily("edge_collect_saved", "Crops saved for labelling (collect.dir)",
+                                  value=collect.get("saved", 0))
+        yield CounterMetricFamily("edge_collect_dropped", "Crops for labelling not saved: the disk did not keep up",
+                                  value=collect.get("dropped", 0))
+        yield CounterMetricFamily("edge_collect_errors", "Writes to collect.dir that failed",
+                                  value=collect.get("errors", 0))
         yield GaugeMetricFamily("edge_camera_fps", "Frames per second over the last 2 s", value=cam.get("fps", 0.0))
         yield GaugeMetricFamily("edge_camera_connected", "1 while the camera delivers",
                                 value=1.0 if cam.get("connected") else 0.0)
