@@ -4,6 +4,7 @@
                [--collect DIR]                 ... saving every judged crop for labelling
   edge-inspect --check-config FILE              validate a config, list every problem
   edge-inspect --replay DIR                     validate a bundle offline on images
+  edge-inspect --shadow-summary FILE            what a shadow candidate would have decided
 
 Exit status: 0 ran (replay: bad files are listed, not fatal); 2 usage error, invalid
 config, a setting unusable on this box (camera file missing, folder that cannot be created,
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collect", type=Path, metavar="DIR",
                    help="daemon: also save every judged part's crop and decision to DIR for labelling "
                         "(collect.dir in the config; edge-label turns them into a labelled folder)")
+    p.add_argument("--shadow-summary", type=Path, metavar="FILE",
+                   help="summarise a shadow record (model.shadow_record): the live x candidate table and "
+                        "every part they disagree on")
     p.add_argument("--replay", type=Path, metavar="DIR",
                    help="score every image under DIR (labelled by def_front/ok_front or defect/ok "
                         "subfolders, or unlabelled) and print a summary")
@@ -71,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         return check_config(args.check_config)
     if args.replay is not None:
         return run_replay(args)
+    if args.shadow_summary is not None:
+        return shadow_summary(args.shadow_summary)
     return run_daemon(args)
 
 
@@ -87,6 +93,27 @@ def check_config(path: Path) -> int:
         print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
         return 2
     print(f"{path}: ok")
+    return 0
+
+
+def shadow_summary(path: Path) -> int:
+    from edge.inference.shadow import summarize  # noqa: PLC0415
+
+    try:
+        s = summarize(path)
+    except OSError as exc:
+        print(f"{path}: cannot read the shadow record: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    models = ", ".join(f"live {a} / candidate {b}" for a, b in s["models"]) or "none"
+    print(f"{path}: {s['parts']} parts ({models})")
+    for key, n in s["table"].items():
+        print(f"  {key.replace('_', ' ')}: {n}")
+    for row in s["disagreements"]:
+        live, cand = row["live"], row["shadow"]
+        print(f"  part {row['part_id']} seq {row['seq']}: live {live['decision']} (p {live['p_defect']}, "
+              f"{live['reason']}), candidate {cand['decision']} (p {cand['p_defect']:.4f}, {cand['reason']})")
+    if s["unreadable_lines"]:
+        print(f"  {s['unreadable_lines']} unreadable line(s) skipped (cut by a power loss?)")
     return 0
 
 

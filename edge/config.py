@@ -76,6 +76,10 @@ class ModelSection(_Strict):
     accept_validation_escapes: int | None = Field(
         None, ge=0, description="acknowledge an override that accepts this many of the bundle's validation defects")
     threads: int = Field(1, ge=1, le=16, description="interpreter threads")
+    shadow: Path | None = Field(None, description="candidate bundle judging every part beside the live one, "
+                                "never actuating (docs/commissioning.md); null = off")
+    shadow_record: Path = Field(Path("state/shadow.jsonl"), description="the shadow's verdicts beside the live "
+                                "ones, one JSON line per part")
 
 
 class CameraSection(_Strict):
@@ -322,7 +326,8 @@ def _resolve(cfg: Config, base: Path) -> Config:
     if mqtt_tls:
         mqtt_tls = mqtt_tls.model_copy(update={k: fix(getattr(mqtt_tls, k)) for k in ("ca_file", "cert_file", "key_file")})
     return cfg.model_copy(update={
-        "model": cfg.model.model_copy(update={"bundle": fix(cfg.model.bundle)}),
+        "model": cfg.model.model_copy(update={"bundle": fix(cfg.model.bundle), "shadow": fix(cfg.model.shadow),
+                                              "shadow_record": fix(cfg.model.shadow_record)}),
         "camera": cfg.camera.model_copy(update={"source": source}),
         "sim": cfg.sim.model_copy(update={"images": fix(cfg.sim.images)}),
         "mqtt": cfg.mqtt.model_copy(update={"password_file": fix(cfg.mqtt.password_file), "tls": mqtt_tls}),

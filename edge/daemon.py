@@ -19,6 +19,7 @@ import numpy as np
 
 from edge.config import Config, InspectSection
 from edge.inference.inspector import Inspector
+from edge.inference.shadow import Shadow
 from edge.ops.audit import AuditTrail
 from edge.ops.drift import DriftWatch
 from edge.ops.telemetry import Telemetry
@@ -92,6 +93,7 @@ class Daemon:
         self.cfg = cfg
         self.audit = audit
         self.collect = collect  # crops for labelling (commissioning): every judged part, or a sample
+        self.shadow: Shadow | None = None  # a candidate judging every crop after it was decided (service sets it)
         self.telemetry: Telemetry | None = None
         self.drift: DriftWatch | None = None
         self.camera = camera
@@ -384,6 +386,8 @@ class Daemon:
             self.audit.record(decision, crop)
         if self.collect is not None and crop is not None:
             self.collect.record(decision, crop)
+        if self.shadow is not None and crop is not None:
+            self.shadow.submit(decision, crop)  # after publishing: the candidate never changes it
         if self.drift is not None:
             self.drift.observe(crop, diameter, decision)
         if self.telemetry is not None:
@@ -466,5 +470,6 @@ class Daemon:
             "triggers_ignored_continuous": self.triggers_ignored_continuous,
             "audit": self.audit.stats() if self.audit is not None else {},
             "collect": self.collect.stats() if self.collect is not None else {},
+            "shadow": self.shadow.stats() if self.shadow is not None else {},
             "delivery_faults": self.sink.faults() if hasattr(self.sink, "faults") else [],
         }

@@ -91,6 +91,15 @@ def _bundle(cfg: Config) -> list[Problem]:
         return [(key, f"{cfg.model.bundle}: cannot read: {exc.strerror or exc}")]
     except Exception as exc:  # noqa: BLE001 - the runtime's own errors (a model it cannot build), as one line
         return [(key, f"{cfg.model.bundle}: cannot load the model: {type(exc).__name__}: {exc}"[:400])]
+    if cfg.model.shadow is not None:
+        shadow_key = ("model", "shadow")
+        try:
+            Inspector.load(bundle_fmt.load(cfg.model.shadow), threads=cfg.model.threads).self_check()
+        except (bundle_fmt.BundleError, ThresholdRefused) as exc:
+            return [(shadow_key, str(exc))]
+        except OSError as exc:
+            return [(shadow_key, f"{cfg.model.shadow}: cannot read: {exc.strerror or exc}")]
+        return _writable_file(("model", "shadow_record"), Path(cfg.model.shadow_record))
     return []
 
 

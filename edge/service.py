@@ -28,6 +28,7 @@ from edge.inference import bundle as bundle_fmt
 from edge.inference import override
 from edge.inference.inspector import Inspector
 from edge.inference.override import ThresholdRefused
+from edge.inference.shadow import Shadow
 from edge.lifecycle import Lifecycle, reload_model
 from edge.offline.dataset import (
     default_data_root,
@@ -248,6 +249,9 @@ def run(cfg: Config, duration_s: float | None = None,
             stack.callback(collect.close)
         daemon = Daemon(cfg, camera, publisher, inspector, on_decision=on_decision, audit=audit, collect=collect)
         daemon_ref.append(daemon)
+        if cfg.model.shadow is not None:
+            daemon.shadow = _shadow(cfg, publisher)
+            stack.callback(daemon.shadow.close)
         if cfg.drift.enabled:
             d = cfg.drift
             daemon.drift = DriftWatch(DriftSettings(d.window, d.baseline_parts, d.k, d.reject_z),
@@ -294,6 +298,24 @@ def run(cfg: Config, duration_s: float | None = None,
         daemon.run(duration_s)
         log.info("stopping", extra={"parts": daemon.counters.parts})
     return daemon
+
+
+def _shadow(cfg: Config, publisher: Publisher) -> Shadow:
+    """The candidate of model.shadow, loaded and self-checked as a live bundle is; refused at start, by key."""
+    path = cfg.model.shadow
+    try:
+        candidate = Inspector.load(bundle_fmt.load(path), threads=cfg.model.threads)
+        candidate.self_check()
+    except (bundle_fmt.BundleError, ThresholdRefused, OSError) as exc:
+        raise SettingError(f"model.shadow {path}: {exc}") from exc
+    topic = publisher.topics.shadow
+    try:
+        shadow = Shadow(candidate, Path(cfg.model.shadow_record), lambda row: publisher.publish_event(topic, row))
+    except OSError as exc:
+        raise SettingError(f"model.shadow_record {cfg.model.shadow_record}: cannot write it: {_why(exc)}") from exc
+    log.info("shadow candidate judging every part beside the live bundle", extra={
+        "shadow": candidate.model_id, "record": str(cfg.model.shadow_record), "topic": topic})
+    return shadow
 
 
 def _why(exc: OSError) -> str:

@@ -52,6 +52,11 @@ class Topics:
     def trigger(self) -> str:
         return f"{self.prefix}/trigger"
 
+    @property
+    def shadow(self) -> str:
+        """A candidate bundle's disagreements with the live one (shadow mode): never for a gate."""
+        return f"{self.prefix}/shadow"
+
 
 def check_prefix(prefix: str) -> str:
     """A prefix must be a plain topic: wildcards or stray slashes would subscribe/publish elsewhere."""

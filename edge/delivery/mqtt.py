@@ -200,6 +200,15 @@ class Publisher:
                     self._ready_evt.clear()
                     self._subscribe_triggers(client)
 
+    def publish_event(self, topic: str, payload: Mapping[str, Any]) -> bool:
+        """Best effort, for records that are kept elsewhere (shadow disagreements): QoS 0, not
+        retained, not journaled, nothing re-sent; False when not connected."""
+        with self._send_lock:
+            if not self._usable() or self._client is None:
+                return False
+            info = self._client.publish(topic, dumps(payload), qos=0, retain=False)
+            return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
     def publish_status(self, extra: Mapping[str, Any] | None = None) -> bool:
         """Publish the retained `online` status now; False if not connected (it is sent on connect)."""
         with self._send_lock:

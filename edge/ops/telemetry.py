@@ -49,6 +49,16 @@ class _State(Collector):
                                   value=audit.get("dropped", 0))
         yield CounterMetricFamily("edge_audit_evicted", "Audited decisions deleted, oldest first, to stay within "
                                   "audit.max_mb", value=audit.get("evicted", 0))
+        shadow = s.get("shadow", {})
+        yield CounterMetricFamily("edge_shadow_judged", "Parts the shadow candidate judged (model.shadow)",
+                                  value=shadow.get("judged", 0))
+        disagree = CounterMetricFamily("edge_shadow_disagreements", "Parts the shadow candidate decided otherwise "
+                                       "than the live bundle, by live and candidate decision", labels=["live", "shadow"])
+        for live, cand in (("accept", "reject"), ("reject", "accept")):
+            disagree.add_metric([live, cand], shadow.get(f"live_{live}_shadow_{cand}", 0))
+        yield disagree
+        yield CounterMetricFamily("edge_shadow_dropped", "Parts the shadow did not judge: it did not keep up",
+                                  value=shadow.get("dropped", 0))
         collect = s.get("collect", {})
         yield CounterMetricFamily("edge_collect_saved", "Crops saved for labelling (collect.dir)",
                                   value=collect.get("saved", 0))
