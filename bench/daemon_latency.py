@@ -1,6 +1,6 @@
 """End-to-end latency of the inspection daemon: frame capture -> decision at a subscriber.
 
-    .venv/bin/python bench/daemon_latency.py [--model BUNDLE] [--parts 16] [--fps 60]
+    .venv/bin/python bench/daemon_latency.py [--model BUNDLE] [--parts 16] [--fps 60] [--shadow BUNDLE]
 
 One run: a 1280x720 video of a simulated line (dataset test images when present, drawn
 parts otherwise) is written with OpenCV at --fps; a local mosquitto is started on
@@ -16,6 +16,11 @@ Printed:
   at the moment the loop picked it up (the latest-frame guarantee: no stale frame);
 - peak RSS of the daemon process (VmHWM) and the time from spawn to `online` status.
 Targets (issue 4): p99 <= 10 ms, no stale frame, RSS <= 200 MB, ready <= 2 s.
+
+With --shadow BUNDLE the same video is run twice, without and with that bundle as
+`model.shadow`, and the ratios are printed: the daemon's CPU time per part (the shadow is a
+second inference per part; target <= 1.5x the inference time added, issue 20) and the e2e
+latency (the shadow runs after the decision is published, so the gate should not see it).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -86,7 +92,26 @@ def main() -> int:
     ap.add_argument("--parts", type=int, default=16)
     ap.add_argument("--fps", type=float, default=60.0)
     ap.add_argument("--speed", type=float, default=12.0, help="belt speed, pixels per frame")
+    ap.add_argument("--shadow", type=Path, default=None, help="also run with this bundle as model.shadow; print ratios")
     args = ap.parse_args()
+    base = run_once(args, None)
+    if base is None:
+        return 1
+    if args.shadow is None:
+        return 0
+    shadowed = run_once(args, args.shadow)
+    if shadowed is None:
+        return 1
+    print(f"shadow {args.shadow}: daemon CPU per part {shadowed['cpu_per_part_ms']:.1f} ms vs "
+          f"{base['cpu_per_part_ms']:.1f} ms ({shadowed['cpu_per_part_ms'] / base['cpu_per_part_ms']:.2f}x); "
+          f"e2e p50 {shadowed['p50']:.1f} vs {base['p50']:.1f} ms, p99 {shadowed['p99']:.1f} vs {base['p99']:.1f} ms; "
+          f"shadow judged {shadowed['shadow'].get('judged')} of {shadowed['decisions']} parts, "
+          f"dropped {shadowed['shadow'].get('dropped')}")
+    return 0
+
+
+def run_once(args: argparse.Namespace, shadow: Path | None) -> dict[str, Any] | None:
+    """One run of the video through the daemon; prints its figures and returns the main ones."""
 
     imgs, labels = parts(args.parts)
     work = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
@@ -125,7 +150,10 @@ def main() -> int:
         "audit": {"dir": None},
         "log_level": "WARNING",
     }
+    if shadow is not None:
+        cfg["model"].update(shadow=str(shadow.resolve()), shadow_record=str(work / "shadow.jsonl"))
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t_spawn = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "--config", str(work / "config.yaml"), "--quiet"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -134,13 +162,15 @@ def main() -> int:
         rss = max(rss, proc_mb(proc.pid) or 0.0)
         time.sleep(0.1)
     out = proc.stdout.read() if proc.stdout else ""
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     time.sleep(0.5)
     sub.loop_stop()
     sub.disconnect()
     broker.stop()
     if proc.returncode != 0:
         print(out[-3000:], file=sys.stderr)
-        return 1
+        return None
 
     with lock:
         online = [(t, s) for t, s in statuses if s.get("state") == "online"]
@@ -164,7 +194,11 @@ def main() -> int:
           f"skipped {cam.get('dropped')}  oldest at pickup {last.get('frame_age_max_ms')} ms "
           f"(one frame = {1000 / args.fps:.1f} ms)")
     print(f"daemon peak RSS {rss:.0f} MB [target <= 200]; online {ready_s:.2f} s after spawn [target <= 2]")
-    return 0
+    cpu_per_part = cpu_s * 1000 / max(1, len(decisions))
+    print(f"daemon CPU {cpu_s:.1f} s, {cpu_per_part:.1f} ms per part (video decoding and locating included)"
+          + (f"; shadow {shadow}: {last.get('shadow')}" if shadow is not None else ""))
+    return {"p50": ms(e2e, 50), "p99": ms(e2e, 99), "cpu_per_part_ms": cpu_per_part, "decisions": len(decisions),
+            "shadow": last.get("shadow") or {}}
 
 
 if __name__ == "__main__":

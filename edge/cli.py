@@ -5,11 +5,14 @@
   edge-inspect --check-config FILE              validate a config, list every problem
   edge-inspect --replay DIR                     validate a bundle offline on images
   edge-inspect --shadow-summary FILE            what a shadow candidate would have decided
+  edge-inspect --promote BUNDLE [--reload PID|UNIT]   put a candidate live, the old one kept
+  edge-inspect --rollback [--reload PID|UNIT]         swap back
 
 Exit status: 0 ran (replay: bad files are listed, not fatal); 2 usage error, invalid
 config, a setting unusable on this box (camera file missing, folder that cannot be created,
 unreadable password or TLS file), unusable bundle, or a replay folder with no images;
-1 the daemon failed at start for another reason; 3 replay: accuracy below --min-accuracy.
+1 the daemon failed at start for another reason (or --reload could not reach it); 3 replay:
+accuracy below --min-accuracy. --promote/--rollback: 2 when refused, and then nothing changed.
 """
 
 from __future__ import annotations
@@ -45,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shadow-summary", type=Path, metavar="FILE",
                    help="summarise a shadow record (model.shadow_record): the live x candidate table and "
                         "every part they disagree on")
+    p.add_argument("--promote", type=Path, metavar="BUNDLE",
+                   help="install BUNDLE in model.bundle's folder (of --config), the old one kept for --rollback")
+    p.add_argument("--rollback", action="store_true",
+                   help="swap model.bundle's folder (of --config) with the bundle it replaced")
+    p.add_argument("--reload", metavar="PID|UNIT",
+                   help="with --promote/--rollback: then ask the running daemon to reload (SIGHUP to PID, or "
+                        "`systemctl reload UNIT`)")
     p.add_argument("--replay", type=Path, metavar="DIR",
                    help="score every image under DIR (labelled by def_front/ok_front or defect/ok "
                         "subfolders, or unlabelled) and print a summary")
@@ -77,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_replay(args)
     if args.shadow_summary is not None:
         return shadow_summary(args.shadow_summary)
+    if args.promote is not None or args.rollback:
+        return promote_or_rollback(args)
     return run_daemon(args)
 
 
@@ -93,6 +105,42 @@ def check_config(path: Path) -> int:
         print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
         return 2
     print(f"{path}: ok")
+    return 0
+
+
+def promote_or_rollback(args: argparse.Namespace) -> int:
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    from edge.config import ConfigError, load  # noqa: PLC0415
+    from edge.inference.promote import PromoteError, previous_of, promote, rollback  # noqa: PLC0415
+
+    if args.promote is not None and args.rollback:
+        print("--promote and --rollback: one at a time", file=sys.stderr)
+        return 2
+    try:
+        live = Path(load(args.config).model.bundle)
+        swap = promote(live, args.promote) if args.promote is not None else rollback(live)
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 2
+    except (PromoteError, OSError) as exc:
+        print(f"{'--promote' if args.promote is not None else '--rollback'}: {exc}; nothing changed", file=sys.stderr)
+        return 2
+    print(f"{live}: now {swap.installed}" + (f"; {swap.kept} kept in {previous_of(live)}" if swap.kept else ""))
+    if args.reload is None:
+        print("the running daemon switches on reload: systemctl reload edge-inspect (or kill -HUP its PID)")
+        return 0
+    try:
+        if args.reload.isdigit():
+            os.kill(int(args.reload), signal.SIGHUP)
+        else:
+            subprocess.run(["systemctl", "reload", args.reload], check=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"--reload {args.reload}: {exc}; the bundle is installed, reload the daemon by hand", file=sys.stderr)
+        return 1
+    print(f"reload requested ({args.reload}); the daemon self-checks {swap.installed} and logs the switch")
     return 0
 
 
