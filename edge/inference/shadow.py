@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import threading
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from edge.inference.inspector import Inspector
+from edge.ops.worker import Worker
 from edge.timestamps import iso
 
 log = logging.getLogger(__name__)
@@ -40,12 +40,10 @@ class Shadow:
         self.record.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.record, "a", encoding="utf-8")  # noqa: SIM115 - held for the daemon's life
         self._publish = publish
-        self._queue: queue.Queue[tuple[dict[str, Any], np.ndarray] | threading.Event | None] = queue.Queue(queue_size)
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self.last_inference_s: float | None = None
-        self._thread = threading.Thread(target=self._work, name="shadow", daemon=True)
-        self._thread.start()
+        self._worker = Worker("shadow", self._handle, queue_size)
 
     @property
     def model_id(self) -> str:
@@ -53,9 +51,7 @@ class Shadow:
 
     def submit(self, decision: dict[str, Any], crop: np.ndarray) -> bool:
         """Queue a published decision and its crop for the candidate; never blocks."""
-        try:
-            self._queue.put_nowait((dict(decision), crop.copy()))
-        except queue.Full:
+        if not self._worker.offer((dict(decision), crop.copy())):
             self._count("dropped")
             return False
         return True
@@ -70,29 +66,22 @@ class Shadow:
                 "dropped": c.get("dropped", 0), "errors": c.get("errors", 0)}
 
     def flush(self, timeout: float = 10.0) -> bool:
-        done = threading.Event()
-        self._queue.put(done)
-        return done.wait(timeout)
+        return self._worker.flush(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout)
+        self._worker.close(timeout)
         self._file.close()
 
     def _count(self, key: str) -> None:
         with self._lock:
             self._counts[key] += 1
 
-    def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
-            try:
-                self._judge(*item)
-            except Exception as exc:  # noqa: BLE001 - the shadow must never take the daemon down
-                self._count("errors")
-                log.error("shadow judgement failed", extra={"error": repr(exc), "model": self.model_id})
+    def _handle(self, item: tuple[dict[str, Any], np.ndarray]) -> None:
+        try:
+            self._judge(*item)
+        except Exception as exc:  # noqa: BLE001 - the shadow must never take the daemon down
+            self._count("errors")
+            log.error("shadow judgement failed", extra={"error": repr(exc), "model": self.model_id})
 
     def _judge(self, live: dict[str, Any], crop: np.ndarray) -> None:
         t0 = time.perf_counter()

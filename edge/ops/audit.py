@@ -14,15 +14,15 @@ import contextlib
 import json
 import logging
 import os
-import queue
 import random
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+from edge.ops.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,6 @@ class AuditTrail:
         self.dir = Path(settings.dir)
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # crops are production evidence
         self._rng = random.Random(seed)
-        self._queue: queue.Queue[tuple[dict[str, Any], np.ndarray | None] | threading.Event | None] = queue.Queue(
-            settings.queue_size)
         self._files: dict[str, int] = {}  # name -> bytes on disk, oldest first (insertion order)
         self._bytes = 0  # sum of _files, kept so a status read never iterates the worker's dict
         self.saved = 0
@@ -63,8 +61,7 @@ class AuditTrail:
         self.evicted = 0
         self.errors = 0
         self._scan()
-        self._thread = threading.Thread(target=self._work, name=settings.name, daemon=True)
-        self._thread.start()
+        self._worker = Worker(settings.name, self._handle, settings.queue_size)
 
     def _scan(self) -> None:
         """Account for what earlier runs left, so the budget holds across restarts.
@@ -111,9 +108,7 @@ class AuditTrail:
         """Queue a decision (and its crop) for saving; False when not audited or dropped."""
         if not self.wants(decision, crop is not None):
             return False
-        try:
-            self._queue.put_nowait((dict(decision), None if crop is None else crop.copy()))
-        except queue.Full:
+        if not self._worker.offer((dict(decision), None if crop is None else crop.copy())):
             self.dropped += 1
             log.warning(f"{self.settings.name} queue full: crop not saved", extra={"part_id": decision.get("part_id")})
             return False
@@ -121,24 +116,17 @@ class AuditTrail:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is on disk; False on timeout."""
-        done = threading.Event()
-        self._queue.put(done)
-        return done.wait(timeout)
+        return self._worker.flush(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout)
+        self._worker.close(timeout)
 
-    def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
-            try:
-                self._save(*item)
-            except OSError as exc:
-                self.errors += 1
-                log.error(f"{self.settings.name} write failed", extra={"dir": str(self.dir), "error": repr(exc)})
+    def _handle(self, item: tuple[dict[str, Any], np.ndarray | None]) -> None:
+        try:
+            self._save(*item)
+        except OSError as exc:
+            self.errors += 1
+            log.error(f"{self.settings.name} write failed", extra={"dir": str(self.dir), "error": repr(exc)})
 
     def _name(self, decision: dict[str, Any]) -> str:
         """`<seq>-<part_id>`, never the name of evidence already on disk."""
