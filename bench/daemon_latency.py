@@ -1,6 +1,6 @@
 """End-to-end latency of the inspection daemon: frame capture -> decision at a subscriber.
 
-    .venv/bin/python bench/daemon_latency.py [--model BUNDLE] [--parts 16] [--fps 60] [--shadow BUNDLE]
+    .venv/bin/python bench/daemon_latency.py [--model BUNDLE] [--parts 16] [--fps 60] [--shadow BUNDLE] [--collect]
 
 One run: a 1280x720 video of a simulated line (dataset test images when present, drawn
 parts otherwise) is written with OpenCV at --fps; a local mosquitto is started on
@@ -21,6 +21,7 @@ With --shadow BUNDLE the same video is run twice, without and with that bundle a
 `model.shadow`, and the ratios are printed: the daemon's CPU time per part (the shadow is a
 second inference per part; target <= 1.5x the inference time added, issue 20) and the e2e
 latency (the shadow runs after the decision is published, so the gate should not see it).
+With --collect the second run also saves every judged crop (collect.dir), the same way.
 """
 
 from __future__ import annotations
@@ -93,24 +94,25 @@ def main() -> int:
     ap.add_argument("--fps", type=float, default=60.0)
     ap.add_argument("--speed", type=float, default=12.0, help="belt speed, pixels per frame")
     ap.add_argument("--shadow", type=Path, default=None, help="also run with this bundle as model.shadow; print ratios")
+    ap.add_argument("--collect", action="store_true", help="also run collecting every crop; print ratios")
     args = ap.parse_args()
     base = run_once(args, None)
     if base is None:
         return 1
-    if args.shadow is None:
+    if args.shadow is None and not args.collect:
         return 0
-    shadowed = run_once(args, args.shadow)
+    shadowed = run_once(args, args.shadow, collect=args.collect)
     if shadowed is None:
         return 1
-    print(f"shadow {args.shadow}: daemon CPU per part {shadowed['cpu_per_part_ms']:.1f} ms vs "
+    print(f"shadow {args.shadow}, collect {args.collect}: daemon CPU per part {shadowed['cpu_per_part_ms']:.1f} ms vs "
           f"{base['cpu_per_part_ms']:.1f} ms ({shadowed['cpu_per_part_ms'] / base['cpu_per_part_ms']:.2f}x); "
-          f"e2e p50 {shadowed['p50']:.1f} vs {base['p50']:.1f} ms, p99 {shadowed['p99']:.1f} vs {base['p99']:.1f} ms; "
-          f"shadow judged {shadowed['shadow'].get('judged')} of {shadowed['decisions']} parts, "
-          f"dropped {shadowed['shadow'].get('dropped')}")
+          f"e2e p50 {shadowed['p50']:.1f} vs {base['p50']:.1f} ms, p99 {shadowed['p99']:.1f} vs {base['p99']:.1f} ms"
+          + (f"; shadow judged {shadowed['shadow'].get('judged')} of {shadowed['decisions']} parts, "
+             f"dropped {shadowed['shadow'].get('dropped')}" if args.shadow is not None else ""))
     return 0
 
 
-def run_once(args: argparse.Namespace, shadow: Path | None) -> dict[str, Any] | None:
+def run_once(args: argparse.Namespace, shadow: Path | None, collect: bool = False) -> dict[str, Any] | None:
     """One run of the video through the daemon; prints its figures and returns the main ones."""
 
     imgs, labels = parts(args.parts)
@@ -152,6 +154,8 @@ def run_once(args: argparse.Namespace, shadow: Path | None) -> dict[str, Any] | 
     }
     if shadow is not None:
         cfg["model"].update(shadow=str(shadow.resolve()), shadow_record=str(work / "shadow.jsonl"))
+    if collect:
+        cfg["collect"] = {"dir": str(work / "collected")}
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t_spawn = time.time()
@@ -196,7 +200,8 @@ def run_once(args: argparse.Namespace, shadow: Path | None) -> dict[str, Any] | 
     print(f"daemon peak RSS {rss:.0f} MB [target <= 200]; online {ready_s:.2f} s after spawn [target <= 2]")
     cpu_per_part = cpu_s * 1000 / max(1, len(decisions))
     print(f"daemon CPU {cpu_s:.1f} s, {cpu_per_part:.1f} ms per part (video decoding and locating included)"
-          + (f"; shadow {shadow}: {last.get('shadow')}" if shadow is not None else ""))
+          + (f"; shadow {shadow}: {last.get('shadow')}" if shadow is not None else "")
+          + (f"; collect: {last.get('collect')}" if collect else ""))
     return {"p50": ms(e2e, 50), "p99": ms(e2e, 99), "cpu_per_part_ms": cpu_per_part, "decisions": len(decisions),
             "shadow": last.get("shadow") or {}}
 
