@@ -209,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("champion", type=Path, help="bundle folder in use (e.g. models/casting-cnn)")
     c.add_argument("challenger", type=Path, help="bundle folder that would replace it")
     c.add_argument("--data", type=Path, default=None,
-                   help="the folder both were trained on (default: $CASTING_DATA or ../shared/datasets/casting_data)")
+                   help="the folder both were trained on (their validation split is rebuilt), or a new line's "
+                        "labelled folder without train/ (edge-label; every image is used) (default: $CASTING_DATA "
+                        "or ../shared/datasets/casting_data)")
     c.add_argument("--cost-ratio", type=float, default=20.0,
                    help="cost of an escape in good parts rejected (default 20, as cost:20)")
     c.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the validation images")

@@ -42,6 +42,7 @@ class Validation:
     images: np.ndarray
     labels: np.ndarray
     fingerprint: str
+    source: str = "validation"  # "validation" (split of the training data) or "labelled" (a new line's folder)
 
 
 def split_of(meta: dict[str, Any]) -> tuple[int, float, int | None]:
@@ -72,6 +73,15 @@ def validation_of(bundles: list[bundle_fmt.Bundle], data: Path) -> Validation:
             raise CompareError(f"{b.path}: its validation images (fingerprint {recorded[:12]}...) are not the "
                                f"ones under {data} (fingerprint {fp[:12]}...); point --data at its training data")
     return Validation(loaded.images[val_idx], loaded.labels[val_idx], fp)
+
+
+def labelled_folder(data: Path) -> Validation:
+    """Every image of a labelled folder without train/ (a new line's, made by edge-label): both
+    bundles judged on all of it, which neither was trained on (docs/commissioning.md)."""
+    samples = list_labelled(data)
+    loaded = load_samples(samples)
+    fp = fingerprint(samples, data, file_digests(samples))
+    return Validation(loaded.images, loaded.labels, fp, source="labelled")
 
 
 def cost(labels: np.ndarray, p: np.ndarray, threshold: float, ratio: float) -> tuple[float, int, int]:
@@ -133,10 +143,11 @@ def compare(champion: Path, challenger: Path, data: Path, ratio: float = 20.0, r
     if refocus is not None and refocus not in FOCUS_CHANGES:
         raise CompareError(f"--refocus {refocus!r}: choose one of {', '.join(FOCUS_CHANGES)}")
     bundles = [bundle_fmt.load(champion), bundle_fmt.load(challenger)]
-    val = validation_of(bundles, data)
+    val = validation_of(bundles, data) if (data / "train").is_dir() else labelled_folder(data)
     images = refocus_all(val.images, refocus) if refocus else val.images
     result: dict[str, Any] = {"validation": {"images": len(val.labels), "defects": int(val.labels.sum()),
-                                             "fingerprint": val.fingerprint, "refocus": refocus},
+                                             "fingerprint": val.fingerprint, "refocus": refocus,
+                                             "source": val.source, "data": str(data)},
                               "cost_ratio": ratio, "models": {}}
     clean, measured, policies = [], [], []
     for role, b in zip(("champion", "challenger"), bundles):
@@ -161,7 +172,9 @@ def render(result: dict[str, Any]) -> str:
     """The comparison as a few plain lines for the terminal."""
     v, bs = result["validation"], result["bootstrap"]
     r = result["cost_ratio"]
-    lines = [f"validation: {v['images']} images ({v['defects']} defects), fingerprint {v['fingerprint'][:12]}"
+    what = ("validation" if v.get("source", "validation") == "validation"
+            else f"labelled folder {v['data']} (every image; neither bundle may have trained on it)")
+    lines = [f"{what}: {v['images']} images ({v['defects']} defects), fingerprint {v['fingerprint'][:12]}"
              + (f", every image refocused: {v['refocus']}" if v["refocus"] else "")]
     for role, key in (("champion", "a"), ("challenger", "b")):
         m = result["models"][role]

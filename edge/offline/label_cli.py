@@ -72,6 +72,9 @@ def _apply(crops: Path, sheet: Path, out: Path, who: str) -> int:
         raise LabelError(f"{crops}: not a folder")
     if not who.strip():
         raise LabelError("--who: give the inspector's name")
+    if out.resolve() == crops.resolve() or crops.resolve() in out.resolve().parents:
+        raise LabelError(f"--out {out}: inside the crops folder {crops}; the labelled folder must be elsewhere "
+                         "(the collect budget would delete its files)")
     verdicts = read_sheet(sheet, crops)  # every problem first: nothing is applied from a bad sheet
     store = LabelStore(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -168,7 +168,11 @@ def read_sheet(sheet: Path, crops: Path) -> list[tuple[Path, str, dict[str, Any]
         text = sheet.read_text(encoding="utf-8-sig")  # a spreadsheet's "CSV UTF-8" starts with a BOM
     except (OSError, UnicodeDecodeError) as exc:
         raise LabelError(f"{sheet}: cannot read the verdict sheet: {exc}") from None
-    reader = csv.DictReader(text.splitlines())
+    lines = text.splitlines()
+    # A spreadsheet set to a comma-decimal locale saves "CSV" with semicolons (or tabs).
+    head = lines[0] if lines else ""
+    delimiter = max((";", "\t", ","), key=lambda d: (head.count(d), d == ","))
+    reader = csv.DictReader(lines, delimiter=delimiter)
     missing = [c for c in ("crop", "label") if c not in (reader.fieldnames or [])]
     if missing:
         raise LabelError(f"{sheet}:1: missing column(s) {', '.join(missing)} (made by `edge-label sheet`?)")

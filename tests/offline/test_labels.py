@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -131,6 +132,14 @@ def test_a_bad_verdict_sheet_names_each_line_and_changes_nothing(tmp_path: Path)
     assert not labelled.exists()  # nothing applied from a sheet with a bad line
     no_who = _label_cli("apply", str(crops), str(sheet), "--out", str(labelled), "--who", " ")
     assert no_who.returncode == 2 and "--who" in no_who.stderr
+    inside = _label_cli("apply", str(crops), str(sheet), "--out", str(crops / "labelled"), "--who", "A")
+    assert inside.returncode == 2 and "inside the crops folder" in inside.stderr
+    # A spreadsheet in a comma-decimal locale saves semicolons; the sheet still reads.
+    (tmp_path / "semi.csv").write_text("crop;label;p_defect\n000000000000-P0.png;ok;0,12\n000000000001-P1.png;ng;0,97\n")
+    r = _label_cli("apply", str(crops), str(tmp_path / "semi.csv"), "--out", str(labelled), "--who", "A")
+    assert r.returncode == 0 and "2 added" in r.stdout, r.stdout + r.stderr
+    assert LabelStore(labelled).counts() == {"ok_front": 1, "def_front": 1}
+    shutil.rmtree(labelled)
     (tmp_path / "bare.csv").write_text("file,verdict\nx.png,ok\n")
     r = _label_cli("apply", str(crops), str(tmp_path / "bare.csv"), "--out", str(labelled), "--who", "A")
     assert r.returncode == 2 and "missing column(s) crop, label" in r.stderr

@@ -107,3 +107,36 @@ def test_line_rule_scores_both_bundles_over_the_same_sets_and_gives_the_verdict_
     ca, cb = (res["models"][k]["summed_cost"] for k in ("champion", "challenger"))
     assert res["verdict"] == ("challenger replaces champion" if cb < ca else "champion stays")
     assert res["verdict"] in capsys.readouterr().out
+
+
+def test_compare_on_a_new_lines_labelled_folder_judges_every_image_at_each_bundles_threshold(
+        casting_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A labelled folder without train/ (what edge-label makes): both bundles on all of it (issue 20)."""
+    import json
+    import shutil
+
+    from edge.inference import bundle as bundle_fmt
+    from edge.inference.judge import Judge, reject_scores
+    from edge.offline.dataset import list_labelled, load_samples
+    from tests.conftest import ROOT
+
+    line = tmp_path / "line-3"
+    for cls, n in (("def_front", 6), ("ok_front", 5)):
+        (line / cls).mkdir(parents=True)
+        for p in sorted((casting_data / "test" / cls).glob("*.jpeg"))[:n]:
+            shutil.copy(p, line / cls / p.name)
+    champion, challenger = ROOT / "models" / "casting-cnn", ROOT / "models" / "casting-cnn-crisp"
+    out = tmp_path / "cmp.json"
+    assert main(["compare", str(champion), str(challenger), "--data", str(line), "--resamples", "50",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"labelled folder {line} (every image; neither bundle may have trained on it): 11 images (6 defects)" \
+        in printed
+    res = json.loads(out.read_text())
+    loaded = load_samples(list_labelled(line))
+    for role, folder in (("champion", champion), ("challenger", challenger)):
+        b = bundle_fmt.load(folder)
+        p = reject_scores(Judge.from_bundle(b).judge_all(loaded.images))
+        want = cost(loaded.labels, p, b.threshold, 20)
+        got = res["models"][role]
+        assert (got["cost"], got["false_accepts"], got["false_rejects"]) == want
