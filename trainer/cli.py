@@ -222,6 +222,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--line-rule", action="store_true",
                    help="instead: both bundles under the line-condition rule (docs/training.md), each with its "
                         "threshold chosen again over plain + 14 line-condition validation sets")
+    a = sub.add_parser("adapt", help="fine-tune a bundle on a new line's labelled images (docs/commissioning.md)")
+    a.add_argument("--base", type=Path, required=True, help="bundle made by edge-train fit (needs its model.keras)")
+    a.add_argument("--data", type=Path, required=True, help="the new line's labelled folder (edge-label)")
+    a.add_argument("--out", type=Path, required=True, help="folder for the adapted bundle and its report")
+    a.add_argument("--original", type=Path, default=None,
+                   help="the base's training data, mixed in and its validation reported (default: $CASTING_DATA "
+                        "or ../shared/datasets/casting_data)")
+    a.add_argument("--per-class", type=int, default=40, help="new-line images per class to adapt on; the rest "
+                   "is held out for the report (default 40)")
+    a.add_argument("--folds", type=int, default=4, help="folds of the out-of-fold threshold scores (default 4)")
+    a.add_argument("--epochs", type=int, default=4)
+    a.add_argument("--steps-per-epoch", type=int, default=40)
+    a.add_argument("--batch-size", type=int, default=32)
+    a.add_argument("--learning-rate", type=float, default=1e-4)
+    a.add_argument("--mix", type=float, default=3.0, help="original fit images per adaptation image (default 3)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--original-limit", type=int, default=None, help="first N images per class of --original "
+                   "(quick runs; the base's validation split is then not the one it was judged on)")
+    a.add_argument("--max-int8-drop", type=float, default=0.5)
+    a.add_argument("--force", action="store_true", help="write into a non-empty --out")
     scores_help = ("record a bundle's validation scores in its model.json (what a threshold override is judged "
                    "on; fit records them itself)")
     s = sub.add_parser("scores", help=scores_help, description=scores_help[0].upper() + scores_help[1:] + ".")
@@ -296,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "scores":
             return scores_main(args)
         with quiet_tensorflow(args.verbose):
+            if args.command == "adapt":
+                return adapt_main(args, argv)
             return fit_main(args, argv)
     except ModuleNotFoundError as exc:
         message = missing_extra(exc, args.command)
@@ -303,6 +325,50 @@ def main(argv: list[str] | None = None) -> int:
             raise
         log.error(message)
         return 2
+
+
+def adapt_main(args: argparse.Namespace, argv: list[str]) -> int:
+    """`edge-train adapt`; errors the user can fix exit 2 with one line."""
+    import keras  # noqa: PLC0415
+
+    from edge.inference.bundle import BundleError  # noqa: PLC0415
+    from edge.offline.dataset import DatasetError  # noqa: PLC0415
+    from trainer.adapt import AdaptOptions, run  # noqa: PLC0415
+    from trainer.export import ExportError  # noqa: PLC0415
+    from trainer.loop import TrainingError  # noqa: PLC0415
+    from trainer.options import OutputError  # noqa: PLC0415
+    from trainer.threshold import PolicyError  # noqa: PLC0415
+
+    if not args.verbose:
+        keras.config.disable_interactive_logging()
+    for name, value in (("--per-class", args.per_class), ("--epochs", args.epochs),
+                        ("--steps-per-epoch", args.steps_per_epoch), ("--batch-size", args.batch_size)):
+        if value < 1:
+            log.error(f"{name} must be at least 1, got {value}")
+            return 2
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0) or not (math.isfinite(args.mix)
+                                                                                  and args.mix >= 0):
+        log.error(f"--learning-rate must be finite and > 0 and --mix finite and >= 0, got {args.learning_rate} "
+                  f"and {args.mix}")
+        return 2
+    opts = AdaptOptions(base=args.base, data=args.data, out=args.out, original=args.original or default_data_root(),
+                        per_class=args.per_class, folds=args.folds, epochs=args.epochs,
+                        steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+                        learning_rate=args.learning_rate, mix=args.mix, seed=args.seed,
+                        original_limit=args.original_limit, max_int8_drop=args.max_int8_drop, force=args.force,
+                        command="edge-train " + " ".join(argv))
+    try:
+        result = run(opts)
+    except (DatasetError, OutputError, BundleError, PolicyError) as exc:
+        log.error(str(exc))
+        return 2
+    except (TrainingError, ExportError) as exc:
+        log.error(str(exc))
+        return 1
+    held = result["figures"]["adapted"]["held_out"]
+    print(f"{args.out}: adapted bundle {result['id']}, threshold {result['threshold']:.6g}; held-out new line: "
+          f"accuracy {100 * held['accuracy']:.2f}%, {held['false_accepts']} defects accepted (report.md)")
+    return 0
 
 
 def fit_main(args: argparse.Namespace, argv: list[str]) -> int:

@@ -57,9 +57,11 @@ def test_a_delivery_the_journal_cannot_record_is_sent_once_and_is_a_visible_faul
         late = [m for m in sub.on(t.late) if m.json["part_id"] == "full"]
         assert len(copies) == 1 and not late, (len(copies), len(late))
         assert pub.stats()["journal_mark_failed"] == 1
-        st = retained(mosquitto.port, t.status)
         pub.publish_status()
-        st = retained(mosquitto.port, t.status)
+        end = time.monotonic() + 10  # the status goes out on paho's thread: read the retained copy until it has
+        while time.monotonic() < end and ((st := retained(mosquitto.port, t.status)) is None
+                                          or st.json["delivery_faults"] != ["journal_unwritable"]):
+            time.sleep(0.2)
         assert st is not None and st.json["delivery_faults"] == ["journal_unwritable"]
         refuse_writes(journal, False)  # space is back
         end = time.monotonic() + 5

@@ -65,8 +65,9 @@ def test_fit_without_the_train_extra_names_it_in_one_line_and_exits_2(without_ex
 
 
 def test_help_of_every_subcommand_needs_no_tensorflow(without_extra: dict[str, str]) -> None:
-    for args, expect in ((["--help"], "{fit,compare,scores}"), (["fit", "--help"], "--steps-per-epoch"),
-                         (["compare", "--help"], "champion"), (["scores", "--help"], "validation")):
+    for args, expect in ((["--help"], "{fit,compare,adapt,scores}"), (["fit", "--help"], "--steps-per-epoch"),
+                         (["compare", "--help"], "champion"), (["scores", "--help"], "validation"),
+                         (["adapt", "--help"], "--per-class")):
         r = run(without_extra, *args)
         assert r.returncode == 0 and expect in r.stdout and r.stderr == "", (args, r.stderr)
 

@@ -1,0 +1,72 @@
+"""`edge-train adapt` (issue 20.3): fine-tune on a new line's labelled images, threshold out of fold,
+held-out images untouched until the report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from edge.inference import bundle as bundle_fmt  # noqa: E402
+from edge.inference.judge import Judge, reject_scores  # noqa: E402
+from edge.inference.override import SCORES_KEY  # noqa: E402
+from edge.offline.dataset import list_labelled, load_samples  # noqa: E402
+from edge.offline.metrics import summarize  # noqa: E402
+from tests.conftest import ROOT, write_split  # noqa: E402
+from trainer.cli import main  # noqa: E402
+from trainer.threshold import choose, parse_policy  # noqa: E402
+
+BASE = ROOT / "models" / "casting-cnn"
+QUICK = ["--folds", "2", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--max-int8-drop", "100"]
+
+
+def test_adapt_writes_a_bundle_whose_threshold_and_figures_come_from_what_it_says(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line, orig, out = tmp_path / "line", tmp_path / "orig", tmp_path / "adapted"
+    write_split(line, 8, seed=5)
+    write_split(orig / "train", 12, seed=1)
+    write_split(orig / "test", 4, seed=2)
+    args = ["adapt", "--base", str(BASE), "--data", str(line), "--original", str(orig), "--per-class", "4", *QUICK]
+    assert main([*args, "--out", str(out)]) == 0
+    assert "adapted bundle" in capsys.readouterr().out
+    b = bundle_fmt.load(out)
+    rec = b.meta["training"]["adapted"]
+    assert rec["base"]["id"] == bundle_fmt.load(BASE).short_id
+    adapt, held = set(rec["new_line"]["adapt"]), set(rec["new_line"]["held_out"])
+    assert len(adapt) == 8 and len(held) == 8 and not adapt & held
+    assert sum(n.startswith("def_front/") for n in adapt) == 4
+    assert adapt | held == {str(p.relative_to(line)) for p in line.rglob("*.jpg")}
+    # The threshold is the policy's choice on the scores the bundle records (out-of-fold + original validation).
+    s = b.meta[SCORES_KEY]
+    scores = np.array(s["ok"] + s["defect"], dtype=float)
+    labels = np.array([0] * len(s["ok"]) + [1] * len(s["defect"]))
+    assert len(scores) == rec["threshold_from"]["out_of_fold_new_line"] + rec["threshold_from"][
+        "original_validation_int8"]
+    assert b.threshold == choose(labels, scores, parse_policy(b.meta["threshold_policy"]))
+    # The held-out figures are what the written bundle decides on those images.
+    held_samples = [smp for smp in list_labelled(line) if str(smp.path.relative_to(line)) in held]
+    loaded = load_samples(held_samples)
+    got = summarize(loaded.labels, reject_scores(Judge.from_bundle(b).judge_all(loaded.images)), b.threshold)
+    recorded = b.meta["metrics"]["adapt"]["adapted"]["held_out"]
+    assert (recorded["false_accepts"], recorded["false_rejects"]) == (got["false_accepts"], got["false_rejects"])
+    report = (out / "report.md").read_text()
+    assert "| base | held-out new line (8) |" in report and "| adapted | held-out new line (8) |" in report
+    assert json.loads((out / "metrics.json").read_text())["id"] == b.short_id
+    assert (out / "model.keras").is_file()  # a later adapt or fit --init can start from it
+
+    # Refused before any work, each with one line naming what to change.
+    capsys.readouterr()
+    assert main([*args, "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main([*args[:-len(QUICK)], "--per-class", "8", *QUICK, "--out", str(tmp_path / "o2")]) == 2
+    assert "--per-class 8 needs at least 9" in capsys.readouterr().err
+    no_float = tmp_path / "no-float"
+    shutil.copytree(BASE, no_float, ignore=shutil.ignore_patterns("*.keras", "figures"))
+    assert main(["adapt", "--base", str(no_float), "--data", str(line), "--original", str(orig),
+                 "--out", str(tmp_path / "o3"), *QUICK]) == 2
+    assert "no model.keras there" in capsys.readouterr().err

@@ -1,0 +1,279 @@
+"""`edge-train adapt`: fine-tune a bundle on a new line's labelled images (docs/commissioning.md).
+
+The new line's labelled folder is split, per class and seeded, into images to adapt on
+(`--per-class` of each) and held-out images that nothing here looks at until the report.
+The base bundle's float model is fine-tuned on the adaptation images mixed with a sample of
+its own fit images (so the old line is not forgotten), with the base's augmentation and
+part-only input. With a few dozen images one small validation split would set the
+threshold on a handful of parts, so the threshold is chosen, by the base's policy, on
+out-of-fold scores: each adaptation image scored by a model fine-tuned without it (k folds),
+together with the int8 decisions on the base's own validation images. The final model
+(all adaptation images) is exported to int8 as `fit` does, its guard recalibrated on the
+images it was tuned on, and the report puts base and adapted side by side on the held-out
+new-line images and on the original validation.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from edge.inference import bundle as bundle_fmt
+from edge.inference.guard import Guard
+from edge.inference.guard import calibrate as calibrate_guard
+from edge.inference.judge import Judge, reject_scores
+from edge.inference.model import Classifier
+from edge.inference.override import SCORES_KEY, score_record
+from edge.offline.dataset import (
+    CLASS_NAMES,
+    DatasetError,
+    file_digests,
+    fingerprint,
+    first_per_class,
+    list_labelled,
+    load_samples,
+    stratified_split,
+)
+from edge.offline.metrics import summarize
+from edge.vision.partview import InputSpec, circles_and_backdrops, mask_outside
+from edge.vision.preprocess import IMAGE_SIZE
+from trainer.augment import AUGMENTATIONS
+from trainer.compare import split_of
+from trainer.data import eval_dataset, train_dataset
+from trainer.export import ExportError, check_int8_accuracy, to_int8_tflite
+from trainer.fit import image_stats
+from trainer.loop import EpochLog, StopOnNonFinite, _compile, recalibrate_batchnorm
+from trainer.models import ARCHITECTURES
+from trainer.options import FLOAT_MODEL, OutputError
+from trainer.threshold import choose, parse_policy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AdaptOptions:
+    base: Path
+    data: Path  # the new line's labelled folder (def_front/, ok_front/)
+    out: Path
+    original: Path  # the base's training data (train/ and test/)
+    per_class: int = 40
+    folds: int = 4
+    epochs: int = 4
+    steps_per_epoch: int = 40
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    mix: float = 3.0  # original fit images per adaptation image
+    seed: int = 0
+    original_limit: int | None = None  # first N per class of the original data (quick runs, tests)
+    max_int8_drop: float = 0.5
+    force: bool = False
+    command: str = ""
+
+
+def _pick(labels: np.ndarray, per_class: int, seed: int, where: Path) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    adapt, held = [], []
+    for label, cls in enumerate(CLASS_NAMES):
+        idx = np.flatnonzero(labels == label)
+        if len(idx) < per_class + 1:
+            raise DatasetError(f"{where / cls}: {len(idx)} images; --per-class {per_class} needs at least "
+                               f"{per_class + 1} (the rest is held out for the report)")
+        idx = rng.permutation(idx)
+        adapt.append(idx[:per_class])
+        held.append(idx[per_class:])
+    return np.sort(np.concatenate(adapt)), np.sort(np.concatenate(held))
+
+
+def _folds(labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+    """k stratified folds of positions 0..len(labels)-1."""
+    rng = np.random.default_rng(seed + 1)
+    out: list[list[int]] = [[] for _ in range(k)]
+    for label in (0, 1):
+        for n, i in enumerate(rng.permutation(np.flatnonzero(labels == label))):
+            out[n % k].append(int(i))
+    return [np.sort(np.array(f, dtype=int)) for f in out]
+
+
+def run(opts: AdaptOptions) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    base = bundle_fmt.load(opts.base)
+    if not (Path(opts.base) / FLOAT_MODEL).is_file():
+        raise OutputError(f"--base {opts.base}: no {FLOAT_MODEL} there (a bundle made by edge-train fit)")
+    if opts.out.exists() and any(opts.out.iterdir()) and not opts.force:
+        raise OutputError(f"{opts.out}: not empty; choose another --out or pass --force")
+    if opts.folds < 2:
+        raise OutputError(f"--folds {opts.folds}: at least 2 (out-of-fold scores set the threshold)")
+    spec = InputSpec.from_meta(base.meta)
+    spec = InputSpec(part_only=spec.part_only, margin=spec.margin, fill=spec.fill, views=1)
+    policy = parse_policy(base.meta.get("threshold_policy", "cost:20"))
+    aug_name = base.meta.get("training", {}).get("augmentation", {}).get("name", "line-part")
+    aug = AUGMENTATIONS[aug_name]
+    arch = base.meta.get("architecture", "edge")
+
+    new_samples = list_labelled(opts.data)
+    new = load_samples(new_samples)
+    adapt_idx, held_idx = _pick(new.labels, opts.per_class, opts.seed, opts.data)
+    split_seed, fraction, limit = split_of(base.meta)
+    orig_limit = opts.original_limit if opts.original_limit is not None else limit
+    orig_samples = first_per_class(list_labelled(opts.original / "train"), orig_limit)
+    orig = load_samples(orig_samples)
+    fit_idx, val_idx = stratified_split(orig.labels, fraction, split_seed)
+    val_digests = file_digests([s for s in orig_samples if s.path in {orig.paths[i] for i in val_idx}])
+    new_digests = file_digests(new_samples)
+    if set(val_digests.values()) & {new_digests[new.paths[i]] for i in range(len(new.paths))}:
+        raise DatasetError(f"{opts.data}: holds images of the base's validation split; a new line's folder "
+                           "must be new images")
+    rng = np.random.default_rng(opts.seed)
+    mix_idx = np.sort(rng.choice(fit_idx, size=min(len(fit_idx), round(opts.mix * len(adapt_idx))), replace=False))
+    log.info("adapt split", extra={"adapt": len(adapt_idx), "held_out": len(held_idx), "original_mix": len(mix_idx),
+                                   "original_validation": len(val_idx), "base": base.short_id})
+
+    new_rims, new_table = circles_and_backdrops(new.images)
+    orig_rims, orig_table = circles_and_backdrops(orig.images)
+
+    def masked(images: np.ndarray, rims: list[Any]) -> np.ndarray:
+        if not spec.part_only:
+            return images
+        return np.stack([mask_outside(img, c, spec.margin, spec.fill) for img, c in zip(images, rims, strict=True)])
+
+    def tune(sel: np.ndarray, seed: int, label: str) -> keras.Model:
+        x = np.concatenate([new.images[sel], orig.images[mix_idx]])
+        y = np.concatenate([new.labels[sel], orig.labels[mix_idx]])
+        table = np.concatenate([new_table[sel], orig_table[mix_idx]])
+        keras.utils.set_random_seed(seed)
+        model = keras.models.load_model(Path(opts.base) / FLOAT_MODEL, compile=False)
+        _compile(model, opts.learning_rate)
+        data = train_dataset(x, y, opts.batch_size, aug, seed, circles=table, margin=spec.margin,
+                             fill=float(spec.fill))
+        model.fit(data, steps_per_epoch=opts.steps_per_epoch, epochs=opts.epochs, verbose=0,
+                  callbacks=[StopOnNonFinite(label, "--learning-rate", opts.learning_rate),
+                             EpochLog(opts.epochs, label)])
+        # Exact batch-norm statistics of the un-augmented images it was tuned on, as fit does
+        # (moving averages over augmented batches belong to neither; int8 lost 0.6 points without).
+        rims = [new_rims[i] for i in sel] + [orig_rims[i] for i in mix_idx]
+        recalibrate_batchnorm(model, masked(x, rims), opts.batch_size)
+        return model
+
+    def float_scores(model: keras.Model, idx: np.ndarray) -> np.ndarray:
+        inputs = masked(new.images[idx], [new_rims[i] for i in idx])
+        return model.predict(eval_dataset(inputs, None, opts.batch_size), verbose=0).ravel()
+
+    folds = _folds(new.labels[adapt_idx], min(opts.folds, opts.per_class), opts.seed)
+    oof = np.zeros(len(adapt_idx))
+    for f, fold in enumerate(folds):
+        keep = np.setdiff1d(np.arange(len(adapt_idx)), fold)
+        oof[fold] = float_scores(tune(adapt_idx[keep], opts.seed + 1 + f, f"fold {f + 1}/{len(folds)} epoch"),
+                                 adapt_idx[fold])
+    final = tune(adapt_idx, opts.seed, "final epoch")
+
+    tuned_x = np.concatenate([new.images[adapt_idx], orig.images[mix_idx]])
+    tuned_rims = [new_rims[i] for i in adapt_idx] + [orig_rims[i] for i in mix_idx]
+    cal = masked(tuned_x, tuned_rims)[rng.permutation(len(tuned_x))[:300]]
+    tflite = to_int8_tflite(final, cal)
+    guard_limits = None
+    try:
+        guard_limits = calibrate_guard(tuned_x, tuned_rims)[0]
+    except ValueError as exc:
+        log.warning(f"no guard in the adapted bundle: {exc}")
+    guard = Guard(guard_limits) if guard_limits is not None else None
+    clf = Classifier(tflite, num_threads=1, spec=spec)
+    val_images, val_labels = orig.images[val_idx], orig.labels[val_idx]
+    val_rims = [orig_rims[i] for i in val_idx]
+    int8_val = reject_scores(Judge(clf, 1.0, guard).judge_all(val_images, val_rims))
+    choose_labels = np.concatenate([new.labels[adapt_idx], val_labels])
+    choose_scores = np.concatenate([oof, int8_val])
+    threshold = choose(choose_labels, choose_scores, policy)
+
+    adapted = Judge(clf, threshold, guard)
+    base_judge = Judge.from_bundle(base)
+    held_images, held_labels = new.images[held_idx], new.labels[held_idx]
+    held_rims = [new_rims[i] for i in held_idx]
+    figures: dict[str, Any] = {}
+    for name, judge, t in (("base", base_judge, base.threshold), ("adapted", adapted, threshold)):
+        figures[name] = {
+            "held_out": summarize(held_labels, reject_scores(judge.judge_all(held_images, held_rims)), t),
+            "original_validation": summarize(val_labels, reject_scores(judge.judge_all(val_images, val_rims)), t),
+        }
+    float_val = final.predict(eval_dataset(masked(val_images, val_rims), None, opts.batch_size), verbose=0).ravel()
+    model_only_val = Classifier(tflite, num_threads=1, spec=spec).predict(val_images, val_rims)
+    try:
+        check_int8_accuracy(summarize(val_labels, float_val, threshold)["accuracy"],
+                            summarize(val_labels, model_only_val, threshold)["accuracy"], opts.max_int8_drop)
+    except ExportError as exc:
+        raise ExportError(f"{exc} (on the original validation images): no bundle written") from None
+
+    held_names = [str(new.paths[i].relative_to(opts.data)) for i in held_idx]
+    record = {
+        "base": {"bundle": str(opts.base), "id": base.short_id, "threshold": base.threshold},
+        "new_line": {"root": str(opts.data), "fingerprint": fingerprint(new_samples, opts.data, new_digests),
+                     "adapt_per_class": opts.per_class, "adapt": [str(new.paths[i].relative_to(opts.data))
+                                                                 for i in adapt_idx],
+                     "held_out": held_names},
+        "original": {"root": str(opts.original), "mix_images": len(mix_idx), "validation_images": len(val_idx),
+                     "limit_per_class": orig_limit},
+        "threshold_from": {"policy": str(policy), "out_of_fold_new_line": len(oof), "folds": len(folds),
+                           "original_validation_int8": len(int8_val)},
+        "options": json.loads(json.dumps(asdict(opts), default=str)),
+    }
+    meta = copy.deepcopy(base.meta)
+    meta.pop("sha256", None)
+    meta.update({
+        "threshold": threshold,
+        "views": 1,
+        "input": {**meta["input"], "dtype": str(clf.input_dtype), "scale": clf.input_scale,
+                  "zero_point": clf.input_zero},
+        "output": {"dtype": str(clf.output_dtype), "scale": clf.output_scale, "zero_point": clf.output_zero,
+                   "meaning": "p_defect = scale * (q - zero_point)"},
+        "architecture": arch,
+        "float_model": FLOAT_MODEL,
+        SCORES_KEY: score_record(choose_labels, choose_scores),
+    })
+    meta["training"] = {**meta.get("training", {}), "command": opts.command, "adapted": record}
+    meta["metrics"] = {"adapt": figures}
+    meta["image_stats"] = image_stats(tuned_x)  # the drift baseline: the images it was tuned on
+    meta.pop("guard", None)  # the base's limits describe the old line's parts, not these
+    if guard_limits is not None:
+        meta["guard"] = guard_limits.to_meta()
+    meta.pop("line_rule", None)  # chosen for the base on the old line's conditions; not this model's
+    opts.out.mkdir(parents=True, exist_ok=True)
+    written = bundle_fmt.write(opts.out, tflite, meta)
+    plain = ARCHITECTURES[arch](IMAGE_SIZE)
+    plain.set_weights(final.get_weights())
+    plain.save(opts.out / FLOAT_MODEL)
+    result = {"threshold": threshold, "figures": figures, "adapt": record,
+              "seconds": round(time.perf_counter() - t0, 1), "bundle": str(opts.out), "id": written.short_id}
+    (opts.out / "metrics.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (opts.out / "report.md").write_text(render(result))
+    log.info("adapted bundle written", extra={"out": str(opts.out), "threshold": threshold,
+                                              "held_out_escapes": figures["adapted"]["held_out"]["false_accepts"]})
+    return result
+
+
+def render(result: dict[str, Any]) -> str:
+    rec, fig = result["adapt"], result["figures"]
+    lines = [f"# Adapted bundle {result['id']}", "",
+             f"Base `{rec['base']['bundle']}` ({rec['base']['id']}, threshold {rec['base']['threshold']:.6g}), "
+             f"fine-tuned on {len(rec['new_line']['adapt'])} images of `{rec['new_line']['root']}` "
+             f"({rec['new_line']['adapt_per_class']} per class) mixed with {rec['original']['mix_images']} of its "
+             f"own fit images. Threshold {result['threshold']:.6g} by {rec['threshold_from']['policy']} on "
+             f"{rec['threshold_from']['out_of_fold_new_line']} out-of-fold new-line scores "
+             f"({rec['threshold_from']['folds']} folds) and {rec['threshold_from']['original_validation_int8']} "
+             "original validation images.", "",
+             f"Command: `{rec['options'].get('command') or 'edge-train adapt'}`", "",
+             "| bundle | images | accuracy | defects accepted | good rejected |", "|---|---|---|---|---|"]
+    for name in ("base", "adapted"):
+        for where, label in (("held_out", f"held-out new line ({len(rec['new_line']['held_out'])})"),
+                             ("original_validation", f"original validation ({rec['original']['validation_images']})")):
+            s = fig[name][where]
+            lines.append(f"| {name} | {label} | {100 * s['accuracy']:.2f}% | {s['false_accepts']} | "
+                         f"{s['false_rejects']} |")
+    lines += ["", "The held-out images were not used for training, for the threshold or for any choice here."]
+    return "\n".join(lines) + "\n"
