@@ -43,13 +43,13 @@ from edge.offline.dataset import (
     stratified_split,
 )
 from edge.offline.metrics import summarize
-from edge.vision.partview import InputSpec, circles_and_backdrops, mask_outside
+from edge.vision.partview import InputSpec, circles_and_backdrops
 from edge.vision.preprocess import IMAGE_SIZE
 from trainer.augment import AUGMENTATIONS
 from trainer.compare import split_of
 from trainer.data import eval_dataset, train_dataset
 from trainer.export import ExportError, check_int8_accuracy, to_int8_tflite
-from trainer.fit import image_stats
+from trainer.fit import image_stats, masked_inputs
 from trainer.loop import EpochLog, StopOnNonFinite, _compile, recalibrate_batchnorm
 from trainer.models import ARCHITECTURES
 from trainer.options import FLOAT_MODEL, OutputError
@@ -137,12 +137,16 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
                                    "original_validation": len(val_idx), "base": base.short_id})
 
     new_rims, new_table = circles_and_backdrops(new.images)
-    orig_rims, orig_table = circles_and_backdrops(orig.images)
+    used = np.union1d(mix_idx, val_idx)  # the only original images looked at: their rims, not all ~6600
+    used_rims, used_table = circles_and_backdrops(orig.images[used])
+    orig_rims: list[Any] = [None] * len(orig.images)
+    orig_table = np.zeros((len(orig.images), 4), np.float32)
+    for k, i in enumerate(used):
+        orig_rims[i] = used_rims[k]
+    orig_table[used] = used_table
 
     def masked(images: np.ndarray, rims: list[Any]) -> np.ndarray:
-        if not spec.part_only:
-            return images
-        return np.stack([mask_outside(img, c, spec.margin, spec.fill) for img, c in zip(images, rims, strict=True)])
+        return masked_inputs(images, rims, spec)
 
     def tune(sel: np.ndarray, seed: int, label: str) -> keras.Model:
         x = np.concatenate([new.images[sel], orig.images[mix_idx]])

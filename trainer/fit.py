@@ -140,7 +140,10 @@ def _rims(train_images: np.ndarray, test_images: np.ndarray, aug: AugmentConfig)
     return {"train": train_rims, "train_table": train_table, "test": test_rims, "fallbacks": missed}
 
 
-def _masked(images: np.ndarray, rims: list[Any], spec: InputSpec) -> np.ndarray:
+def masked_inputs(images: np.ndarray, rims: list[Any], spec: InputSpec) -> np.ndarray:
+    """The images as a part-only model sees them (masked beyond each rim); unchanged otherwise."""
+    if not spec.part_only:
+        return images
     return np.stack([mask_outside(img, c, spec.margin, spec.fill) for img, c in zip(images, rims, strict=True)])
 
 
@@ -196,9 +199,9 @@ def run(opts: FitOptions) -> dict[str, Any]:
     rims = _rims(train_set.images, test_set.images, aug)
     fit_inputs, val_inputs, test_inputs = fit_x, val_x, test_set.images
     if spec.part_only:
-        fit_inputs = _masked(fit_x, [rims["train"][i] for i in fit_idx], spec)
-        val_inputs = _masked(val_x, [rims["train"][i] for i in val_idx], spec)
-        test_inputs = _masked(test_set.images, rims["test"], spec)
+        fit_inputs = masked_inputs(fit_x, [rims["train"][i] for i in fit_idx], spec)
+        val_inputs = masked_inputs(val_x, [rims["train"][i] for i in val_idx], spec)
+        test_inputs = masked_inputs(test_set.images, rims["test"], spec)
     val_paths = {train_set.paths[i] for i in val_idx}
     val_fingerprint = fingerprint([s for s in train_samples if s.path in val_paths], opts.data, digests)
     teachers = distill.load(opts.teachers, IMAGE_SIZE, train_fingerprint, val_fingerprint,

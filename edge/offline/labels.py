@@ -65,15 +65,20 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def decision_of(crop: Path) -> dict[str, Any]:
+    """The decision JSON saved beside a crop, {} when missing or unreadable (the crop is still labellable)."""
+    meta_path = crop.with_suffix(".json")
+    try:
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    except (OSError, ValueError):
+        meta = {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def collected(crops: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
     """The crops of a collect (or audit) folder in decision order, each with its decision JSON."""
     for png in sorted(crops.glob("*.png")):
-        meta_path = png.with_suffix(".json")
-        try:
-            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        except (OSError, ValueError):
-            meta = {}
-        yield png, meta if isinstance(meta, dict) else {}
+        yield png, decision_of(png)
 
 
 class LabelStore:
@@ -195,12 +200,7 @@ def read_sheet(sheet: Path, crops: Path) -> list[tuple[Path, str, dict[str, Any]
             problems.append(f"{sheet}:{n}: crop {name} is labelled again (first on line {seen[name]})")
             continue
         seen[name] = n
-        meta_path = crop.with_suffix(".json")
-        try:
-            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        except (OSError, ValueError):
-            meta = {}
-        out.append((crop, label, meta if isinstance(meta, dict) else {}))
+        out.append((crop, label, decision_of(crop)))
     if problems:
         raise LabelError("\n".join(problems))
     return out
