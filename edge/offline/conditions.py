@@ -36,15 +36,40 @@ def _belt(shape: tuple[int, int], grey: float, texture: str, rng: np.random.Gene
     return base
 
 
+# What counts as backdrop outside the rim: pixels within LIKE_TOL (fading out over LIKE_SOFT)
+# grey levels of the backdrop's smooth surface (a Gaussian of BACKDROP_SIGMA over the image with
+# the disk filled by the backdrop grey). The surface follows the plate's shading and the part's
+# soft shadow, so on the dataset's plate ~100% of the far backdrop is replaced; a fixed grey
+# (the rule before 2026-12-03) replaced only ~40% of it. The rim's outline, flash and burrs
+# stand out of the surface and stay. trainer.augment applies the same rule in TensorFlow.
+BACKDROP_SIGMA = 6.0
+BACKDROP_KSIZE = 37  # +-3 sigma, explicit so that OpenCV and TensorFlow use the same kernel
+LIKE_TOL = 12.0
+LIKE_SOFT = 24.0
+
+
+def backdrop_surface(gray: np.ndarray, circle: Circle, bg: float) -> np.ndarray:
+    """The backdrop's smooth grey surface (float32), the part's disk filled by `bg` first."""
+    f = gray.astype(np.float32)
+    filled = np.where(disk_mask(gray.shape, circle.cx, circle.cy, circle.r), np.float32(bg), f)
+    k = BACKDROP_KSIZE
+    return cv2.GaussianBlur(filled, (k, k), BACKDROP_SIGMA, borderType=cv2.BORDER_REFLECT_101)
+
+
+def like_backdrop(residual: np.ndarray) -> np.ndarray:
+    """Weight 0..1 of a pixel being backdrop, from its distance to the backdrop surface."""
+    return 1.0 - np.clip((np.abs(residual) - LIKE_TOL) / LIKE_SOFT, 0.0, 1.0)
+
+
 def on_backdrop(gray: np.ndarray, grey: float, texture: str = "plain", seed: int = 0,
                 circle: Circle | None = None) -> np.ndarray:
     """The same part on another belt: outside its rim, pixels like the old backdrop become the new
     belt (keeping their fine texture); the rim's outline, flash and burrs stay (as trainer.augment)."""
     c = circle if circle is not None else rim_circle(gray)
     f = gray.astype(np.float32)
-    bg = backdrop_grey(gray, c)
-    like = 1.0 - np.clip(np.abs(f - bg) / 30.0, 0.0, 1.0)
-    belt = _belt(gray.shape, grey, texture, np.random.default_rng(seed)) + (f - bg)
+    residual = f - backdrop_surface(gray, c, backdrop_grey(gray, c))
+    like = like_backdrop(residual)
+    belt = _belt(gray.shape, grey, texture, np.random.default_rng(seed)) + residual
     outside = ~disk_mask(gray.shape, c.cx, c.cy, c.r)
     out = np.where(outside, like * belt + (1 - like) * f, f)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)

@@ -17,8 +17,24 @@ from edge.vision.partview import Circle, disk_mask, rim_circle
 KINDS = ("hand", "glove", "tool")
 
 
+def _band_share(half: float) -> float:
+    """Share of a disk hidden by a band through its centre `half` radii to each side."""
+    h = min(max(half, 0.0), 1.0)
+    return (2 / math.pi) * (math.asin(h) + h * math.sqrt(1 - h * h))
+
+
+def _tool_width(share: float, seed: int) -> float:
+    """A tool bar's width in radii: 0.9-1.3 (seeded), widened where a narrower bar could not hide `share`."""
+    width = float(np.random.default_rng(seed).uniform(0.9, 1.3))
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _band_share(mid) < share else (lo, mid)
+    return min(2.0, max(width, 2 * hi + 0.04))
+
+
 def _cover_shape(shape: tuple[int, int], c: Circle, depth: float, angle: float, kind: str,
-                 rng: np.random.Generator) -> np.ndarray:
+                 rng: np.random.Generator, tool_width: float = 1.0) -> np.ndarray:
     """Float mask 0..1 of a cover entering along direction `angle`, reaching `depth` radii into the disk."""
     h, w = shape
     m = np.zeros((h, w), np.uint8)
@@ -28,7 +44,7 @@ def _cover_shape(shape: tuple[int, int], c: Circle, depth: float, angle: float, 
     far = 3 * max(h, w)
     px, py = -uy, ux  # along the front edge
     if kind == "tool":  # a straight bar: a band across the part
-        width = c.r * rng.uniform(0.9, 1.3)
+        width = c.r * tool_width
         p = [(fx + px * far, fy + py * far), (fx - px * far, fy - py * far),
              (fx - px * far + ux * width, fy - py * far + uy * width),
              (fx + px * far + ux * width, fy + py * far + uy * width)]
@@ -72,13 +88,16 @@ def cover(gray: np.ndarray, share: float, kind: str, seed: int, circle: Circle |
     c = circle if circle is not None else rim_circle(gray)
     disk = disk_mask(gray.shape, c.cx, c.cy, c.r)
     angle = rng.uniform(0, 2 * math.pi)
-    lo, hi = 0.0, 2.0  # bisect the depth that hides `share` of the disk
+    width = _tool_width(share, seed) if kind == "tool" else 1.0
+    # bisect the depth that hides `share` of the disk; a bar hides more the deeper it reaches
+    # only until it is centred (depth 1 + width/2), so the search stops there
+    lo, hi = 0.0, (1.0 + width / 2) if kind == "tool" else 2.0
     for _ in range(18):
         depth = (lo + hi) / 2
-        m = _cover_shape(gray.shape, c, depth, angle, kind, np.random.default_rng(seed))
+        m = _cover_shape(gray.shape, c, depth, angle, kind, np.random.default_rng(seed), width)
         hidden = float((m[disk] > 0.5).mean())
         lo, hi = (depth, hi) if hidden < share else (lo, depth)
-    m = _cover_shape(gray.shape, c, hi, angle, kind, np.random.default_rng(seed))
+    m = _cover_shape(gray.shape, c, hi, angle, kind, np.random.default_rng(seed), width)
     tex = _texture(gray.shape, kind, rng)
     out = gray.astype(np.float32) * (1 - m) + tex * m
     return np.clip(np.rint(out), 0, 255).astype(np.uint8), float((m[disk] > 0.5).mean())

@@ -117,9 +117,6 @@ def test_on_backdrop_keeps_a_real_part_inside_its_rim(casting_data: Path) -> Non
             assert abs(float(out[far].mean()) - grey) < abs(float(img[far].mean()) - grey)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="known bug: on the real plate (texture ~18 grey from its median) "
-                   "the 30-grey 'like the backdrop' weight keeps about half of each backdrop pixel, so "
-                   "belt_dark_70 leaves the far backdrop at ~117 (87-149), not near 70")
 def test_the_dark_belt_condition_makes_a_real_backdrop_dark(casting_data: Path) -> None:
     files = sorted((casting_data / "test" / "ok_front").glob("*.jpeg"))[::50]
     means = []
@@ -127,7 +124,24 @@ def test_the_dark_belt_condition_makes_a_real_backdrop_dark(casting_data: Path) 
         img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
         c = rim_circle(img)
         means.append(float(BY_NAME["belt_dark_70"].fn(img, 0)[far_backdrop(img, c)].mean()))
-    assert np.median(means) < 100
+    # the plate's shading and the part's soft shadow are backdrop too (before 2026-12-03: ~117)
+    assert np.median(means) < 80 and max(means) < 95
+
+
+def test_a_new_belt_keeps_flash_beyond_the_rim(casting_data: Path) -> None:
+    """A burr of bright metal or a dark chip just outside the rim is the part, not the belt."""
+    img = cv2.imread(str(min((casting_data / "test" / "ok_front").glob("*.jpeg"))), cv2.IMREAD_GRAYSCALE)
+    c = rim_circle(img)
+    flashed = img.copy()
+    bx, by = round(c.cx + c.r * 1.04), round(c.cy)
+    cv2.circle(flashed, (bx, by), 4, 250, -1)
+    dx, dy = round(c.cx - c.r * 1.04), round(c.cy)
+    cv2.circle(flashed, (dx, dy), 4, 20, -1)
+    for grey in (60, 230):
+        out = on_backdrop(flashed, grey, circle=c)
+        assert out[by, bx] > 200 and out[dy, dx] < 60, grey
+        plate = far_backdrop(img, c)
+        assert abs(float(out[plate].mean()) - grey) < 15, grey
 
 
 # ---- lighting, focus, motion, JPEG ---------------------------------------------------------------------

@@ -141,3 +141,21 @@ def test_bicubic_fallback_without_xla_gives_the_same_augmentation(monkeypatch: p
     assert np.abs(fused - plain).max() < 0.05 and np.abs(fused - x).mean() > 5
     with pytest.raises(ValueError, match="bicubic"):
         augment(x, replace(cfg, interpolation="lanczos"), np.array([9, 0]))
+
+
+def test_backdrop_surface_matches_the_line_conditions_one() -> None:
+    """Training replaces the backdrop by the rule the line-condition evaluation uses (same kernel, border)."""
+    from edge.offline.conditions import backdrop_surface
+    from edge.vision.partview import Circle
+    from trainer.augment import _backdrop_surface
+
+    img = part_image(3, size=300)
+    c = Circle(150.0, 148.0, 110.0, found=True)
+    want = backdrop_surface(img, c, 170.0)
+    ys, xs = np.mgrid[0:300, 0:300]
+    inside = (xs - c.cx) ** 2 + (ys - c.cy) ** 2 <= c.r ** 2
+    filled = np.where(inside, 170.0, img.astype(np.float32))[None, ..., None].astype(np.float32)
+    got = _backdrop_surface(tf.constant(filled)).numpy()[0, ..., 0]
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() < 0.05
+    assert np.abs(want - img).max() > 20  # a smooth surface, not the image
