@@ -130,9 +130,7 @@ class AuditTrail:
 
     def _name(self, decision: dict[str, Any]) -> str:
         """`<seq>-<part_id>`, never the name of evidence already on disk."""
-        stem = _safe_stem(str(decision.get("part_id", "part")))
-        seq = decision.get("seq")
-        base = f"{seq:0{SEQ_DIGITS}d}-{stem}" if isinstance(seq, int) and not isinstance(seq, bool) else stem
+        base = evidence_stem(decision.get("seq"), str(decision.get("part_id", "part")))
         name, n = base, 1
         # A journal started over (deleted by hand) hands out old seqs again: add a counter, never overwrite.
         while name in self._files or any((self.dir / f"{name}{s}").exists() for s in SUFFIXES):
@@ -183,6 +181,12 @@ def _on_disk(st: os.stat_result) -> int:
     """
     rounded = -(-st.st_size // BLOCK) * BLOCK or BLOCK
     return max(getattr(st, "st_blocks", 0) * 512, rounded)
+
+
+def evidence_stem(seq: object, part_id: str) -> str:
+    """`<seq>-<part_id>`, the name (without suffix) a decision's files get; the operator page finds them by it."""
+    stem = _safe_stem(part_id)
+    return f"{seq:0{SEQ_DIGITS}d}-{stem}" if isinstance(seq, int) and not isinstance(seq, bool) else stem
 
 
 def _safe_stem(part_id: str) -> str:

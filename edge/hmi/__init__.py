@@ -1,0 +1,1 @@
+"""The operator's page (`edge-hmi`): its own process, reading what the daemon leaves behind."""
