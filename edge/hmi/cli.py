@@ -86,13 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().print_usage(sys.stderr)
         print("edge-hmi: --config FILE is needed (see demo/hmi.yaml)", file=sys.stderr)
         return 2
+    setup("INFO")  # before the users file is read: its warnings are log lines too
+    for h in logging.getLogger().handlers:
+        h.addFilter(_no_colour)
     loaded = _load(args.config)
     if loaded is None:
         return 2
     cfg, users = loaded
-    setup(cfg.log_level)
-    for h in logging.getLogger().handlers:
-        h.addFilter(_no_colour)
+    logging.getLogger().setLevel(cfg.log_level)
     return serve(cfg, users)
 
 

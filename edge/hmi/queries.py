@@ -9,9 +9,9 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from edge.hmi.index import ACCEPT, COLUMNS, FAULT, REJECT, row_dict
+from edge.hmi.index import ACCEPT, COLUMNS, FAULT, QUARTER_S, REJECT, row_dict
 
-QUARTER_S = 900  # yield counts are kept per quarter hour: every time zone's offset is a multiple of it
+# yield counts are kept per quarter hour (index.quarters): every time zone's offset is a multiple of it
 GALLERY_KINDS = {"all": (REJECT, FAULT), "reject": (REJECT,), "fault": (FAULT,)}
 
 
@@ -68,10 +68,11 @@ def reasons(db: sqlite3.Connection, limit: int = 100) -> list[str]:
 
 
 def quarter_counts(db: sqlite3.Connection, since: float, until: float) -> dict[int, list[int]]:
-    """quarter-hour index (epoch // 900) -> [accepted, rejected, faults] for since <= ts < until."""
+    """quarter-hour index (epoch // 900) -> [accepted, rejected, faults] for the quarters since..until
+    (whole quarters: the plots' buckets are whole hours)."""
     out: dict[int, list[int]] = {}
-    for q, kind, n in db.execute("SELECT CAST(ts / ? AS INTEGER) AS q, kind, COUNT(*) FROM parts "
-                                 "WHERE ts >= ? AND ts < ? GROUP BY q, kind", (QUARTER_S, since, until)):
+    for q, kind, n in db.execute("SELECT q, kind, n FROM quarters WHERE q >= ? AND q < ?",
+                                 (int(since // QUARTER_S), -int(-until // QUARTER_S))):
         if kind in (ACCEPT, REJECT, FAULT):
             out.setdefault(int(q), [0, 0, 0])[kind] += int(n)
     return out

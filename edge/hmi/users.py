@@ -10,11 +10,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 ROLES = ("viewer", "inspector")  # an inspector may also do everything a viewer does
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -113,8 +116,11 @@ def read_users(path: Path) -> dict[str, User]:
     if not users:
         raise UsersError(f"{path}: no users (add one with: edge-hmi passwd {path} NAME --role inspector)")
     mode = path.stat().st_mode & 0o777
-    if mode & 0o007:
-        raise UsersError(f"{path}: readable by every user on the box (mode {oct(mode)}); chmod 600 {path}")
+    if mode & 0o022:  # anyone who can write it can make themselves an inspector
+        raise UsersError(f"{path}: writable by other users (mode {oct(mode)}); chmod 600 {path}")
+    if mode & 0o004:
+        log.warning("password file readable by every user on the box: its hashes can be attacked offline",
+                    extra={"path": str(path), "mode": oct(mode), "fix": f"chmod 600 {path}"})
     return users
 
 
