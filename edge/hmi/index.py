@@ -106,16 +106,25 @@ class JournalIndex:
         self._db.executescript(SCHEMA)
         self._db.execute(f"PRAGMA user_version={INDEX_VERSION}")
         self._attached = False
+        self._ident: tuple[int, int] | None = None  # (device, inode) of the attached journal file
         self._last_prune = 0.0
         self._lock = threading.Lock()
         self.error: str | None = None  # why the journal cannot be read now (shown as health)
 
     def _attach(self) -> bool:
-        if self._attached:
+        try:
+            st = self.journal.stat()
+            ident: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:
+            ident = None
+        if self._attached and ident == self._ident:
             return True
-        if not self.journal.is_file():
+        if self._attached:  # replaced or deleted under us: an open handle would keep reading the old file
+            self._detach()
+        if ident is None:
             self.error = f"journal {self.journal} not found (is the daemon running with this journal.path?)"
             return False
+        self._ident = ident
         try:
             self._db.execute("ATTACH DATABASE ? AS j", (journal_uri(self.journal),))
             self._db.execute("SELECT 1 FROM j.decisions LIMIT 1").fetchall()

@@ -56,11 +56,12 @@ def _add(into: dict, key: object, c: list[int] | None) -> None:
 
 def hourly(counts: dict[int, list[int]], since: float, until: float, tz: tzinfo) -> list[Bucket]:
     """One bucket per local hour from since to until, empty hours included."""
-    acc: dict[datetime, list[int]] = {}
+    acc: dict[tuple[datetime, object], list[int]] = {}
     for q in _quarters(since, until):
         dt = _local(q, tz)
-        _add(acc, dt.replace(minute=0), counts.get(q))  # an aware datetime keeps its offset: DST hours stay apart
-    return [Bucket(f"{k:%H}:00", k, (v[0], v[1], v[2])) for k, v in acc.items()]
+        # keyed with the offset too: the hour a clock goes back through happens twice and is two bars
+        _add(acc, (dt.replace(minute=0), dt.utcoffset()), counts.get(q))
+    return [Bucket(f"{k:%H}:00", k, (v[0], v[1], v[2])) for (k, _off), v in acc.items()]
 
 
 def shift_of(dt: datetime, shifts: tuple[Shift, ...]) -> tuple[datetime, Shift]:
