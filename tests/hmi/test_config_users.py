@@ -101,6 +101,11 @@ def test_the_demo_configs_agree_with_each_other() -> None:
     assert page.listen.host == "127.0.0.1"
     assert set(read_users(page.users_file)) == {"viewer", "inspector"}
     assert yaml.safe_load((ROOT / "demo" / "hmi-line.yaml").read_text())["mqtt"]["host"] is None
+    command = next(line[4:] for line in (ROOT / "demo" / "hmi.yaml").read_text().splitlines()
+                   if "edge-hmi --config demo/hmi.yaml" in line)
+    assert f"    {command}\n" in (ROOT / "README.md").read_text(), "the README starts the demo as its configs say"
+    assert command in (ROOT / "demo" / "hmi-line.yaml").read_text() and f"    {command}\n" in (
+        ROOT / "docs" / "hmi.md").read_text()
 
 
 def test_sessions_end_and_guessing_is_braked() -> None:
