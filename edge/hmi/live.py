@@ -88,7 +88,9 @@ class Poller:
 
     def poll_once(self) -> None:
         res = self.index.sync()
-        for row in res.newest[-5:]:  # after a catch-up only the last few are news
+        # every new decision (up to the 20 the page lists); after a catch-up (a start over a full
+        # journal, a page that was stopped) only the newest is news
+        for row in (res.newest if res.added <= 100 else res.newest[-1:]):
             self.hub.publish("decision", row)
         health = self.compute_health()
         text = json.dumps(health, sort_keys=True, default=str)

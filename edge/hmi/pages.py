@@ -7,6 +7,7 @@ import time
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
@@ -77,7 +78,7 @@ def rejects(request: Request, s: Session, hmi: Hmi, tz: tzinfo) -> HTMLResponse:
                               ("until", q.get("until", ""))) if v}
     more = None
     if len(rows) == f.limit:
-        more = "&".join(f"{k}={v}" for k, v in {**args, "before": rows[-1]["seq"]}.items())
+        more = urlencode({**args, "before": rows[-1]["seq"]})
     return _render("rejects.html", request, s, rows=rows, reasons=known, f=f, args=args, more=more)
 
 

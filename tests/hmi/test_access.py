@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import ssl
 import urllib.error
@@ -159,3 +160,14 @@ def test_tls_when_a_certificate_is_configured(tmp_path: Path) -> None:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=10).read()
     finally:
         p.stop()
+
+
+def test_the_gallery_pages_and_filters_over_http(page: HmiProcess) -> None:
+    c = Client(page.url)
+    c.login("view")
+    status, _, body = c.request("/rejects?reason=fault%3Aoccluded")
+    seqs = [int(s) for s in re.findall(rb'<figure class="card fault" data-seq="(\d+)"', body)]
+    assert status == 200 and seqs == list(range(30, 0, -3))  # every third part is a fault:occluded one
+    assert b'id="more"' not in body
+    status, _, body = c.request("/rejects?kind=reject")
+    assert [int(s) for s in re.findall(rb'data-seq="(\d+)"', body)] == list(range(29, 0, -3))

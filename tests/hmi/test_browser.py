@@ -75,14 +75,16 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
     d = tmp_path_factory.mktemp("hmi-line")
     shots = Path(os.environ.get("EDGE_HMI_SHOTS") or d / "shots")
     shots.mkdir(parents=True, exist_ok=True)
-    with pytest.MonkeyPatch.context() as mp, Mosquitto(d / "broker") as broker:
-        mp.setenv("CASTING_DATA", str(d / "no-dataset"))  # the simulated line draws its parts: no dataset crops
+    with Mosquitto(d / "broker") as broker:
         config = write_config(d, broker.port, PREFIX, "sim", camera={"loop": True},
                               sim={"fps": 15.0, "speed_px": 32.0}, drift={"enabled": False},
                               mqtt={"status_interval_s": 2.0})
         hmi_config, port = write_hmi_config(d, d / "journal.sqlite",
                                             mqtt={"host": "127.0.0.1", "port": broker.port, "prefix": PREFIX})
-        with DaemonProcess(config) as daemon:
+        with pytest.MonkeyPatch.context() as mp:  # for the daemon's environment only
+            mp.setenv("CASTING_DATA", str(d / "no-dataset"))  # the simulated line draws its parts: no dataset crops
+            daemon = DaemonProcess(config)
+        with daemon:
             page = HmiProcess(hmi_config, port)
             opts = webdriver.ChromeOptions()
             opts.binary_location = str(CHROMIUM)
