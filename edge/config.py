@@ -26,6 +26,7 @@ from pydantic import (
 
 from edge.config_file import ConfigError, key_text, one_line, read_bytes, read_yaml, short
 from edge.delivery.contract import check_prefix
+from edge.delivery.opcua_settings import OpcuaSection
 from edge.inference.bundle import DEFAULT_BUNDLE
 from edge.vision.simulate import DATASET_BACKDROP_LEVEL, DEMO_CONTEXT
 from edge.vision.sources import is_path_source
@@ -310,6 +311,7 @@ class Config(_Strict):
     collect: CollectSection = CollectSection()
     drift: DriftSection = DriftSection()
     service: ServiceSection = ServiceSection()
+    opcua: OpcuaSection = OpcuaSection()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
@@ -334,7 +336,14 @@ def _resolve(cfg: Config, base: Path) -> Config:
         "journal": cfg.journal.model_copy(update={"path": fix(cfg.journal.path)}),
         "audit": cfg.audit.model_copy(update={"dir": fix(cfg.audit.dir)}),
         "collect": cfg.collect.model_copy(update={"dir": fix(cfg.collect.dir)}),
+        "opcua": _resolve_opcua(cfg.opcua, fix),
     })
+
+
+def _resolve_opcua(o: OpcuaSection, fix: Any) -> OpcuaSection:
+    users = [u.model_copy(update={"password_file": fix(u.password_file)}) for u in o.users]
+    return o.model_copy(update={"users": users, "state_dir": fix(o.state_dir), "trusted_clients": fix(o.trusted_clients),
+                                "certificate_file": fix(o.certificate_file), "private_key_file": fix(o.private_key_file)})
 
 
 def _parse(raw: bytes, source: str, base: Path | None) -> tuple[Config, dict[tuple, int]]:

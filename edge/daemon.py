@@ -117,6 +117,7 @@ class Daemon:
         self._unexamined: dict[str, int] = {}  # answered without inspection, since the last log line
         self._unexamined_logged: dict[str, float] = {}
         self._seen_parts: OrderedDict[str, None] = OrderedDict()
+        self._trigger_lock = threading.Lock()
         self._serial = 0
         self._run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         self.stop_event = threading.Event()
@@ -130,7 +131,7 @@ class Daemon:
 
     # -- trigger mode --------------------------------------------------------------
     def trigger(self, part_id: str, received_mono: float | None = None, sent_ts: float | None = None) -> bool:
-        """Queue a trigger (called from the MQTT thread); False if part_id was already answered.
+        """Queue a trigger (called from the MQTT or OPC UA thread); False if part_id was already answered.
 
         A trigger that carries its sender's time and arrives older than
         inspect.max_trigger_age_s (a stalled network, a queued backlog) is answered with a
@@ -139,13 +140,16 @@ class Daemon:
         if self.cfg.inspect.mode != "trigger":
             self._ignore_trigger_in_continuous(part_id)
             return False
-        if part_id in self._seen_parts:
+        with self._trigger_lock:  # MQTT's thread and OPC UA's both call this: one answer per part id
+            repeated = part_id in self._seen_parts
+            if not repeated:
+                self._seen_parts[part_id] = None
+                while len(self._seen_parts) > 10_000:
+                    self._seen_parts.popitem(last=False)
+        if repeated:
             self.counters.duplicate_triggers += 1
             log.warning("duplicate trigger ignored", extra={"part_id": part_id})
             return False
-        self._seen_parts[part_id] = None
-        while len(self._seen_parts) > 10_000:
-            self._seen_parts.popitem(last=False)
         self.counters.triggers += 1
         try:
             self._triggers.put_nowait((part_id, received_mono or time.monotonic(), sent_ts))

@@ -247,8 +247,25 @@ def run(cfg: Config, duration_s: float | None = None,
             except OSError as exc:
                 raise SettingError(f"collect.dir {c.dir}: cannot create it: {_why(exc)}") from exc
             stack.callback(collect.close)
-        daemon = Daemon(cfg, camera, publisher, inspector, on_decision=on_decision, audit=audit, collect=collect)
+        station = None
+        if cfg.opcua.enabled:  # the PLC's handshake beside MQTT: the same journal rows (docs/plc.md)
+            try:
+                from edge.delivery.opcua import OpcuaError, OpcuaStation, WithOpcua
+            except ImportError as exc:
+                raise SettingError(f"opcua.enabled: needs the opcua extra (pip install 'edge-inspect[opcua]'): "
+                                   f"{exc}") from None
+            station = OpcuaStation(cfg.opcua, journal, cfg.inspect.mode, lambda p, t: daemon_ref[0].trigger(p, t),
+                                   lambda: daemon_ref[0].status() if daemon_ref else {})
+        sink = WithOpcua(publisher, station) if station is not None else publisher
+        daemon = Daemon(cfg, camera, sink, inspector, on_decision=on_decision, audit=audit, collect=collect)
         daemon_ref.append(daemon)
+        if station is not None:
+            try:
+                station.start()
+            except OpcuaError as exc:
+                raise SettingError(str(exc)) from exc
+            stack.callback(station.stop)
+            daemon.camera_watch.on_change = station.refresh
         if cfg.model.shadow is not None:
             daemon.shadow = _shadow(cfg, publisher)
             stack.callback(daemon.shadow.close)
@@ -264,7 +281,8 @@ def run(cfg: Config, duration_s: float | None = None,
             except MqttConfigError as exc:
                 raise SettingError(f"{_mqtt_key(str(exc))}: {exc}") from exc
             stack.callback(publisher.stop)
-            daemon.camera_watch.on_change = publisher.publish_status  # a camera fault is on the status at once
+            # a camera fault is on the status at once
+            daemon.camera_watch.on_change = _both(publisher.publish_status, daemon.camera_watch.on_change)
             if sensor is not None:
                 sensor.start(settings)
                 stack.callback(sensor.stop)
@@ -316,6 +334,14 @@ def _shadow(cfg: Config, publisher: Publisher) -> Shadow:
     log.info("shadow candidate judging every part beside the live bundle", extra={
         "shadow": candidate.model_id, "record": str(cfg.model.shadow_record), "topic": topic})
     return shadow
+
+
+def _both(first: Callable[[], Any], second: Callable[[], Any] | None) -> Callable[[], None]:
+    def call() -> None:
+        first()
+        if second is not None:
+            second()
+    return call
 
 
 def _why(exc: OSError) -> str:
