@@ -53,6 +53,7 @@ class Collector:
     topics: list[str]
     protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5
     session: bool = False  # persistent session (survives a broker restart with persistence)
+    qos: int = 1  # of the subscriptions
     messages: list[Received] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -76,7 +77,7 @@ class Collector:
         assert self.subscribed.wait(5), "collector could not subscribe"
 
     def _on_connect(self, client: mqtt.Client, *args: Any) -> None:
-        client.subscribe([(t, 1) for t in self.topics])
+        client.subscribe([(t, self.qos) for t in self.topics])
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         expiry = getattr(msg.properties, "MessageExpiryInterval", None) if msg.properties else None
