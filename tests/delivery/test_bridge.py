@@ -26,7 +26,7 @@ def box_broker_conf(central_port: int) -> str:
     """The shipped bridge.conf, pointed at the test's central broker; its persistence lines are the
     test broker's own (same settings, a private folder)."""
     text = (ROOT / "docs" / "mosquitto" / "bridge.conf").read_text()
-    text = re.sub(r"^address .*$", f"address 127.0.0.1:{central_port}", text, flags=re.M)
+    text = re.sub(r"^address .*$", f"address 127.0.0.1:{central_port}", text, flags=re.MULTILINE)
     return "\n".join(line for line in text.splitlines() if not line.startswith(("persistence", "autosave")))
 
 
