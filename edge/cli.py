@@ -5,8 +5,8 @@
   edge-inspect --check-config FILE              validate a config, list every problem
   edge-inspect --replay DIR                     validate a bundle offline on images
   edge-inspect --shadow-summary FILE            what a shadow candidate would have decided
-  edge-inspect --promote BUNDLE [--reload PID|UNIT]   put a candidate live, the old one kept
-  edge-inspect --rollback [--reload PID|UNIT]         swap back
+  edge-inspect --promote BUNDLE [--recipe NAME] [--reload PID|UNIT]   put a candidate live, the old one kept
+  edge-inspect --rollback [--recipe NAME] [--reload PID|UNIT]         swap back
 
 Exit status: 0 ran (replay: bad files are listed, not fatal); 2 usage error, invalid
 config, a setting unusable on this box (camera file missing, folder that cannot be created,
@@ -21,6 +21,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from edge.delivery.journal import JournalError
 from edge.inference.bundle import DEFAULT_BUNDLE, BundleError
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="install BUNDLE in model.bundle's folder (of --config), the old one kept for --rollback")
     p.add_argument("--rollback", action="store_true",
                    help="swap model.bundle's folder (of --config) with the bundle it replaced")
+    p.add_argument("--recipe", metavar="NAME",
+                   help="with --promote/--rollback on a config with recipes: the recipe whose bundle is swapped")
     p.add_argument("--reload", metavar="PID|UNIT",
                    help="with --promote/--rollback: then ask the running daemon to reload (SIGHUP to PID, or "
                         "`systemctl reload UNIT`)")
@@ -108,6 +111,20 @@ def check_config(path: Path) -> int:
     return 0
 
 
+def _live_bundle(cfg: Any, recipe: str | None) -> Path:
+    """The bundle folder --promote/--rollback swaps: model.bundle, or the --recipe's bundle."""
+    products = cfg.recipes.products
+    if not products:
+        if recipe is not None:
+            raise ValueError(f"--recipe {recipe}: the config has no recipes (recipes.products is empty)")
+        return Path(cfg.model.bundle)
+    if recipe is None or recipe not in products:
+        given = "" if recipe is None else f" {recipe!r} is not one of them;"
+        raise ValueError(f"the config has recipes:{given} name the one to swap with --recipe "
+                         f"({', '.join(products)})")
+    return Path(products[recipe].bundle)
+
+
 def promote_or_rollback(args: argparse.Namespace) -> int:
     import os  # noqa: PLC0415
     import signal  # noqa: PLC0415
@@ -120,12 +137,12 @@ def promote_or_rollback(args: argparse.Namespace) -> int:
         print("--promote and --rollback: one at a time", file=sys.stderr)
         return 2
     try:
-        live = Path(load(args.config).model.bundle)
+        live = _live_bundle(load(args.config), args.recipe)
         swap = promote(live, args.promote) if args.promote is not None else rollback(live)
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2
-    except (PromoteError, OSError) as exc:
+    except (PromoteError, OSError, ValueError) as exc:
         print(f"{'--promote' if args.promote is not None else '--rollback'}: {exc}; nothing changed", file=sys.stderr)
         return 2
     print(f"{live}: now {swap.installed}" + (f"; {swap.kept} kept in {previous_of(live)}" if swap.kept else ""))
@@ -167,8 +184,9 @@ def shadow_summary(path: Path) -> int:
 
 def _print_decision(d: dict) -> None:
     p = "   n/a" if d["p_defect"] is None else f"{d['p_defect']:.4f}"
+    recipe = f"  recipe {d['recipe']}" if d.get("recipe") else ""
     print(f"{d['ts']}  part {d['part_id']}  {d['decision'].upper():6s}  p_defect {p}  "
-          f"{d['reason']}  {d['latency_ms']} ms", flush=True)
+          f"{d['reason']}  {d['latency_ms']} ms{recipe}", flush=True)
 
 
 def run_daemon(args: argparse.Namespace) -> int:

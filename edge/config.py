@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -24,27 +22,13 @@ from pydantic import (
     model_validator,
 )
 
-from edge.config_file import ConfigError, key_text, one_line, read_bytes, read_yaml, short
+from edge.config_file import ConfigError, Strict, key_text, one_line, read_bytes, read_yaml, short
 from edge.delivery.contract import check_prefix
 from edge.delivery.opcua_settings import OpcuaSection
 from edge.inference.bundle import DEFAULT_BUNDLE
+from edge.inference.recipe_settings import RecipesSection
 from edge.vision.simulate import DATASET_BACKDROP_LEVEL, DEMO_CONTEXT
 from edge.vision.sources import is_path_source
-
-
-class _Strict(BaseModel):
-    # No inf/nan in any float: `.inf` is valid YAML and would pass a bare `gt=0`, then crash
-    # the daemon at start (int(inf)) or make a timeout wait forever.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*")
-    @classmethod
-    def _no_nul(cls, v: Any) -> Any:
-        # The OS, OpenCV and MQTT all end a string at NUL (or raise ValueError deep in a thread).
-        if isinstance(v, (str, Path)) and "\0" in str(v):
-            raise ValueError("must not contain a NUL character")
-        return v
-
 
 MQTT_STRING_MAX = 65535  # bytes of UTF-8: an MQTT string's 2-byte length prefix
 # Longer than any naming scheme needs (hostname-based ids are <= 77 bytes) and far below
@@ -70,7 +54,7 @@ def _mqtt_string(v: str, limit: int) -> str:
     return v
 
 
-class ModelSection(_Strict):
+class ModelSection(Strict):
     bundle: Path = Field(DEFAULT_BUNDLE, description="bundle folder (model.tflite + model.json)")
     threshold: float | None = Field(None, gt=0, le=1, description="override the bundle's threshold "
                                     "(checked against the bundle's validation scores: edge.inference.override)")
@@ -81,9 +65,11 @@ class ModelSection(_Strict):
                                 "never actuating (docs/commissioning.md); null = off")
     shadow_record: Path = Field(Path("state/shadow.jsonl"), description="the shadow's verdicts beside the live "
                                 "ones, one JSON line per part")
+    shadow_recipe: str | None = Field(None, description="with recipes: the recipe whose parts the shadow judges "
+                                      "(a candidate is trained for one product)")
 
 
-class CameraSection(_Strict):
+class CameraSection(Strict):
     source: str | int = Field(
         "sim",
         description="sim | V4L2 index or /dev/videoN | video file | image folder | rtsp:// or http(s):// URL | "
@@ -121,7 +107,7 @@ class CameraSection(_Strict):
         return self
 
 
-class SimSection(_Strict):
+class SimSection(Strict):
     images: Path | None = Field(None, description="folder of part images (default: dataset test split or drawn parts)")
     width: int = Field(1280, ge=320, le=4096)
     height: int = Field(720, ge=240, le=4096)
@@ -135,7 +121,7 @@ class SimSection(_Strict):
     seed: int = Field(0, ge=0, le=2**63 - 1)  # numpy refuses a negative seed at start
 
 
-class InspectSection(_Strict):
+class InspectSection(Strict):
     mode: Literal["continuous", "trigger"] = "continuous"
     locate: Literal["auto", "roi"] = "auto"
     roi: tuple[int, int, int, int] | None = Field(None, description="x, y, width, height in frame pixels")
@@ -173,7 +159,7 @@ class InspectSection(_Strict):
         return self
 
 
-class TlsSection(_Strict):
+class TlsSection(Strict):
     ca_file: Path | None = Field(None, description="CA bundle; the system store when empty")
     cert_file: Path | None = Field(None, description="client certificate (with key_file)")
     key_file: Path | None = Field(None, validate_default=True, description="the client certificate's key")
@@ -189,7 +175,7 @@ class TlsSection(_Strict):
         return v
 
 
-class MqttSection(_Strict):
+class MqttSection(Strict):
     host: str | None = Field(None, description="broker host; null = start a local mosquitto on a free loopback "
                              "port, or on mqtt.port when it is not 1883 (demo; decisions only journaled where "
                              "mosquitto is not installed)")
@@ -255,26 +241,26 @@ class MqttSection(_Strict):
         return str(v) if isinstance(v, (int, float)) else v
 
 
-class JournalSection(_Strict):
+class JournalSection(Strict):
     path: Path = Path("state/journal.sqlite")
     retention_days: float = Field(30.0, gt=0)
     max_rows: int = Field(1_000_000, ge=100, le=2**63 - 1)  # an SQLite INTEGER
 
 
-class AuditSection(_Strict):
+class AuditSection(Strict):
     dir: Path | None = Field(Path("state/audit"), description="crops + decision JSON of audited parts; null = off")
     sample_accepted: float = Field(0.0, ge=0, le=1, description="fraction of accepted parts saved too")
     max_mb: float = Field(500.0, gt=0, description="disk budget; oldest evidence is deleted first")
 
 
-class CollectSection(_Strict):
+class CollectSection(Strict):
     dir: Path | None = Field(None, description="every judged part's crop + decision JSON, for labelling "
                              "(edge-label, docs/commissioning.md); null = off")
     sample: float = Field(1.0, gt=0, le=1, description="fraction of judged parts saved, accepted and rejected alike")
     max_mb: float = Field(2000.0, gt=0, description="disk budget; the oldest crops are deleted first")
 
 
-class DriftSection(_Strict):
+class DriftSection(Strict):
     enabled: bool = True
     window: int = Field(100, ge=10, le=1_000_000, description="parts in the rolling window compared with the baseline")
     baseline_parts: int = Field(200, ge=10, le=1_000_000, description="first parts after start that set the line's own baseline")
@@ -282,7 +268,7 @@ class DriftSection(_Strict):
     reject_z: float = Field(4.0, gt=0, description="binomial z-score of the reject rate that counts as drift")
 
 
-class ServiceSection(_Strict):
+class ServiceSection(Strict):
     # Below the unit's TimeoutStartSec (60 s), or systemd kills a start that would have come up degraded.
     ready_timeout_s: float = Field(10.0, ge=0, le=50, description="wait this long for broker and camera "
                                    "before reporting READY degraded (at most 50 s: the unit's TimeoutStartSec is 60 s)")
@@ -300,7 +286,7 @@ class ServiceSection(_Strict):
         return v
 
 
-class Config(_Strict):
+class Config(Strict):
     model: ModelSection = ModelSection()
     camera: CameraSection = CameraSection()
     sim: SimSection = SimSection()
@@ -312,6 +298,7 @@ class Config(_Strict):
     drift: DriftSection = DriftSection()
     service: ServiceSection = ServiceSection()
     opcua: OpcuaSection = OpcuaSection()
+    recipes: RecipesSection = RecipesSection()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
@@ -337,7 +324,39 @@ def _resolve(cfg: Config, base: Path) -> Config:
         "audit": cfg.audit.model_copy(update={"dir": fix(cfg.audit.dir)}),
         "collect": cfg.collect.model_copy(update={"dir": fix(cfg.collect.dir)}),
         "opcua": _resolve_opcua(cfg.opcua, fix),
+        "recipes": cfg.recipes.model_copy(update={"products": {
+            name: r.model_copy(update={"bundle": fix(r.bundle)}) for name, r in cfg.recipes.products.items()}}),
     })
+
+
+def _cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
+    """Rules between sections, each as (key path, message) so that it is reported at its line."""
+    problems: list[tuple[tuple, str]] = []
+    products = cfg.recipes.products
+    if cfg.recipes.start is not None and cfg.recipes.start not in products:
+        known = ", ".join(products) or "none: recipes.products is empty"
+        problems.append((("recipes", "start"), f"{cfg.recipes.start!r} is not a recipe in recipes.products ({known})"))
+    if products:
+        for key in ("bundle", "threshold", "accept_validation_escapes"):
+            if key in cfg.model.model_fields_set:
+                problems.append((("model", key), "set per recipe when recipes.products is not empty (the recipe "
+                                 "in force decides every part); move it into each recipe"))
+    for name, r in products.items():
+        where = ("recipes", "products", name)
+        if r.roi is not None and cfg.inspect.locate != "roi":
+            problems.append((where + ("roi",), "a recipe's roi needs inspect.locate: roi (trigger mode)"))
+        lo = r.min_diameter_px if r.min_diameter_px is not None else cfg.inspect.min_diameter_px
+        hi = r.max_diameter_px if r.max_diameter_px is not None else cfg.inspect.max_diameter_px
+        if hi < lo:
+            key = "max_diameter_px" if r.max_diameter_px is not None else "min_diameter_px"
+            problems.append((where + (key,), f"rim diameter range {lo}..{hi} px is empty (the recipe's or inspect's)"))
+    shadow_recipe = cfg.model.shadow_recipe
+    if shadow_recipe is not None and shadow_recipe not in products:
+        problems.append((("model", "shadow_recipe"), f"{shadow_recipe!r} is not a recipe in recipes.products"))
+    if cfg.model.shadow is not None and products and shadow_recipe is None:
+        problems.append((("model", "shadow"), "with recipes, name the recipe whose parts the candidate judges "
+                         "(model.shadow_recipe)"))
+    return problems
 
 
 def _resolve_opcua(o: OpcuaSection, fix: Any) -> OpcuaSection:
@@ -367,6 +386,10 @@ def _parse(raw: bytes, source: str, base: Path | None) -> tuple[Config, dict[tup
                    else one_line(err["msg"]))
             got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {short(err.get('input'))})"
             problems.append((line or 0, f"{source}:{line or '?'}: {key}: {msg}{got}"))
+    if cfg is not None:
+        for loc, msg in _cross_checks(cfg):
+            line = next((lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines), None)
+            problems.append((line or 0, f"{source}:{line or '?'}: {key_text(loc)}: {msg}"))
     if problems or cfg is None:
         raise ConfigError([text for _, text in sorted(set(problems))]) from None
     return _resolve(cfg, base or Path.cwd()), lines

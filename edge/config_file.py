@@ -10,11 +10,29 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, field_validator
 from yaml.composer import Composer, ComposerError
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, SequenceNode
 from yaml.resolver import Resolver
+
+
+class Strict(BaseModel):
+    """Base of every config section: unknown keys are errors (a typo must not silently fall back to
+    a default on a line that ships parts), values are frozen, and no float may be inf or nan:
+    `.inf` is valid YAML and would pass a bare `gt=0`, then crash a daemon at start or make a
+    timeout wait forever."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, v: Any) -> Any:
+        # The OS, OpenCV and MQTT all end a string at NUL (or raise ValueError deep in a thread).
+        if isinstance(v, (str, Path)) and "\0" in str(v):
+            raise ValueError("must not contain a NUL character")
+        return v
 
 
 class ConfigError(ValueError):

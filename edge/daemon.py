@@ -13,12 +13,13 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from edge.config import Config, InspectSection
 from edge.inference.inspector import Inspector
+from edge.inference.recipes import Recipe, RecipeBook
 from edge.inference.shadow import Shadow
 from edge.ops.audit import AuditTrail
 from edge.ops.drift import DriftWatch
@@ -56,6 +57,20 @@ CAMERA_FAULT_CONSEQUENCE = {
 }
 
 
+class TriggerItem(NamedTuple):
+    """A trigger taken in, waiting for its inspection."""
+
+    part_id: str
+    received_mono: float
+    sent_ts: float | None
+    recipe: str | None  # the recipe it is judged under
+    named: bool  # the trigger itself named the recipe
+
+
+def locate_for(inspect: InspectSection) -> LocateConfig:
+    return LocateConfig(min_diameter=inspect.min_diameter_px, max_diameter=inspect.max_diameter_px)
+
+
 def tracker_for(inspect: InspectSection) -> PartTracker:
     """The continuous-mode tracker as configured: a known belt speed is its first prediction."""
     return PartTracker(inspection_x=inspect.inspection_line, predictive=inspect.predictive_crop,
@@ -89,7 +104,8 @@ class Counters:
 class Daemon:
     def __init__(self, cfg: Config, camera: Camera, sink: DecisionSink, inspector: Inspector,
                  on_decision: Callable[[dict[str, Any]], None] | None = None,
-                 audit: AuditTrail | None = None, collect: AuditTrail | None = None) -> None:
+                 audit: AuditTrail | None = None, collect: AuditTrail | None = None,
+                 recipes: RecipeBook | None = None, recipe: str | None = None) -> None:
         self.cfg = cfg
         self.audit = audit
         self.collect = collect  # crops for labelling (commissioning): every judged part, or a sample
@@ -98,12 +114,21 @@ class Daemon:
         self.drift: DriftWatch | None = None
         self.camera = camera
         self.sink = sink
-        self.inspector = inspector
         self.on_decision = on_decision
         self.counters = Counters()
         self.started = time.monotonic()
-        self._locate = LocateConfig(min_diameter=cfg.inspect.min_diameter_px,
-                                    max_diameter=cfg.inspect.max_diameter_px)
+        # Recipes (edge.inference.recipes): the one in force judges continuous-mode parts; a trigger
+        # keeps the recipe in force when it was taken in. Without recipes the book holds `inspector`.
+        self.recipes = recipes if recipes is not None else RecipeBook.single(
+            inspector, locate_for(cfg.inspect), cfg.inspect.roi)
+        self.recipe: Recipe = self.recipes[recipe if recipe in self.recipes else next(iter(self.recipes)).name]
+        self.inspector = self.recipe.inspector
+        self._locate = self.recipe.locate
+        self._requested = self.recipe.name  # the recipe a trigger taken in now is judged under
+        self._recipe_requests: deque[tuple[str, str, str | None]] = deque()  # (name, source, request id)
+        self.recipe_switches = 0
+        self.record_switch: Callable[[str, str | None, str, str, str | None], Any] | None = None  # journal first
+        self.on_recipe: Callable[[Recipe, dict[str, Any]], None] | None = None  # after a switch took effect
         self._tracker: PartTracker | None = None
         self._overrun_logged = -WARN_EVERY_S
         self._unfollowed_frames = 0  # inspected frames in a row with parts in view, none followed
@@ -111,9 +136,9 @@ class Daemon:
         self._off_line_logged = -WARN_EVERY_S  # a trigger found whole parts, none on the inspection line
         # Entries are small: the bound is only a last resort, so that the MQTT thread (which must
         # never wait on the disk) almost never has to answer a trigger itself. See _serve_triggers.
-        self._triggers: queue.Queue[tuple[str, float, float | None]] = queue.Queue(maxsize=TRIGGER_QUEUE_MAX)
+        self._triggers: queue.Queue[TriggerItem] = queue.Queue(maxsize=TRIGGER_QUEUE_MAX)
         self._handle_s = 0.0  # moving average of one trigger's inspection time: the overload estimate
-        self._backlog: deque[tuple[str, float, float | None]] = deque()  # taken in, still to inspect
+        self._backlog: deque[TriggerItem] = deque()  # taken in, still to inspect
         self._unexamined: dict[str, int] = {}  # answered without inspection, since the last log line
         self._unexamined_logged: dict[str, float] = {}
         self._seen_parts: OrderedDict[str, None] = OrderedDict()
@@ -130,12 +155,16 @@ class Daemon:
         self._continuous_trigger_logged = -WARN_EVERY_S
 
     # -- trigger mode --------------------------------------------------------------
-    def trigger(self, part_id: str, received_mono: float | None = None, sent_ts: float | None = None) -> bool:
+    def trigger(self, part_id: str, received_mono: float | None = None, sent_ts: float | None = None,
+                recipe: str | None = None) -> bool:
         """Queue a trigger (called from the MQTT or OPC UA thread); False if part_id was already answered.
 
         A trigger that carries its sender's time and arrives older than
         inspect.max_trigger_age_s (a stalled network, a queued backlog) is answered with a
         fail-safe reject: the part it announced has long left the camera's view.
+        The part is judged under `recipe` when the trigger names one (a name that is not
+        configured gets reject fault:unknown_recipe), else under the recipe selected when
+        the trigger was taken in, whatever is selected after it.
         """
         if self.cfg.inspect.mode != "trigger":
             self._ignore_trigger_in_continuous(part_id)
@@ -146,17 +175,70 @@ class Daemon:
                 self._seen_parts[part_id] = None
                 while len(self._seen_parts) > 10_000:
                     self._seen_parts.popitem(last=False)
+                announced = recipe if recipe is not None else self._requested
         if repeated:
             self.counters.duplicate_triggers += 1
             log.warning("duplicate trigger ignored", extra={"part_id": part_id})
             return False
         self.counters.triggers += 1
         try:
-            self._triggers.put_nowait((part_id, received_mono or time.monotonic(), sent_ts))
+            self._triggers.put_nowait(TriggerItem(part_id, received_mono or time.monotonic(), sent_ts, announced,
+                                                  recipe is not None))
         except queue.Full:
             # Never silent: an answer is owed for every part the gate announced.
             self._emit(self.inspector.fault(part_id, "overloaded", None, None))
         return True
+
+    # -- recipes ---------------------------------------------------------------------
+    def select_recipe(self, name: str, source: str, request_id: str | None = None) -> str | None:
+        """Ask for a recipe switch (any thread): None when taken, else why it is refused.
+
+        Taken means: every trigger taken in from now on is judged under `name`; the switch
+        itself is journaled and takes effect in the inspection loop, between two parts,
+        after the parts announced before it (edge.inference.recipes, docs/plc.md).
+        """
+        if not self.recipes.configured:
+            return "no recipes are configured (recipes.products is empty)"
+        if name not in self.recipes.names:
+            return f"unknown recipe {name[:64]!r}; configured: {', '.join(self.recipes.names)}"
+        with self._trigger_lock:
+            self._requested = name
+            self._recipe_requests.append((name, source, request_id))
+        return None
+
+    def _apply_recipe_requests(self) -> None:
+        """Switch to the recipes asked for, in order, in the inspection thread (between two parts):
+        each is journaled before any part is judged under it."""
+        while self._recipe_requests:
+            with self._trigger_lock:
+                name, source, request_id = self._recipe_requests.popleft()
+            if name == self.recipe.name:
+                continue
+            self._switch_to(self.recipes[name], source, request_id)
+
+    def _switch_to(self, new: Recipe, source: str, request_id: str | None) -> None:
+        old = self.recipe
+        event: dict[str, Any] = {"recipe": new.name, "previous": old.name, "source": source,
+                                 "request_id": request_id, "model": new.model_id}
+        if self.record_switch is not None:
+            record = self.record_switch(str(new.name), old.name, source, new.model_id, request_id)
+            event.update(getattr(record, "to_dict", lambda: {})())
+        self.recipe, self.inspector, self._locate = new, new.inspector, new.locate
+        self.recipe_switches += 1
+        if self.drift is not None:  # another product: the drift baseline is the new bundle's
+            self.drift.model_changed(new.inspector.bundle.meta.get("image_stats"))
+        log.info("recipe switched", extra={k: v for k, v in event.items() if v is not None})
+        if self.on_recipe is not None:
+            self.on_recipe(new, event)
+
+    def replace_recipes(self, book: RecipeBook) -> None:
+        """A reloaded book (SIGHUP), in the inspection thread: the recipe in force is kept by name."""
+        current = book.get(self.recipe.name) or book[next(iter(book)).name]
+        with self._trigger_lock:
+            self.recipes = book
+            if self._requested not in book:
+                self._requested = current.name
+        self.recipe, self.inspector, self._locate = current, current.inspector, current.locate
 
     def _ignore_trigger_in_continuous(self, part_id: str) -> None:
         """A trigger while inspect.mode is continuous: not answered (the daemon decides the parts it
@@ -201,16 +283,22 @@ class Daemon:
                 backlog.append(self._triggers.get_nowait())
             except queue.Empty:
                 break
+        # A switch asked for before any of these triggers is journaled before they are answered.
+        self._apply_recipe_requests()
         batch: list[tuple[dict[str, Any], float]] = []
-        kept: deque[tuple[str, float, float | None]] = deque()
+        kept: deque[TriggerItem] = deque()
         for item in backlog:
-            due = self._due(item[1], item[2])
-            why = self._cannot_inspect(item[2], due, ahead=len(kept))
+            due = self._due(item.received_mono, item.sent_ts)
+            recipe = self.recipes.get(item.recipe)
+            why = "unknown_recipe" if recipe is None else self._cannot_inspect(item.sent_ts, due, ahead=len(kept))
             if why is None:
                 kept.append(item)
                 continue
-            batch.append((self.inspector.fault(item[0], why, None, None), due))
-            self._note_unexamined(why, item[0], item[2])
+            decision = (recipe or self.recipe).inspector.fault(item.part_id, why, None, None)
+            if recipe is None:
+                decision["recipe"] = item.recipe  # what the trigger asked for, as evidence
+            batch.append((decision, due))
+            self._note_unexamined(why, item.part_id, item.sent_ts, item.recipe)
         self._backlog = kept
         if batch:
             self._emit_batch(batch)
@@ -219,11 +307,12 @@ class Daemon:
         first = kept.popleft()
         t0 = time.monotonic()
         try:
-            self._inspect_trigger(first[0], first[1], self._due(first[1], first[2]))
+            self._inspect_trigger(first.part_id, first.received_mono, self._due(first.received_mono, first.sent_ts),
+                                  self.recipes[first.recipe])
         finally:
             self._handle_s = 0.8 * self._handle_s + 0.2 * (time.monotonic() - t0)
 
-    def _note_unexamined(self, why: str, part_id: str, sent_ts: float | None) -> None:
+    def _note_unexamined(self, why: str, part_id: str, sent_ts: float | None, recipe: str | None = None) -> None:
         """A log line per kind at most every few seconds, with how many: a burst must not flood the log."""
         self._unexamined[why] = self._unexamined.get(why, 0) + 1
         now = time.monotonic()
@@ -231,7 +320,10 @@ class Daemon:
             return
         n, self._unexamined[why] = self._unexamined[why], 0
         self._unexamined_logged[why] = now
-        if why == "stale_trigger":
+        if why == "unknown_recipe":
+            log.warning("trigger names a recipe that is not configured: rejecting", extra={
+                "part_id": part_id, "recipe": str(recipe)[:64], "count": n, "configured": self.recipes.names})
+        elif why == "stale_trigger":
             log.warning("stale trigger (or a sender clock far off): rejecting", extra={
                 "part_id": part_id, "age_s": round(time.time() - (sent_ts or 0.0), 3), "count": n,
                 "max_trigger_age_s": self.cfg.inspect.max_trigger_age_s})
@@ -242,7 +334,8 @@ class Daemon:
                             "inspect_ms": round(self._handle_s * 1000, 1),
                             "deadline_s": self.cfg.mqtt.decision_deadline_s})
 
-    def _inspect_trigger(self, part_id: str, t_mono: float, due: float) -> None:
+    def _inspect_trigger(self, part_id: str, t_mono: float, due: float, recipe: Recipe) -> None:
+        inspector = recipe.inspector
         wait = self.cfg.inspect.trigger_wait_s
         # The freshest frame captured after the trigger, not one from before it.
         deadline = t_mono + wait
@@ -262,21 +355,21 @@ class Daemon:
                 break
         if frame is None:
             why = self.camera.fault() or "no_frame"
-            self._emit(self.inspector.fault(part_id, why if why != "no_frame" else "no_frame_after_trigger",
-                                            None, None), deadline_ts=due)
+            self._emit(inspector.fault(part_id, why if why != "no_frame" else "no_frame_after_trigger", None, None),
+                       deadline_ts=due)
             return
         self.last_frame_index = frame.index
         if self.camera.fault() == "frozen_frame":
-            self._emit(self.inspector.fault(part_id, "frozen_frame", frame.ts, frame.mono), deadline_ts=due)
+            self._emit(inspector.fault(part_id, "frozen_frame", frame.ts, frame.mono), deadline_ts=due)
             return
-        found = self._crop_for_trigger(frame)
+        found = self._crop_for_trigger(frame, recipe)
         if found is None:
-            self._emit(self.inspector.fault(part_id, "no_part", frame.ts, frame.mono), deadline_ts=due)
+            self._emit(inspector.fault(part_id, "no_part", frame.ts, frame.mono), deadline_ts=due)
             return
         crop, diameter = found
-        self._emit(self.inspector.decide(part_id, crop, frame.ts, frame.mono), crop, diameter, deadline_ts=due)
+        self._emit(inspector.decide(part_id, crop, frame.ts, frame.mono), crop, diameter, deadline_ts=due)
 
-    def _crop_for_trigger(self, frame: Frame) -> tuple[np.ndarray, float | None] | None:
+    def _crop_for_trigger(self, frame: Frame, recipe: Recipe) -> tuple[np.ndarray, float | None] | None:
         """(crop, rim diameter in the frame) of the part the trigger announced; None if it
         is not there to be judged.
 
@@ -286,14 +379,15 @@ class Daemon:
         name. With a fixed ROI the crop must hold a whole part framed like the training
         images, or an empty or misloaded fixture would be judged as a part.
         """
-        if self.cfg.inspect.locate == "roi" and self.cfg.inspect.roi:
-            crop = crop_roi(frame.gray, self.cfg.inspect.roi, self.inspector.image_size)
+        size = recipe.inspector.image_size
+        if self.cfg.inspect.locate == "roi" and recipe.roi:
+            crop = crop_roi(frame.gray, recipe.roi, size)
             if not framed_part(crop):
                 return None
             return crop, None
         width = frame.gray.shape[1]
         line_x = self.cfg.inspect.inspection_line * width
-        whole = [b for b in find_parts(frame.gray, self._locate) if b.fully_in_view]
+        whole = [b for b in find_parts(frame.gray, recipe.locate) if b.fully_in_view]
         boxes = [b for b in whole if abs(b.cx - line_x) <= b.radius]
         if not boxes:
             if whole and time.monotonic() - self._off_line_logged > WARN_EVERY_S:
@@ -304,7 +398,7 @@ class Daemon:
                             extra={"part_x": [round(b.cx / width, 3) for b in whole]})
             return None
         best = min(boxes, key=lambda b: abs(b.cx - line_x))
-        return crop_part(frame.gray, best, self.inspector.image_size), 2 * best.radius
+        return crop_part(frame.gray, best, size), 2 * best.radius
 
     # -- continuous mode -------------------------------------------------------------
     def _continuous_step(self, frame: Frame) -> None:
@@ -390,12 +484,13 @@ class Daemon:
             self.audit.record(decision, crop)
         if self.collect is not None and crop is not None:
             self.collect.record(decision, crop)
-        if self.shadow is not None and crop is not None:
+        if self.shadow is not None and crop is not None and decision.get("recipe") == self.cfg.model.shadow_recipe:
             self.shadow.submit(decision, crop)  # after publishing: the candidate never changes it
         if self.drift is not None:
             self.drift.observe(crop, diameter, decision)
         if self.telemetry is not None:
-            self.telemetry.observe(decision, self.inspector.last_inference_s if decision["reason"] == "model" else None)
+            judged_by = (self.recipes.get(decision.get("recipe")) or self.recipe).inspector
+            self.telemetry.observe(decision, judged_by.last_inference_s if decision["reason"] == "model" else None)
         log.debug("decision", extra={k: decision[k] for k in ("part_id", "decision", "p_defect", "reason")})
         if self.on_decision:
             self.on_decision(decision)
@@ -422,7 +517,8 @@ class Daemon:
         """Inspect until stop_event is set (or duration_s passes)."""
         end = None if duration_s is None else time.monotonic() + duration_s
         mode = self.cfg.inspect.mode
-        log.info("inspecting", extra={"mode": mode, "model": self.inspector.model_id})
+        log.info("inspecting", extra={"mode": mode, "model": self.inspector.model_id,
+                                      **({"recipe": self.recipe.name} if self.recipe.name is not None else {})})
         while not self.stop_event.is_set() and (end is None or time.monotonic() < end):
             if self.on_tick is not None:
                 self.on_tick()
@@ -431,6 +527,8 @@ class Daemon:
                 self.reload_requested.clear()
                 if self.reloader is not None:
                     self.reloader()
+            if self._recipe_requests and mode != "trigger":
+                self._apply_recipe_requests()  # between two frames: the next part is judged under it
             if mode == "trigger":
                 if not self._backlog:
                     try:
@@ -456,6 +554,8 @@ class Daemon:
         return {
             "version": VERSION,
             "model": self.inspector.model_id,
+            **({"recipe": self.recipe.name, "recipes": self.recipes.names, "recipe_switches": self.recipe_switches}
+               if self.recipes.configured else {}),
             "threshold": (self.inspector.threshold_check.to_status() if self.inspector.threshold_check is not None
                           else {"value": self.inspector.threshold}),
             "uptime_s": round(time.monotonic() - self.started, 1),

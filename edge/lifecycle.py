@@ -18,7 +18,9 @@ from edge.config import Config, ConfigError, load
 from edge.inference import bundle as bundle_fmt
 from edge.inference.inspector import Inspector
 from edge.inference.override import ThresholdRefused, announce
+from edge.inference.recipes import RecipeBook, RecipeError, RecipeSpec
 from edge.ops.notify import Notifier, watchdog_interval_s
+from edge.vision.locate import LocateConfig
 
 if TYPE_CHECKING:
     from edge.daemon import Daemon
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 5.0
-LIVE_SECTIONS = ("model",)  # applied by a reload; the others need a restart
+LIVE_SECTIONS = ("model", "recipes")  # applied by a reload; the others need a restart
 
 
 def summary(status: dict[str, Any]) -> str:
@@ -67,6 +69,31 @@ class Lifecycle:
         self.notifier.stopping()
 
 
+def recipe_specs(cfg: Config) -> list[RecipeSpec]:
+    """cfg.recipes.products as the inference room's specs (empty without recipes)."""
+    specs = []
+    for name, r in cfg.recipes.products.items():
+        locate = LocateConfig(
+            min_diameter=r.min_diameter_px if r.min_diameter_px is not None else cfg.inspect.min_diameter_px,
+            max_diameter=r.max_diameter_px if r.max_diameter_px is not None else cfg.inspect.max_diameter_px)
+        specs.append(RecipeSpec(name, Path(r.bundle), r.threshold, r.accept_validation_escapes, locate,
+                                r.roi if r.roi is not None else cfg.inspect.roi, ("recipes", "products", name),
+                                r.threshold_policy))
+    return specs
+
+
+def load_recipes(cfg: Config) -> RecipeBook | None:
+    """Every recipe of the config loaded and self-checked (None without recipes); RecipeError names the key."""
+    specs = recipe_specs(cfg)
+    if not specs:
+        return None
+    book = RecipeBook.load(specs, cfg.model.threads)
+    for recipe in book:
+        if recipe.inspector.threshold_check is not None:
+            announce(recipe.inspector.threshold_check, f"{recipe.model_id} (recipe {recipe.name})")
+    return book
+
+
 def reload_model(daemon: Daemon, config_path: Path, current: Config, notifier: Notifier) -> Config:
     """Load the config and bundle at `config_path`, self-check, then switch atomically.
 
@@ -78,10 +105,18 @@ def reload_model(daemon: Daemon, config_path: Path, current: Config, notifier: N
     old = daemon.inspector
     try:
         cfg = load(config_path)
-        new = Inspector.load(bundle_fmt.load(cfg.model.bundle), cfg.model.threshold, cfg.model.threads,
-                             cfg.model.accept_validation_escapes)
-        new.self_check()
-    except (ConfigError, bundle_fmt.BundleError, OSError, ThresholdRefused) as exc:
+        book = load_recipes(cfg)
+        if book is None:
+            new = Inspector.load(bundle_fmt.load(cfg.model.bundle), cfg.model.threshold, cfg.model.threads,
+                                 cfg.model.accept_validation_escapes)
+            new.self_check()
+            book = RecipeBook.single(new, daemon.recipe.locate, daemon.recipe.roi)
+        elif daemon.recipe.name not in book:
+            raise RecipeError(("recipes", "products"), f"the recipe in force, {daemon.recipe.name!r}, is not in the "
+                              "reloaded config: select another recipe first, then reload")
+        if book.configured != daemon.recipes.configured:
+            raise RecipeError(("recipes", "products"), "recipes turned on or off: that needs a restart")
+    except (ConfigError, bundle_fmt.BundleError, OSError, ThresholdRefused, RecipeError) as exc:
         problems = "; ".join(exc.problems) if isinstance(exc, ConfigError) else str(exc)
         log.error("reload refused: keeping the running model",
                   extra={"model": old.model_id, "config": str(config_path), "error": problems})
@@ -90,10 +125,11 @@ def reload_model(daemon: Daemon, config_path: Path, current: Config, notifier: N
     restart = [s for s in type(cfg).model_fields if s not in LIVE_SECTIONS and getattr(cfg, s) != getattr(current, s)]
     if restart:
         log.warning("reload: these sections changed and apply only after a restart", extra={"sections": restart})
-    daemon.inspector = new  # one reference swap: the next part uses the new model entirely
+    daemon.replace_recipes(book)  # reference swaps: the next part uses the new model entirely
+    new = daemon.inspector
     if daemon.drift is not None:  # same thread as observe(): between two parts
         daemon.drift.model_changed(new.bundle.meta.get("image_stats"))
-    if new.threshold_check is not None:
+    if new.threshold_check is not None and not book.configured:  # recipes: announced by load_recipes
         announce(new.threshold_check, new.model_id)
     log.info("model reloaded", extra={"old": old.model_id, "new": new.model_id, "threshold": new.threshold,
                                       "bundle": str(new.bundle.path)})

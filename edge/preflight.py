@@ -78,6 +78,8 @@ def _bundle(cfg: Config) -> list[Problem]:
     from edge.inference.inspector import Inspector  # noqa: PLC0415
     from edge.inference.override import ThresholdRefused  # noqa: PLC0415
 
+    if cfg.recipes.products:
+        return _recipes(cfg) + _shadow(cfg)
     key = ("model", "bundle")
     try:
         b = bundle_fmt.load(cfg.model.bundle)
@@ -91,6 +93,31 @@ def _bundle(cfg: Config) -> list[Problem]:
         return [(key, f"{cfg.model.bundle}: cannot read: {exc.strerror or exc}")]
     except Exception as exc:  # noqa: BLE001 - the runtime's own errors (a model it cannot build), as one line
         return [(key, f"{cfg.model.bundle}: cannot load the model: {type(exc).__name__}: {exc}"[:400])]
+    return _shadow(cfg)
+
+
+def _recipes(cfg: Config) -> list[Problem]:
+    """Each recipe's bundle and threshold, loaded as the daemon loads them: every problem, by key."""
+    from edge.inference.recipes import RecipeError  # noqa: PLC0415 - the interpreter is only needed here
+    from edge.lifecycle import recipe_specs  # noqa: PLC0415
+
+    found: list[Problem] = []
+    for spec in recipe_specs(cfg):
+        try:
+            spec.load(cfg.model.threads)
+        except RecipeError as exc:
+            found.append((exc.key, exc.message))
+        except Exception as exc:  # noqa: BLE001 - the runtime's own errors, as one line
+            found.append((spec.key + ("bundle",), f"{spec.bundle}: cannot load the model: {type(exc).__name__}: "
+                          f"{exc}"[:400]))
+    return found
+
+
+def _shadow(cfg: Config) -> list[Problem]:
+    from edge.inference import bundle as bundle_fmt  # noqa: PLC0415
+    from edge.inference.inspector import Inspector  # noqa: PLC0415
+    from edge.inference.override import ThresholdRefused  # noqa: PLC0415
+
     if cfg.model.shadow is not None:
         shadow_key = ("model", "shadow")
         try:

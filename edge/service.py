@@ -28,8 +28,9 @@ from edge.inference import bundle as bundle_fmt
 from edge.inference import override
 from edge.inference.inspector import Inspector
 from edge.inference.override import ThresholdRefused
+from edge.inference.recipes import Recipe, RecipeBook, RecipeError
 from edge.inference.shadow import Shadow
-from edge.lifecycle import Lifecycle, reload_model
+from edge.lifecycle import Lifecycle, load_recipes, reload_model
 from edge.offline.dataset import (
     default_data_root,
     is_labelled,
@@ -195,14 +196,22 @@ def run(cfg: Config, duration_s: float | None = None,
     """
     life = lifecycle or Lifecycle()
     with ExitStack() as stack:
-        b = bundle_fmt.load(cfg.model.bundle)
         try:
-            inspector = Inspector.load(b, cfg.model.threshold, cfg.model.threads, cfg.model.accept_validation_escapes)
-        except ThresholdRefused as exc:
+            book = load_recipes(cfg)  # every recipe's bundle loaded and self-checked, or none configured
+        except RecipeError as exc:
             raise SettingError(str(exc)) from None
-        if inspector.threshold_check is not None:
-            override.announce(inspector.threshold_check, inspector.model_id)
-        inspector.self_check()  # as on reload; also warms the interpreter before the first part
+        if book is None:
+            b = bundle_fmt.load(cfg.model.bundle)
+            try:
+                inspector = Inspector.load(b, cfg.model.threshold, cfg.model.threads,
+                                           cfg.model.accept_validation_escapes)
+            except ThresholdRefused as exc:
+                raise SettingError(str(exc)) from None
+            if inspector.threshold_check is not None:
+                override.announce(inspector.threshold_check, inspector.model_id)
+            inspector.self_check()  # as on reload; also warms the interpreter before the first part
+        else:
+            inspector = next(iter(book)).inspector
         host, port = cfg.mqtt.host, cfg.mqtt.port
         if host is None:
             host, port = _local_broker(stack, cfg.mqtt.port)
@@ -217,6 +226,7 @@ def run(cfg: Config, duration_s: float | None = None,
             raise SettingError(f"journal.path {cfg.journal.path}: cannot create it: {_why(exc)}") from exc
         stack.callback(journal.close)
         _log_backlog(journal, cfg, will_send=host is not None)
+        start_recipe = _start_recipe(cfg, book, journal)
         try:
             source = build_source(cfg, on_part=sensor.announce if sensor is not None else None)
         except SourceError as exc:
@@ -255,10 +265,15 @@ def run(cfg: Config, duration_s: float | None = None,
                 raise SettingError(f"opcua.enabled: needs the opcua extra (pip install 'edge-inspect[opcua]'): "
                                    f"{exc}") from None
             station = OpcuaStation(cfg.opcua, journal, cfg.inspect.mode, lambda p, t: daemon_ref[0].trigger(p, t),
-                                   lambda: daemon_ref[0].status() if daemon_ref else {})
+                                   lambda: daemon_ref[0].status() if daemon_ref else {},
+                                   select_recipe=(lambda name: daemon_ref[0].select_recipe(name, "opcua"))
+                                   if book is not None else None)
         sink = WithOpcua(publisher, station) if station is not None else publisher
-        daemon = Daemon(cfg, camera, sink, inspector, on_decision=on_decision, audit=audit, collect=collect)
+        daemon = Daemon(cfg, camera, sink, inspector, on_decision=on_decision, audit=audit, collect=collect,
+                        recipes=book, recipe=start_recipe)
         daemon_ref.append(daemon)
+        if book is not None:
+            _wire_recipes(daemon, journal, publisher, station, start_recipe)
         if station is not None:
             try:
                 station.start()
@@ -272,9 +287,9 @@ def run(cfg: Config, duration_s: float | None = None,
         if cfg.drift.enabled:
             d = cfg.drift
             daemon.drift = DriftWatch(DriftSettings(d.window, d.baseline_parts, d.k, d.reject_z),
-                                      b.meta.get("image_stats"))
+                                      daemon.inspector.bundle.meta.get("image_stats"))
         # In continuous mode too, so that a trigger sent there is said to be ignored (Daemon.trigger).
-        publisher.on_trigger(lambda t: daemon.trigger(t.part_id, t.received_mono, t.ts))
+        publisher.on_trigger(lambda t: daemon.trigger(t.part_id, t.received_mono, t.ts, t.recipe))
         if host is not None:
             try:
                 publisher.start()  # reads the password and TLS files; connects in the background
@@ -316,6 +331,53 @@ def run(cfg: Config, duration_s: float | None = None,
         daemon.run(duration_s)
         log.info("stopping", extra={"parts": daemon.counters.parts})
     return daemon
+
+
+def _start_recipe(cfg: Config, book: RecipeBook | None, journal: Journal) -> str | None:
+    """The recipe a start resumes: the journal's last switch when still configured, else recipes.start
+    (or the first listed). A restart must not quietly change the product a line is set up for."""
+    if book is None:
+        return None
+    switches = journal.recipe_switches(limit=1)
+    last = switches[-1].recipe if switches else None
+    if last is not None and last in book:
+        log.info("recipe resumed from the journal", extra={"recipe": last, "since": iso(switches[-1].ts)})
+        return last
+    first = cfg.recipes.first
+    if last is not None:
+        log.warning(f"the journal's last recipe {last!r} is no longer configured: starting with {first!r}",
+                    extra={"recipe": first, "journaled": last})
+    return first
+
+
+def _wire_recipes(daemon: Daemon, journal: Journal, publisher: Publisher, station: Any,
+                  start: str | None) -> None:
+    """Switches journaled first, then announced: retained {prefix}/recipe, the status, OPC UA's RecipeActive."""
+    topic = publisher.topics.recipe
+
+    def state(recipe: Recipe, event: dict[str, Any]) -> dict[str, Any]:
+        return {"recipe": recipe.name, "model": recipe.model_id, "threshold": recipe.inspector.threshold,
+                "recipes": daemon.recipes.names, "ts": iso(event.get("ts") or time.time()),
+                **{k: event.get(k) for k in ("switch", "previous", "source", "request_id", "after_seq")}}
+
+    def announce(recipe: Recipe, event: dict[str, Any]) -> None:
+        publisher.set_retained(topic, state(recipe, event))
+        publisher.publish_status()
+        if station is not None:
+            station.refresh()
+
+    def record(name: str, previous: str | None, source: str, model: str, request_id: str | None) -> Any:
+        return journal.record_recipe(name, previous, source, model, request_id)
+
+    daemon.record_switch = record
+    daemon.on_recipe = announce
+    last = journal.recipe_switches(limit=1)
+    if not last or last[-1].recipe != start:  # the journal says what the first part is judged under
+        event = record(str(start), last[-1].recipe if last else None, "start", daemon.recipe.model_id, None).to_dict()
+    else:
+        event = last[-1].to_dict()
+    publisher.set_retained(topic, state(daemon.recipe, event))
+    publisher.on_recipe(lambda req: daemon.select_recipe(req.recipe, "mqtt", req.id))
 
 
 def _shadow(cfg: Config, publisher: Publisher) -> Shadow:
@@ -424,6 +486,8 @@ def _startup(cfg: Config, publisher: Publisher, camera: Camera, daemon: Daemon) 
     frame = camera.next_frame(0, max(0.0, deadline - time.monotonic()))
     missing = [what for what, ok in (("broker", broker_ok), ("camera", frame is not None)) if not ok]
     status = f"inspecting ({cfg.inspect.mode}), model {daemon.inspector.model_id}"
+    if daemon.recipe.name is not None:
+        status += f", recipe {daemon.recipe.name}"
     checked = daemon.inspector.threshold_check
     if checked is not None and checked.overridden:
         status += f"; {checked.describe()}"

@@ -103,3 +103,24 @@ def drawn_video(directory: Path, parts: int = 4) -> Path:
     video = directory / "drawn.avi"
     write_video(video, (f for f, _t in sim), fps=25)
     return video
+
+
+def still_part_video(path: Path) -> Path:
+    """A defective drawn part standing on the inspection line: every trigger gets a model verdict."""
+    import numpy as np  # noqa: PLC0415
+
+    from edge.vision.simulate import (  # noqa: PLC0415
+        DATASET_BACKDROP_LEVEL,
+        belt,
+        place_part,
+        synthetic_part,
+        write_video,
+    )
+    from edge.vision.simulate import camera as camera_fx  # noqa: PLC0415
+
+    scene = place_part(belt(level=DATASET_BACKDROP_LEVEL), synthetic_part(3, defect=True), 640, 360, 300, 0,
+                       context=1.2)
+    rng = np.random.default_rng(0)
+    write_video(path, [camera_fx(scene, noise=rng.normal(0, 1.5, scene.shape).astype(np.float32))
+                       for _ in range(30)], fps=25)
+    return path

@@ -97,9 +97,15 @@ class Plc:
     async def result(self, part_id: str, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
         """The presented result for part_id (ResultReady and Result.* in one read)."""
         paths = ("ResultReady", "Result.Seq", "Result.PartId", "Result.Ok", "Result.Decision", "Result.Reason",
-                 "Result.ErrorCode", "Result.PDefect", "Result.Threshold", "Result.ModelId", "Result.Deadline")
+                 "Result.ErrorCode", "Result.PDefect", "Result.Threshold", "Result.ModelId", "Result.Deadline",
+                 "Result.Recipe")
         return await self.wait(lambda v: v["ResultReady"] and v["Result.PartId"] == part_id, *paths,
                                timeout_s=timeout_s)
+
+    async def select_recipe(self, name: str) -> int:
+        """Write RecipeRequest; returns RecipeError (0 taken), which the box sets inside the write request."""
+        await self.write("RecipeRequest", name, ua.VariantType.String)
+        return int((await self.read("RecipeError"))["RecipeError"])
 
     async def ack(self, seq: int) -> None:
         await self.write("ResultAckSeq", seq, ua.VariantType.Int64)

@@ -53,6 +53,21 @@ class Topics:
         return f"{self.prefix}/trigger"
 
     @property
+    def recipe(self) -> str:
+        """The recipe in force (retained): what parts are judged under now."""
+        return f"{self.prefix}/recipe"
+
+    @property
+    def recipe_set(self) -> str:
+        """Requests to switch the recipe (from the PLC or line controller; never retained)."""
+        return f"{self.prefix}/recipe/set"
+
+    @property
+    def recipe_reply(self) -> str:
+        """One answer per request on recipe_set: taken, or refused with why."""
+        return f"{self.prefix}/recipe/reply"
+
+    @property
     def shadow(self) -> str:
         """A candidate bundle's disagreements with the live one (shadow mode): never for a gate."""
         return f"{self.prefix}/shadow"
@@ -222,10 +237,11 @@ class Trigger:
     ts: float | None
     received_ts: float
     received_mono: float
+    recipe: str | None = None  # the recipe the part is to be judged under; None: the one in force
 
     def __getitem__(self, key: str) -> Any:
         """trigger["part_id"] works too, for callers that treat a trigger as its JSON payload."""
-        if key not in ("part_id", "ts", "received_ts", "received_mono"):
+        if key not in ("part_id", "ts", "received_ts", "received_mono", "recipe"):
             raise KeyError(key)
         return getattr(self, key)
 
@@ -239,7 +255,38 @@ def parse_trigger(payload: Payload, received_ts: float, received_mono: float,
         # Epoch milliseconds (a common PLC habit) would read as a time far in the future and
         # pass any age check: refused, so the trigger is dropped and the gate rejects the part.
         raise ContractError(f"ts: {_show(obj['ts'])} is not epoch seconds (milliseconds?); send seconds or ISO 8601")
-    return Trigger(part_id, ts, received_ts, received_mono)
+    recipe = check_recipe(obj["recipe"]) if obj.get("recipe") is not None else None
+    return Trigger(part_id, ts, received_ts, received_mono, recipe)
+
+
+MAX_RECIPE_LEN = 64
+MAX_REQUEST_ID_LEN = 128
+
+
+def check_recipe(value: Any, field: str = "recipe") -> str:
+    """A recipe name as sent: a printable string of 1..64 characters (whether it is configured is
+    the daemon's question, answered with a reason)."""
+    if not isinstance(value, str) or not value or len(value) > MAX_RECIPE_LEN or not value.isprintable():
+        raise ContractError(f"{field}: expected a recipe name, 1..{MAX_RECIPE_LEN} printable characters, "
+                            f"got {_show(value)}")
+    return value
+
+
+@dataclass(frozen=True)
+class RecipeRequest:
+    """A request on {prefix}/recipe/set: switch to `recipe`; `id` (optional) is echoed in the reply."""
+
+    recipe: str
+    id: str | None
+
+
+def parse_recipe_request(payload: Payload, max_bytes: int = DEFAULT_TRIGGER_MAX_BYTES) -> RecipeRequest:
+    obj = loads(payload, max_bytes)
+    rid = obj.get("id")
+    if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int))
+                            or not 0 < len(str(rid)) <= MAX_REQUEST_ID_LEN or not str(rid).isprintable()):
+        raise ContractError(f"id: expected a string of 1..{MAX_REQUEST_ID_LEN} printable characters, got {_show(rid)}")
+    return RecipeRequest(check_recipe(obj.get("recipe")), None if rid is None else str(rid))
 
 
 def parse_decision(payload: Payload, max_bytes: int = 64 * 1024) -> dict[str, Any]:

@@ -52,6 +52,19 @@ CREATE INDEX IF NOT EXISTS decisions_state_seq ON decisions (state, seq);
 CREATE INDEX IF NOT EXISTS decisions_created ON decisions (created_ts);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+# Created by the first recipe switch: a line without recipes keeps the journal it always had.
+_RECIPE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS recipe_switches (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts          REAL    NOT NULL,
+    recipe      TEXT    NOT NULL,
+    previous    TEXT,
+    source      TEXT    NOT NULL,
+    request_id  TEXT,
+    model       TEXT    NOT NULL,
+    after_seq   INTEGER NOT NULL
+);
+"""
 
 
 class JournalError(RuntimeError):
@@ -96,6 +109,26 @@ class Row:
     def decision(self) -> dict[str, Any]:
         out: dict[str, Any] = json.loads(self.payload)
         return out
+
+
+@dataclass(frozen=True)
+class RecipeSwitch:
+    """One recipe switch as journaled: the parts decided after `after_seq` are judged under `recipe`
+    (continuous mode), or were announced after the request (trigger mode)."""
+
+    id: int
+    ts: float
+    recipe: str
+    previous: str | None
+    source: str  # mqtt | opcua | start | reload
+    request_id: str | None
+    model: str
+    after_seq: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"switch": self.id, "ts": self.ts, "recipe": self.recipe, "previous": self.previous,
+                "source": self.source, "request_id": self.request_id, "model": self.model,
+                "after_seq": self.after_seq}
 
 
 @dataclass(frozen=True)
@@ -276,6 +309,36 @@ class Journal:
             log.debug("journal row not pending; mark ignored", extra={"seq": seq, "state": state})
         return changed
 
+    def record_recipe(self, recipe: str, previous: str | None, source: str, model: str,
+                      request_id: str | None = None) -> RecipeSwitch:
+        """Journal a recipe switch (durably, before it takes effect); `after_seq` is the last decision before it."""
+        with self._lock:
+            self._check_open()
+            now = self._clock()
+            with self._transaction(f"cannot record the switch to recipe {recipe!r}"):
+                self._db.execute(_RECIPE_SCHEMA)
+                after = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'decisions'").fetchone()
+                after_seq = int(after[0]) if after else 0
+                cur = self._db.execute(
+                    "INSERT INTO recipe_switches (ts, recipe, previous, source, request_id, model, after_seq) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)", (now, recipe, previous, source, request_id, model, after_seq))
+            return RecipeSwitch(int(cur.lastrowid or 0), now, recipe, previous, source, request_id, model, after_seq)
+
+    def recipe_switches(self, limit: int = 100) -> list[RecipeSwitch]:
+        """The newest `limit` switches, oldest first."""
+        with self._lock, self._named_errors("cannot read the recipe switches"):
+            self._check_open()
+            if not self._has_recipes():
+                return []
+            rows = self._db.execute(
+                "SELECT id, ts, recipe, previous, source, request_id, model, after_seq FROM recipe_switches "
+                "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [RecipeSwitch(*r) for r in reversed(rows)]
+
+    def _has_recipes(self) -> bool:
+        return self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'recipe_switches'"
+                                ).fetchone() is not None
+
     def prune(self) -> PruneResult:
         """Apply retention; delivered/late rows go first, pending ones only with an ERROR log."""
         with self._lock:
@@ -292,6 +355,10 @@ class Journal:
                         "SELECT seq, part_id FROM decisions WHERE state = 'pending' AND created_ts < ? "
                         "ORDER BY seq", (cutoff,)).fetchall()
                     self._db.execute("DELETE FROM decisions WHERE state = 'pending' AND created_ts < ?", (cutoff,))
+                    # The newest switch stays whatever its age: it names the recipe a restart resumes.
+                    if self._has_recipes():
+                        self._db.execute("DELETE FROM recipe_switches WHERE ts < ? AND id < "
+                                         "(SELECT MAX(id) FROM recipe_switches)", (cutoff,))
                 if self.max_rows is not None:
                     over = self._db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] - self.max_rows
                     if over > 0:

@@ -39,7 +39,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge.delivery.contract import Trigger, dumps
+from edge.delivery.contract import ContractError, RecipeRequest, Trigger, dumps, parse_recipe_request
 from edge.delivery.journal import Journal, JournalError, Row
 from edge.delivery.mqtt_settings import MqttConfigError, MqttSettings, make_client, tls_context
 from edge.delivery.outbox import Counters, Outbox
@@ -102,6 +102,8 @@ class Publisher:
         self._wake = threading.Event()
         self._resender: threading.Thread | None = None
         self._trigger_cb: Callable[[Trigger], None] | None = None
+        self._recipe_cb: Callable[[RecipeRequest], str | None] | None = None  # None: taken, else why refused
+        self._retained: dict[str, str] = {}  # topic -> payload the box keeps retained (re-sent on connect)
         self.triggers = TriggerIntake(self.counters, settings.trigger_max_bytes, settings.trigger_dedup)
         self._started_mono = time.monotonic()
         self._connected_mono = 0.0  # when the current connection was accepted (takeover detection)
@@ -200,6 +202,21 @@ class Publisher:
                     self._ready_evt.clear()
                     self._subscribe_triggers(client)
 
+    def on_recipe(self, callback: Callable[[RecipeRequest], str | None]) -> None:
+        """Take recipe switch requests from {prefix}/recipe/set (call before start): callback
+        returns None when the switch is taken, else why not; each request is answered on
+        {prefix}/recipe/reply. Runs on the MQTT network thread: the callback must only enqueue."""
+        self._recipe_cb = callback
+
+    def set_retained(self, topic: str, payload: Mapping[str, Any]) -> bool:
+        """Keep `payload` retained on `topic` (QoS 1), now and after every reconnect; False if not sent now."""
+        text = dumps(payload)
+        with self._send_lock:
+            self._retained[topic] = text
+            if not self._usable() or self._client is None:
+                return False
+            return self._client.publish(topic, text, qos=1, retain=True).rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
     def publish_event(self, topic: str, payload: Mapping[str, Any]) -> bool:
         """Best effort, for records that are kept elsewhere (shadow disagreements): QoS 0, not
         retained, not journaled, nothing re-sent; False when not connected."""
@@ -282,6 +299,8 @@ class Publisher:
         client.on_message = self._on_other_message
         if self._trigger_cb is not None:
             client.message_callback_add(self.topics.trigger, self._on_trigger_message)
+        if self._recipe_cb is not None:
+            client.message_callback_add(self.topics.recipe_set, self._on_recipe_message)
         if self._protocol == "5":
             # clean start: the journal, not a broker session, is what survives a reconnect.
             client.connect_async(s.host, s.port, s.keepalive, clean_start=True)
@@ -331,13 +350,15 @@ class Publisher:
                 self.outbox.forget_in_flight()
                 # Subscribe before `online` goes out: the broker handles both in order, so a gate
                 # that has seen `online` knows its triggers are being listened to.
-                if self._trigger_cb is not None:
+                if self._trigger_cb is not None or self._recipe_cb is not None:
                     self._subscribe_triggers(client)
                 else:
                     self._ready_evt.set()
                 self._connected_mono = time.monotonic()  # a drop soon after this may be a takeover
                 self._connected = True
                 self._connected_evt.set()
+                for topic, text in self._retained.items():  # the recipe in force, before `online`
+                    client.publish(topic, text, qos=1, retain=True)
                 self._publish_status_locked(self._online_payload(None))
             self.counters.count("connects")
             pending = self.journal.counts()["pending"]
@@ -417,26 +438,29 @@ class Publisher:
         3.1.1 has no such option: there a retained trigger published while we are subscribed
         cannot be told from a plain one.
         """
+        # Recipe requests come in the same SUBSCRIBE (one SUBACK), under the same retained rule.
+        topics = [t for t, cb in ((self.topics.trigger, self._trigger_cb), (self.topics.recipe_set, self._recipe_cb))
+                  if cb is not None]
         if self._protocol == "5":
             opts = SubscribeOptions(qos=1, retainAsPublished=True,
                                     retainHandling=SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE)
-            rc, _mid = client.subscribe(self.topics.trigger, options=opts)
+            rc, _mid = client.subscribe([(t, opts) for t in topics])
         else:
-            rc, _mid = client.subscribe(self.topics.trigger, qos=1)
+            rc, _mid = client.subscribe([(t, 1) for t in topics])
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            log.error("cannot subscribe to triggers", extra={"topic": self.topics.trigger,
-                                                             "rc": mqtt.error_string(rc)})
+            log.error("cannot subscribe to triggers", extra={"topic": ",".join(topics), "rc": mqtt.error_string(rc)})
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode],
                       properties: Properties | None) -> None:
-        # The trigger topic is the publisher's only subscription, so any SUBACK is its SUBACK
+        # The trigger (and recipe) topics are the publisher's only SUBSCRIBE, so any SUBACK is its SUBACK
         # (matching on mid would race: the SUBACK can arrive before subscribe() returns it).
         if not self._owned(client):
             return
         if any(r.is_failure for r in reasons):
             # Every trigger would go unanswered and the gate would reject every part: say so loudly.
             log.error("broker refused the trigger subscription (check its ACL)",
-                      extra={"topic": self.topics.trigger, "reason": ",".join(str(r) for r in reasons)})
+                      extra={"topic": self.topics.trigger, "reason": ",".join(str(r) for r in reasons),
+                             **({"recipe_topic": self.topics.recipe_set} if self._recipe_cb is not None else {})})
             return
         self._ready_evt.set()
 
@@ -599,6 +623,40 @@ class Publisher:
                 cb(trig)
         except Exception:
             log.exception("trigger handling failed", extra={"topic": msg.topic})
+
+    def _on_recipe_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """A recipe switch request: refused with a reason (retained, malformed, unknown), or taken."""
+        try:
+            if not self._owned(client):
+                return
+            if msg.retain:
+                # A switch is an event: a retained one would switch every box that reconnects, hours later.
+                n = self.counters.count("recipe_requests_retained_ignored")
+                self._log_limited("recipe_retained", logging.WARNING, "retained recipe request ignored (publish "
+                                  "recipe requests without retain; clear it with an empty retained publish)",
+                                  {"topic": msg.topic, "ignored": n})
+                return
+            try:
+                req = parse_recipe_request(msg.payload, self.settings.trigger_max_bytes)
+            except ContractError as exc:
+                self.counters.count("recipe_requests_refused")
+                self._reply_recipe(None, None, f"malformed request: {exc}")
+                return
+            cb = self._recipe_cb
+            why = cb(req) if cb is not None else "recipes are not taken here"
+            self.counters.count("recipe_requests_taken" if why is None else "recipe_requests_refused")
+            self._reply_recipe(req.recipe, req.id, why)
+        except Exception:
+            log.exception("recipe request handling failed", extra={"topic": msg.topic})
+
+    def _reply_recipe(self, recipe: str | None, request_id: str | None, why: str | None) -> None:
+        if why is not None:
+            self._log_limited("recipe_refused", logging.WARNING, "recipe request refused",
+                              {"recipe": (recipe or "")[:64], "id": request_id, "why": why})
+        payload = {"id": request_id, "recipe": recipe, "taken": why is None, "error": why, "ts": iso(time.time())}
+        with self._send_lock:
+            if self._client is not None:
+                self._client.publish(self.topics.recipe_reply, dumps(payload), qos=1, retain=False)
 
     def _on_other_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         log.debug("unexpected message ignored", extra={"topic": msg.topic, "bytes": len(msg.payload)})

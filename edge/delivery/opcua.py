@@ -340,8 +340,14 @@ class OpcuaStation:
                                       {"ack_seq": seq, "presented": shown.seq if shown else None, "count": n})
 
     async def _on_recipe(self, name: str) -> None:
-        why = "no recipes are configured" if self._select_recipe is None else self._select_recipe(name)
-        await self._write({"RecipeError": 0 if why is None else nodes.RECIPE_REFUSED})
+        if self._select_recipe is None:
+            why: str | None = "no recipes are configured"
+            code = nodes.RECIPE_NONE_CONFIGURED
+        else:
+            why = self._select_recipe(name)
+            code = nodes.RECIPE_OK if why is None else nodes.RECIPE_UNKNOWN
+        self.counters.count("recipe_requests_taken" if why is None else "recipe_requests_refused")
+        await self._write({"RecipeError": code})
         if why is not None:
             await self._write({"Status.ErrorCode": nodes.RECIPE_REFUSED,
                                "Status.ErrorText": f"recipe {name[:64]!r} refused: {why}"[:256]})

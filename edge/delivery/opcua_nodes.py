@@ -91,7 +91,7 @@ RESULT_CODES = {
     "model": 0, "fault:no_part": 101, "fault:not_in_full_view": 102, "fault:stale_trigger": 103,
     "fault:frozen_frame": 104, "fault:stale_frame": 105, "fault:damaged_frames": 106,
     "fault:no_frame_after_trigger": 107, "fault:overloaded": 108, "fault:model_error": 109,
-    "fault:occluded": 110, "fault:unfamiliar": 111,
+    "fault:occluded": 110, "fault:unfamiliar": 111, "fault:unknown_recipe": 112,
 }
 RESULT_OTHER_FAULT = 199  # a fault this table does not know yet: still a reject
 
@@ -102,7 +102,16 @@ BOX_ERRORS = {
     ACK_MISSED: "a result reached its deadline without ResultAckSeq: withdrawn (the PLC rejects that part)",
     RESULT_EXPIRED: "a result passed its deadline before it could be presented (previous one not acknowledged)",
     ACK_IGNORED: "ResultAckSeq named no presented result (late, or a wrong Seq)",
-    RECIPE_REFUSED: "RecipeRequest named no configured recipe (RecipeError says why)",
+    RECIPE_REFUSED: "RecipeRequest refused (RecipeError says why)",
+}
+
+
+# RecipeError: the answer to the PLC's last RecipeRequest.
+RECIPE_OK, RECIPE_UNKNOWN, RECIPE_NONE_CONFIGURED = 0, 1, 2
+RECIPE_ERRORS = {
+    RECIPE_OK: "taken: parts triggered from now on are judged under it; RecipeActive follows between two parts",
+    RECIPE_UNKNOWN: "no such recipe in recipes.products (Status.ErrorText lists the configured ones)",
+    RECIPE_NONE_CONFIGURED: "this box has no recipes configured",
 }
 
 

@@ -10,25 +10,16 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from edge.config_file import Strict
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*")
-    @classmethod
-    def _no_nul(cls, v: Any) -> Any:
-        if isinstance(v, (str, Path)) and "\0" in str(v):
-            raise ValueError("must not contain a NUL character")
-        return v
-
-
-class OpcuaUser(_Strict):
+class OpcuaUser(Strict):
     name: str = Field(description="the account's user name")
     role: Literal["plc", "monitor"] = Field(description="plc: reads and writes the PLC's nodes; monitor: reads only")
     password_file: Path | None = Field(None, description="its password, read from this file at start")
@@ -57,7 +48,7 @@ class OpcuaUser(_Strict):
         return value
 
 
-class OpcuaSection(_Strict):
+class OpcuaSection(Strict):
     enabled: bool = Field(False, description="serve the PLC handshake over OPC UA (docs/plc.md)")
     listen: str = Field("127.0.0.1:4840", description="host:port; 0.0.0.0:4840 serves the plant network")
     camera: str = Field("cam1", description="the camera's object in the node tree: ns=<namespace>;s=<camera>.*")

@@ -12,19 +12,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from edge.config_file import ConfigError, key_text, one_line, read_bytes, read_yaml, short
+from edge.config_file import ConfigError, Strict, key_text, one_line, read_bytes, read_yaml, short
 from edge.delivery.contract import ContractError, check_prefix
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class Listen(_Strict):
+class Listen(Strict):
     host: str = Field("127.0.0.1", description="bind address; 127.0.0.1 keeps the page on this box")
     port: int = Field(8088, ge=1, le=65535)
     cert_file: Path | None = Field(None, description="TLS certificate (PEM); with key_file the page is HTTPS only")
@@ -43,14 +39,14 @@ class Listen(_Strict):
         return self.cert_file is not None
 
 
-class Tls(_Strict):
+class Tls(Strict):
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
     insecure: bool = False
 
 
-class Mqtt(_Strict):
+class Mqtt(Strict):
     """Where the daemon's retained status is read from (subscribe only: the page never publishes)."""
 
     host: str | None = Field(None, description="null = no broker: health comes from the journal alone")
@@ -70,7 +66,7 @@ class Mqtt(_Strict):
         return v
 
 
-class Shift(_Strict):
+class Shift(Strict):
     name: str = Field(min_length=1, max_length=40)
     start: str = Field(description="HH:MM local time; a shift lasts until the next one starts")
 
@@ -91,7 +87,7 @@ DEFAULT_SHIFTS = (Shift(name="early", start="06:00"), Shift(name="late", start="
                   Shift(name="night", start="22:00"))
 
 
-class HmiConfig(_Strict):
+class HmiConfig(Strict):
     listen: Listen = Listen()
     users_file: Path = Field(Path("hmi-users"), description="name:role:scrypt hash per line (edge-hmi passwd)")
     journal: Path = Field(Path("state/journal.sqlite"), description="the daemon's journal, opened read-only")

@@ -129,7 +129,8 @@ class Poller:
             drift = st.get("drift") or {}
             h["drift"] = {"drifting": sorted(k for k, v in drift.items() if v) if isinstance(drift, dict) else []}
             th = st.get("threshold") or {}
-            h["model"] = {"id": st.get("model"), "threshold": th.get("value") if isinstance(th, dict) else th}
+            h["model"] = {"id": st.get("model"), "threshold": th.get("value") if isinstance(th, dict) else th,
+                          "recipe": st.get("recipe")}
             sh = st.get("shadow") or {}
             h["shadow"] = ({"id": sh.get("model"), "judged": sh.get("judged"), "disagree": sh.get("disagree")}
                            if sh else None)

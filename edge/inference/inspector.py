@@ -29,13 +29,16 @@ class Inspector:
     judge: Judge  # rim, guard, part-only mask, views, threshold: edge.inference.judge
     last_inference_s: float | None = None  # for the metrics; not part of the published decision
     threshold_check: ThresholdCheck | None = None  # an override beside the bundle's validation: edge.inference.override
+    recipe: str | None = None  # the recipe this inspector judges (edge.inference.recipes); None without recipes
 
     @classmethod
     def load(cls, bundle: Bundle, threshold: float | None = None, threads: int = 1,
-             accept_validation_escapes: int | None = None) -> Inspector:
+             accept_validation_escapes: int | None = None, key: str = "model.threshold",
+             recipe: str | None = None) -> Inspector:
         """Raises ThresholdRefused (edge.inference.override) for an override that would accept validation defects."""
-        checked = check(bundle.meta, threshold, accept_validation_escapes)
-        return cls(bundle, Judge.from_bundle(bundle, threshold, num_threads=threads), threshold_check=checked)
+        checked = check(bundle.meta, threshold, accept_validation_escapes, key=key)
+        return cls(bundle, Judge.from_bundle(bundle, threshold, num_threads=threads), threshold_check=checked,
+                   recipe=recipe)
 
     @property
     def classifier(self) -> Classifier:
@@ -94,7 +97,7 @@ class Inspector:
                 frame_mono: float | None) -> dict[str, Any]:
         now = time.time()
         latency = (time.monotonic() - frame_mono) * 1000 if frame_mono is not None else None
-        return {
+        record = {
             "part_id": part_id,
             "ts": iso(now),
             "frame_ts": iso(frame_ts) if frame_ts is not None else None,
@@ -105,3 +108,6 @@ class Inspector:
             "model": self.model_id,
             "latency_ms": None if latency is None else round(latency, 2),
         }
+        if self.recipe is not None:  # without recipes the record stays as it always was
+            record["recipe"] = self.recipe
+        return record

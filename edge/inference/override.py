@@ -85,7 +85,7 @@ def _count(scores: Sequence[float], threshold: float, below: bool) -> int:
     return int((s < threshold).sum() if below else (s >= threshold).sum())
 
 
-def _recorded(meta: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
+def recorded_scores(meta: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
     rec = meta.get(SCORES_KEY)
     if not isinstance(rec, Mapping):
         return None
@@ -100,7 +100,7 @@ def check(meta: Mapping[str, Any], threshold: float | None, acknowledged_escapes
     """Judge `threshold` (None: the bundle's) against the bundle's validation; ThresholdRefused if unsafe."""
     bundle_t = float(meta["threshold"])
     t = bundle_t if threshold is None else float(threshold)
-    scores = _recorded(meta)
+    scores = recorded_scores(meta)
     if scores is None:
         result = ThresholdCheck(t, bundle_t, acknowledged_escapes=acknowledged_escapes)
         if t > bundle_t:
@@ -118,11 +118,12 @@ def check(meta: Mapping[str, Any], threshold: float | None, acknowledged_escapes
     assert result.escapes is not None and result.bundle_escapes is not None
     if result.escapes > result.bundle_escapes and (acknowledged_escapes is None
                                                    or acknowledged_escapes < result.escapes):
-        ack = "" if acknowledged_escapes is None else f" (model.accept_validation_escapes is {acknowledged_escapes})"
+        ack_key = key.rpartition(".")[0] + ".accept_validation_escapes"
+        ack = "" if acknowledged_escapes is None else f" ({ack_key} is {acknowledged_escapes})"
         raise ThresholdRefused(
             f"{key}: {t:g} would accept {result.escapes} of the bundle's {len(defect)} validation defects "
             f"(its own threshold {bundle_t:g} accepts {result.bundle_escapes}){ack}; refusing. To run it anyway, "
-            f"set model.accept_validation_escapes: {result.escapes}")
+            f"set {ack_key}: {result.escapes}")
     return result
 
 

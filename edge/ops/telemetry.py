@@ -105,6 +105,12 @@ class _State(Collector):
         info.add_metric([], {"sha": str(s.get("model_sha", "")), "id": str(s.get("model", "")),
                              "threshold": str(th.get("value", ""))})
         yield info
+        if s.get("recipe") is not None:
+            recipe = InfoMetricFamily("edge_recipe", "The recipe parts are judged under now")
+            recipe.add_metric([], {"name": str(s["recipe"])})
+            yield recipe
+            yield CounterMetricFamily("edge_recipe_switches", "Recipe switches since start (journaled)",
+                                      value=s.get("recipe_switches", 0))
         yield GaugeMetricFamily("edge_threshold", "Operating threshold in force (reject when p_defect >= it)",
                                 value=float(th.get("value") or 0.0))
         yield GaugeMetricFamily("edge_threshold_override", "1 while the config overrides the bundle's threshold",

@@ -288,3 +288,27 @@ def test_a_file_that_is_no_database_at_all_is_refused_with_the_file_named(tmp_pa
     with pytest.raises(JournalError) as err:
         Journal(path)
     assert str(path) in str(err.value) and "not an SQLite database" in str(err.value)
+
+
+def test_recipe_switches_are_journaled_in_the_decisions_order_and_the_newest_outlives_retention(
+        tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    path = tmp_path / "j.db"
+    with Journal(path, retention_days=1, clock=lambda: now[0]) as j:
+        assert j.recipe_switches() == []  # a line without recipes: no table at all
+        assert sqlite3.connect(path).execute(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'recipe_switches'").fetchone() == (0,)
+        first = j.record_recipe("a", None, "start", "m-a")
+        s1 = j.append(d("P-1"), now[0] + 5)
+        second = j.record_recipe("b", "a", "opcua", "m-b", request_id="r-7")
+        s2 = j.append(d("P-2"), now[0] + 5)
+        assert (first.after_seq, second.after_seq) == (0, s1) and s1 <= second.after_seq < s2
+        assert [(r.recipe, r.previous, r.source, r.request_id, r.model) for r in j.recipe_switches()] == [
+            ("a", None, "start", None, "m-a"), ("b", "a", "opcua", "r-7", "m-b")]
+        assert j.recipe_switches(limit=1)[0].to_dict()["switch"] == second.id
+        now[0] += 3 * 86400
+        j.prune()
+        # Past retention, but the newest stays: it names the recipe a restart resumes.
+        assert [r.recipe for r in j.recipe_switches()] == ["b"]
+    with Journal(path) as j:  # and it survives a reopen
+        assert j.recipe_switches()[-1].recipe == "b"

@@ -10,17 +10,14 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from broker import Mosquitto, free_port
 from conftest_mqtt import Collector, mosquitto, require_mosquitto  # noqa: F401 - fixture
-from daemon_run import BUNDLE, DaemonProcess, write_config
+from daemon_run import BUNDLE, DaemonProcess, still_part_video, write_config
 from opcua_plc import Plc, run, url_of
 
 from edge.delivery import opcua_nodes as nodes
 from edge.delivery.contract import Topics
-from edge.vision.simulate import DATASET_BACKDROP_LEVEL, belt, place_part, synthetic_part, write_video
-from edge.vision.simulate import camera as camera_fx
 
 pytest.importorskip("asyncua")
 
@@ -30,16 +27,6 @@ def need_bundle() -> None:
     require_mosquitto()
     if not (BUNDLE / "model.tflite").is_file():
         pytest.skip(f"no bundle at {BUNDLE}")
-
-
-def still_part_video(path: Path) -> Path:
-    """A defective drawn part standing on the inspection line: every trigger gets a model verdict."""
-    scene = place_part(belt(level=DATASET_BACKDROP_LEVEL), synthetic_part(3, defect=True), 640, 360, 300, 0,
-                       context=1.2)
-    rng = np.random.default_rng(0)
-    write_video(path, [camera_fx(scene, noise=rng.normal(0, 1.5, scene.shape).astype(np.float32))
-                       for _ in range(30)], fps=25)
-    return path
 
 
 def box_config(tmp: Path, broker_port: int, prefix: str, opcua_port: int, deadline_s: float) -> Path:

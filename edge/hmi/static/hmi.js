@@ -60,7 +60,7 @@
     var g = h.guard || {};
     field("h-guard", (g.guard_faults || 0) + " guard faults in the last " + g.last_parts + " parts",
           g.guard_faults > 10 ? "warn" : "ok");
-    if (h.model) field("h-model", (h.model.id || "?") + (h.model.threshold !== undefined && h.model.threshold !== null ? " · threshold " + h.model.threshold : ""), "");
+    if (h.model) field("h-model", (h.model.recipe ? "recipe " + h.model.recipe + " · " : "") + (h.model.id || "?") + (h.model.threshold !== undefined && h.model.threshold !== null ? " · threshold " + h.model.threshold : ""), "");
     field("h-shadow", h.shadow ? h.shadow.id + " · " + h.shadow.disagree + " of " + h.shadow.judged + " disagree" : "none", "");
   }
 

@@ -1,0 +1,74 @@
+"""Threshold policies: a validated threshold from a bundle's validation scores.
+
+Shared by the trainer (which chooses a bundle's threshold on validation, never on test) and
+the edge (a recipe's `threshold_policy` chooses again on the scores the bundle recorded), so
+both pick the same threshold from the same scores.
+
+Policies:
+- ``cost:R`` (default ``cost:20``): minimise R * false accepts + false rejects, R being
+  what a defective casting shipped costs relative to a good one re-cast.
+- ``recall:X``: the highest threshold whose validation defect recall is >= X.
+Among equally good thresholds the middle of the lowest such run is taken: a margin on
+both sides, leaning towards rejecting.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_POLICY = "cost:20"
+GRID = 256  # uint8 output quantization: p_defect takes values k/256
+
+
+class PolicyError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Policy:
+    kind: str  # "cost" or "recall"
+    value: float
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value:g}"
+
+
+def parse_policy(text: str) -> Policy:
+    """`cost:R` or `recall:X`; PolicyError naming the text otherwise. R must be finite: an
+    infinite cost makes every score inf or nan (inf x 0), and the threshold chosen on those
+    would be meaningless."""
+    kind, _, value = text.partition(":")
+    try:
+        v = float(value)
+    except ValueError:
+        raise PolicyError(f"threshold policy {text!r}: expected cost:R or recall:X") from None
+    if kind == "cost" and math.isfinite(v) and v > 0:
+        return Policy("cost", v)
+    if kind == "recall" and 0 < v <= 1:
+        return Policy("recall", v)
+    raise PolicyError(f"threshold policy {text!r}: expected cost:R (R finite and > 0) or recall:X (0 < X <= 1)")
+
+
+def choose(labels: np.ndarray, p_defect: np.ndarray, policy: Policy) -> float:
+    """Threshold t (reject when p >= t) on the k/256 grid of the int8 output."""
+    labels = np.asarray(labels).astype(bool)
+    p = np.asarray(p_defect, dtype=np.float64)
+    grid = np.arange(1, GRID + 1) / GRID
+    rejects = p[None, :] >= grid[:, None] - 1e-9
+    fa = (~rejects & labels[None, :]).sum(axis=1)  # false accepts per threshold
+    fr = (rejects & ~labels[None, :]).sum(axis=1)
+    if policy.kind == "cost":
+        score = policy.value * fa + fr
+        ok = score == score.min()
+    else:
+        recall = 1 - fa / max(int(labels.sum()), 1)
+        ok = recall >= policy.value - 1e-12
+        return float(grid[ok].max()) if ok.any() else float(grid[0])
+    first = int(np.argmax(ok))
+    last = first
+    while last + 1 < len(ok) and ok[last + 1]:
+        last += 1
+    return float(grid[(first + last) // 2])
