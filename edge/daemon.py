@@ -284,7 +284,8 @@ class Daemon:
             except queue.Empty:
                 break
         # A switch asked for before any of these triggers is journaled before they are answered.
-        self._apply_recipe_requests()
+        if self._recipe_requests:
+            self._apply_recipe_requests()
         batch: list[tuple[dict[str, Any], float]] = []
         kept: deque[TriggerItem] = deque()
         for item in backlog:
@@ -527,8 +528,10 @@ class Daemon:
                 self.reload_requested.clear()
                 if self.reloader is not None:
                     self.reloader()
-            if self._recipe_requests and mode != "trigger":
-                self._apply_recipe_requests()  # between two frames: the next part is judged under it
+            if self._recipe_requests:
+                # Between two parts: in continuous mode the next part decided is judged under it; in
+                # trigger mode each trigger keeps the recipe it was taken in under.
+                self._apply_recipe_requests()
             if mode == "trigger":
                 if not self._backlog:
                     try:

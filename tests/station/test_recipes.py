@@ -191,12 +191,13 @@ def test_the_plc_selects_a_recipe_between_parts_and_a_restart_resumes_it(
             got = await p.read("Status.ErrorCode", "Status.ErrorText", "RecipeActive")
             assert got["Status.ErrorCode"] == nodes.RECIPE_REFUSED and "impeller-z" in got["Status.ErrorText"], got
             assert got["RecipeActive"] == A
-            # Taken: the next part announced is judged under it, by its own bundle and threshold.
+            # Taken: in force between two parts, without waiting for a trigger; the next part announced
+            # is judged under it, by its own bundle and threshold.
             assert await p.select_recipe(B) == nodes.RECIPE_OK
+            await p.wait(lambda v: v["RecipeActive"] == B, "RecipeActive")
             r = await judged(p, "P-2")
             assert (r["Result.Recipe"], r["Result.ModelId"]) == (B, ids[B]), r
             assert r["Result.Threshold"] == pytest.approx(threshold_b)
-            await p.wait(lambda v: v["RecipeActive"] == B, "RecipeActive")
 
     async def after_restart() -> None:
         async with Plc(url_of(port)) as p:
