@@ -312,3 +312,42 @@ def test_in_continuous_mode_a_switch_falls_between_two_decisions(
     for d in decisions:  # every decision up to the switch under A, every one after it under B
         want = (A, ids[A]) if d["seq"] <= switch.after_seq else (B, ids[B])
         assert (d["recipe"], d["model"]) == want, (d, switch)
+
+
+def test_sighup_reloads_every_recipe_keeps_the_one_in_force_and_refuses_to_drop_it(
+        mosquitto: Mosquitto, tmp_path: Path, ids: dict[str, str]) -> None:  # noqa: F811
+    import signal  # noqa: PLC0415
+
+    require_mosquitto()
+    prefix = f"test/{tmp_path.name[-10:]}/cam1"
+    t = Topics(prefix)
+    cfg = recipe_config(tmp_path, mosquitto.port, prefix, drawn_video(tmp_path, parts=4), camera={"loop": True})
+    doc = yaml.safe_load(cfg.read_text())
+    sub = Collector(mosquitto.port, [t.decision])
+
+    def decided() -> list[dict[str, Any]]:
+        return [m.json for m in sub.on(t.decision)]
+
+    try:
+        with DaemonProcess(cfg) as proc:
+            assert sub.wait(lambda ms: len(decided()) >= 2, 90)
+            # A stricter fixed threshold for the recipe in force: it applies from the next part on.
+            doc["recipes"]["products"][A]["threshold"] = 0.01
+            cfg.write_text(yaml.safe_dump(doc))
+            proc.send_signal(signal.SIGHUP)
+            assert sub.wait(lambda ms: any(d["threshold"] == 0.01 for d in decided()), 90), decided()[-3:]
+            # A config without the recipe in force is refused whole: the line goes on as it was.
+            dropped = {**doc, "recipes": {"products": {B: doc["recipes"]["products"][B]}}}
+            cfg.write_text(yaml.safe_dump(dropped))
+            n = len(decided())
+            proc.send_signal(signal.SIGHUP)
+            assert sub.wait(lambda ms: len(decided()) >= n + 2, 90)
+            out = proc.stop()
+            assert proc.returncode == 0, out[-3000:]
+    finally:
+        sub.close()
+    got = decided()
+    assert "reload refused" in out and "select another recipe first" in out, out[-3000:]
+    first = next(i for i, d in enumerate(got) if d["threshold"] == 0.01)
+    assert first >= 2 and all(d["threshold"] == 0.01 for d in got[first:]), [d["threshold"] for d in got]
+    assert {(d["recipe"], d["model"]) for d in got} == {(A, ids[A])}
