@@ -26,7 +26,8 @@ from edge.config_file import ConfigError, Strict, key_text, one_line, read_bytes
 from edge.delivery.contract import check_prefix
 from edge.delivery.opcua_settings import OpcuaSection
 from edge.inference.bundle import DEFAULT_BUNDLE
-from edge.inference.recipe_settings import RecipesSection
+from edge.inference.recipe_settings import RecipesSection, cross_checks
+from edge.vision.locate import LocateConfig
 from edge.vision.simulate import DATASET_BACKDROP_LEVEL, DEMO_CONTEXT
 from edge.vision.sources import is_path_source
 
@@ -141,6 +142,10 @@ class InspectSection(Strict):
     trigger_wait_s: float = Field(0.5, gt=0, le=10, description="wait this long for a fresh frame after a trigger")
     max_trigger_age_s: float = Field(2.0, gt=0, description="a trigger whose ts is older than this on arrival is "
                                      "answered with reject (fault:stale_trigger)")
+
+    def locate_config(self, lo: int | None = None, hi: int | None = None) -> LocateConfig:
+        """The locator's rim range in frame pixels: this section's, or a recipe's where it sets one."""
+        return LocateConfig(min_diameter=lo or self.min_diameter_px, max_diameter=hi or self.max_diameter_px)
 
     @model_validator(mode="after")
     def _roi_when_needed(self) -> InspectSection:
@@ -329,40 +334,15 @@ def _resolve(cfg: Config, base: Path) -> Config:
     })
 
 
-def _cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
-    """Rules between sections, each as (key path, message) so that it is reported at its line."""
-    problems: list[tuple[tuple, str]] = []
-    products = cfg.recipes.products
-    if cfg.recipes.start is not None and cfg.recipes.start not in products:
-        known = ", ".join(products) or "none: recipes.products is empty"
-        problems.append((("recipes", "start"), f"{cfg.recipes.start!r} is not a recipe in recipes.products ({known})"))
-    if products:
-        for key in ("bundle", "threshold", "accept_validation_escapes"):
-            if key in cfg.model.model_fields_set:
-                problems.append((("model", key), "set per recipe when recipes.products is not empty (the recipe "
-                                 "in force decides every part); move it into each recipe"))
-    for name, r in products.items():
-        where = ("recipes", "products", name)
-        if r.roi is not None and cfg.inspect.locate != "roi":
-            problems.append((where + ("roi",), "a recipe's roi needs inspect.locate: roi (trigger mode)"))
-        lo = r.min_diameter_px if r.min_diameter_px is not None else cfg.inspect.min_diameter_px
-        hi = r.max_diameter_px if r.max_diameter_px is not None else cfg.inspect.max_diameter_px
-        if hi < lo:
-            key = "max_diameter_px" if r.max_diameter_px is not None else "min_diameter_px"
-            problems.append((where + (key,), f"rim diameter range {lo}..{hi} px is empty (the recipe's or inspect's)"))
-    shadow_recipe = cfg.model.shadow_recipe
-    if shadow_recipe is not None and shadow_recipe not in products:
-        problems.append((("model", "shadow_recipe"), f"{shadow_recipe!r} is not a recipe in recipes.products"))
-    if cfg.model.shadow is not None and products and shadow_recipe is None:
-        problems.append((("model", "shadow"), "with recipes, name the recipe whose parts the candidate judges "
-                         "(model.shadow_recipe)"))
-    return problems
-
-
 def _resolve_opcua(o: OpcuaSection, fix: Any) -> OpcuaSection:
     users = [u.model_copy(update={"password_file": fix(u.password_file)}) for u in o.users]
     return o.model_copy(update={"users": users, "state_dir": fix(o.state_dir), "trusted_clients": fix(o.trusted_clients),
                                 "certificate_file": fix(o.certificate_file), "private_key_file": fix(o.private_key_file)})
+
+
+def _line_of(lines: dict[tuple, int], loc: tuple) -> int | None:
+    """The line of `loc` in the file, or of the nearest key above it."""
+    return next((lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines), None)
 
 
 def _parse(raw: bytes, source: str, base: Path | None) -> tuple[Config, dict[tuple, int]]:
@@ -380,15 +360,15 @@ def _parse(raw: bytes, source: str, base: Path | None) -> tuple[Config, dict[tup
     except ValidationError as exc:
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("int", "str", "function-after")))
-            line = next((lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines), None)
+            line = _line_of(lines, loc)
             key = key_text(loc) or "(top level)"
             msg = ("unknown key (not in the schema; check its spelling)" if err["type"] == "extra_forbidden"
                    else one_line(err["msg"]))
             got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {short(err.get('input'))})"
             problems.append((line or 0, f"{source}:{line or '?'}: {key}: {msg}{got}"))
     if cfg is not None:
-        for loc, msg in _cross_checks(cfg):
-            line = next((lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines), None)
+        for loc, msg in cross_checks(cfg):
+            line = _line_of(lines, loc)
             problems.append((line or 0, f"{source}:{line or '?'}: {key_text(loc)}: {msg}"))
     if problems or cfg is None:
         raise ConfigError([text for _, text in sorted(set(problems))]) from None

@@ -26,7 +26,6 @@ from edge.ops.drift import DriftWatch
 from edge.ops.telemetry import Telemetry
 from edge.vision.camera import Camera, FaultWatch
 from edge.vision.locate import (
-    LocateConfig,
     PartBox,
     crop_part,
     crop_roi,
@@ -64,11 +63,6 @@ class TriggerItem(NamedTuple):
     received_mono: float
     sent_ts: float | None
     recipe: str | None  # the recipe it is judged under
-    named: bool  # the trigger itself named the recipe
-
-
-def locate_for(inspect: InspectSection) -> LocateConfig:
-    return LocateConfig(min_diameter=inspect.min_diameter_px, max_diameter=inspect.max_diameter_px)
 
 
 def tracker_for(inspect: InspectSection) -> PartTracker:
@@ -120,14 +114,15 @@ class Daemon:
         # Recipes (edge.inference.recipes): the one in force judges continuous-mode parts; a trigger
         # keeps the recipe in force when it was taken in. Without recipes the book holds `inspector`.
         self.recipes = recipes if recipes is not None else RecipeBook.single(
-            inspector, locate_for(cfg.inspect), cfg.inspect.roi)
+            inspector, cfg.inspect.locate_config(), cfg.inspect.roi)
         self.recipe: Recipe = self.recipes[recipe if recipe in self.recipes else next(iter(self.recipes)).name]
         self.inspector = self.recipe.inspector
         self._locate = self.recipe.locate
         self._requested = self.recipe.name  # the recipe a trigger taken in now is judged under
         self._recipe_requests: deque[tuple[str, str, str | None]] = deque()  # (name, source, request id)
         self.recipe_switches = 0
-        self.record_switch: Callable[[str, str | None, str, str, str | None], Any] | None = None  # journal first
+        # Journals a switch before it takes effect; returns the journaled record's fields.
+        self.record_switch: Callable[[str, str | None, str, str, str | None], dict[str, Any]] | None = None
         self.on_recipe: Callable[[Recipe, dict[str, Any]], None] | None = None  # after a switch took effect
         self._tracker: PartTracker | None = None
         self._overrun_logged = -WARN_EVERY_S
@@ -182,8 +177,7 @@ class Daemon:
             return False
         self.counters.triggers += 1
         try:
-            self._triggers.put_nowait(TriggerItem(part_id, received_mono or time.monotonic(), sent_ts, announced,
-                                                  recipe is not None))
+            self._triggers.put_nowait(TriggerItem(part_id, received_mono or time.monotonic(), sent_ts, announced))
         except queue.Full:
             # Never silent: an answer is owed for every part the gate announced.
             self._emit(self.inspector.fault(part_id, "overloaded", None, None))
@@ -221,8 +215,7 @@ class Daemon:
         event: dict[str, Any] = {"recipe": new.name, "previous": old.name, "source": source,
                                  "request_id": request_id, "model": new.model_id}
         if self.record_switch is not None:
-            record = self.record_switch(str(new.name), old.name, source, new.model_id, request_id)
-            event.update(getattr(record, "to_dict", lambda: {})())
+            event.update(self.record_switch(str(new.name), old.name, source, new.model_id, request_id))
         self.recipe, self.inspector, self._locate = new, new.inspector, new.locate
         self.recipe_switches += 1
         if self.drift is not None:  # another product: the drift baseline is the new bundle's

@@ -20,7 +20,6 @@ from edge.inference.inspector import Inspector
 from edge.inference.override import ThresholdRefused, announce
 from edge.inference.recipes import RecipeBook, RecipeError, RecipeSpec
 from edge.ops.notify import Notifier, watchdog_interval_s
-from edge.vision.locate import LocateConfig
 
 if TYPE_CHECKING:
     from edge.daemon import Daemon
@@ -73,9 +72,7 @@ def recipe_specs(cfg: Config) -> list[RecipeSpec]:
     """cfg.recipes.products as the inference room's specs (empty without recipes)."""
     specs = []
     for name, r in cfg.recipes.products.items():
-        locate = LocateConfig(
-            min_diameter=r.min_diameter_px if r.min_diameter_px is not None else cfg.inspect.min_diameter_px,
-            max_diameter=r.max_diameter_px if r.max_diameter_px is not None else cfg.inspect.max_diameter_px)
+        locate = cfg.inspect.locate_config(r.min_diameter_px, r.max_diameter_px)
         specs.append(RecipeSpec(name, Path(r.bundle), r.threshold, r.accept_validation_escapes, locate,
                                 r.roi if r.roi is not None else cfg.inspect.roi, ("recipes", "products", name),
                                 r.threshold_policy))

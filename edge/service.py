@@ -366,14 +366,14 @@ def _wire_recipes(daemon: Daemon, journal: Journal, publisher: Publisher, statio
         if station is not None:
             station.refresh()
 
-    def record(name: str, previous: str | None, source: str, model: str, request_id: str | None) -> Any:
-        return journal.record_recipe(name, previous, source, model, request_id)
+    def record(name: str, previous: str | None, source: str, model: str, request_id: str | None) -> dict[str, Any]:
+        return journal.record_recipe(name, previous, source, model, request_id).to_dict()
 
     daemon.record_switch = record
     daemon.on_recipe = announce
     last = journal.recipe_switches(limit=1)
     if not last or last[-1].recipe != start:  # the journal says what the first part is judged under
-        event = record(str(start), last[-1].recipe if last else None, "start", daemon.recipe.model_id, None).to_dict()
+        event = record(str(start), last[-1].recipe if last else None, "start", daemon.recipe.model_id, None)
     else:
         event = last[-1].to_dict()
     publisher.set_retained(topic, state(daemon.recipe, event))

@@ -3,14 +3,15 @@
 A recipe names a bundle, its threshold policy and where its part is found; the PLC (OPC UA
 RecipeRequest) or MQTT ({prefix}/recipe/set) selects one between two parts
 (edge.inference.recipes, docs/plc.md). Rules between sections (a model.bundle beside
-recipes, a recipe's roi without inspect.locate: roi) are checked in edge.config, at their line.
+recipes, a recipe's roi without inspect.locate: roi) are `cross_checks`, reported by edge.config at
+their line.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
@@ -76,3 +77,34 @@ class RecipesSection(Strict):
     @property
     def first(self) -> str | None:
         return self.start if self.start is not None else next(iter(self.products), None)
+
+
+def cross_checks(cfg: Any) -> list[tuple[tuple, str]]:
+    """Rules between the recipes section and the others (`cfg`: edge.config.Config), each as (key
+    path, message) so that edge.config reports it at its line."""
+    problems: list[tuple[tuple, str]] = []
+    products = cfg.recipes.products
+    if cfg.recipes.start is not None and cfg.recipes.start not in products:
+        known = ", ".join(products) or "none: recipes.products is empty"
+        problems.append((("recipes", "start"), f"{cfg.recipes.start!r} is not a recipe in recipes.products ({known})"))
+    if products:
+        for key in ("bundle", "threshold", "accept_validation_escapes"):
+            if key in cfg.model.model_fields_set:
+                problems.append((("model", key), "set per recipe when recipes.products is not empty (the recipe "
+                                 "in force decides every part); move it into each recipe"))
+    for name, r in products.items():
+        where = ("recipes", "products", name)
+        if r.roi is not None and cfg.inspect.locate != "roi":
+            problems.append((where + ("roi",), "a recipe's roi needs inspect.locate: roi (trigger mode)"))
+        rim = cfg.inspect.locate_config(r.min_diameter_px, r.max_diameter_px)
+        if rim.max_diameter < (lo := rim.min_diameter):
+            hi = rim.max_diameter
+            key = "max_diameter_px" if r.max_diameter_px is not None else "min_diameter_px"
+            problems.append((where + (key,), f"rim diameter range {lo}..{hi} px is empty (the recipe's or inspect's)"))
+    shadow_recipe = cfg.model.shadow_recipe
+    if shadow_recipe is not None and shadow_recipe not in products:
+        problems.append((("model", "shadow_recipe"), f"{shadow_recipe!r} is not a recipe in recipes.products"))
+    if cfg.model.shadow is not None and products and shadow_recipe is None:
+        problems.append((("model", "shadow"), "with recipes, name the recipe whose parts the candidate judges "
+                         "(model.shadow_recipe)"))
+    return problems

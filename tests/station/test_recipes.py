@@ -63,14 +63,18 @@ def switches(journal: Path) -> list[Any]:
 
 # -- the configuration -------------------------------------------------------------------
 
+def problems_of(text: str, source: str) -> str:
+    with pytest.raises(ConfigError) as e:
+        parse(text, source)
+    return "\n".join(e.value.problems)
+
+
 def test_recipe_rules_are_reported_at_their_line() -> None:
     schema = ("recipes:\n  products:\n"
               "    a:\n      bundle: x\n      threshold: 0.1\n      threshold_policy: cost:20\n"
               "    'b c':\n      bundle: y\n"
               "    d:\n      bundle: z\n      threshold_policy: cost:-1\n")
-    with pytest.raises(ConfigError) as e:
-        parse(schema, "s.yaml")
-    problems = "\n".join(e.value.problems)
+    problems = problems_of(schema, "s.yaml")
     assert "s.yaml:3: recipes.products.a: " in problems and "give one" in problems, problems
     assert "s.yaml:7: recipes.products.b c" in problems and "recipe name" in problems, problems
     assert "s.yaml:11: recipes.products.d.threshold_policy:" in problems and "cost:-1" in problems, problems
@@ -79,9 +83,7 @@ def test_recipe_rules_are_reported_at_their_line() -> None:
             "recipes:\n  start: c\n  products:\n"
             "    d:\n      bundle: z\n      roi: [0, 0, 10, 10]\n"
             "    e:\n      bundle: w\n      min_diameter_px: 800\n")
-    with pytest.raises(ConfigError) as e:
-        parse(text, "r.yaml")
-    problems = "\n".join(e.value.problems)
+    problems = problems_of(text, "r.yaml")
     assert "r.yaml:2: model.bundle: set per recipe" in problems, problems
     assert "r.yaml:4: recipes.start: 'c' is not a recipe" in problems, problems
     assert "r.yaml:8: recipes.products.d.roi: a recipe's roi needs inspect.locate: roi" in problems, problems
