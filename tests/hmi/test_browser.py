@@ -103,6 +103,14 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
                     pytest.fail(f"the page logged a traceback:\n{out[-3000:]}")
 
 
+def _open_once(line: Line, path: str, what: str, ready: Any) -> None:
+    """Open `path`, reloading until `ready(driver)` holds: the page's index follows the journal by
+    polling, so on a loaded machine the newest parts may not be in it at the first load."""
+    url = line.page.url + path
+    line.driver.get(url)
+    line.wait(what, lambda d: ready(d) or d.get(url))
+
+
 def _login(line: Line, name: str) -> None:
     from selenium.webdriver.common.by import By
 
@@ -201,7 +209,7 @@ def test_a_key_press_in_the_review_queue_lands_in_the_label_manifest(line: Line)
 
     _login(line, "insp")
     drv = line.driver
-    drv.get(line.page.url + "/review")
+    _open_once(line, "/review", "a part to review", lambda d: d.find_elements(By.ID, "review"))
     item = drv.find_element(By.ID, "review")
     seq = int(item.get_attribute("data-seq"))
     line.wait("the crop under review", lambda d: d.execute_script(
@@ -227,7 +235,9 @@ def test_the_yield_page_plots_this_lines_parts(line: Line) -> None:
 
     _login(line, "view")
     drv = line.driver
-    drv.get(line.page.url + "/yield")
+    _open_once(line, "/yield", "this run's parts in the plot", lambda d: any(
+        int(x) for g in d.find_elements(By.CSS_SELECTOR, "#hour-plot g[data-counts]")
+        for x in g.get_attribute("data-counts").split(",")))
     hours = [[int(x) for x in g.get_attribute("data-counts").split(",")]
              for g in drv.find_elements(By.CSS_SELECTOR, "#hour-plot g[data-counts]")]
     assert len(hours) in (24, 25)  # 25: the first hour begins mid-way
