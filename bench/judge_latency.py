@@ -25,7 +25,7 @@ from edge.inference.guard import Guard, GuardLimits
 from edge.inference.judge import Judge
 from edge.inference.model import Classifier
 from edge.offline.dataset import default_data_root
-from edge.vision.partview import part_only_input, rim_circle
+from edge.vision.partview import part_only_input
 from edge.vision.preprocess import load_image
 
 
@@ -67,10 +67,10 @@ def main() -> None:
     raw = Classifier(b.model_path, num_threads=1)  # the model alone, no mask, one view
     limits = GuardLimits.from_meta(b.meta)
     guard = Guard(limits) if limits else None
-    circles = {id(c): rim_circle(c) for c in crops}
+    circles = {id(c): spec.rim(c) for c in crops}
     rows: list[tuple[str, np.ndarray]] = [
         ("model alone (1 view, no mask)", _time(raw.model_p, crops, args.repeats)),
-        ("rim on the crop", _time(rim_circle, crops, args.repeats)),
+        (f"rim on the crop ({spec.finder})", _time(spec.rim, crops, args.repeats)),
     ]
     if spec.part_only:
         rows.append(("part-only mask", _time(lambda c: part_only_input(c, spec, circles[id(c)]), crops, args.repeats)))

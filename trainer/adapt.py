@@ -19,7 +19,7 @@ import copy
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,7 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
     if opts.folds < 2:
         raise OutputError(f"--folds {opts.folds}: at least 2 (out-of-fold scores set the threshold)")
     spec = InputSpec.from_meta(base.meta)
-    spec = InputSpec(part_only=spec.part_only, margin=spec.margin, fill=spec.fill, views=1)
+    spec = replace(spec, views=1)
     policy = parse_policy(base.meta.get("threshold_policy", "cost:20"))
     aug_name = base.meta.get("training", {}).get("augmentation", {}).get("name", "line-part")
     aug = AUGMENTATIONS[aug_name]
@@ -136,9 +136,9 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
     log.info("adapt split", extra={"adapt": len(adapt_idx), "held_out": len(held_idx), "original_mix": len(mix_idx),
                                    "original_validation": len(val_idx), "base": base.short_id})
 
-    new_rims, new_table = circles_and_backdrops(new.images)
+    new_rims, new_table = circles_and_backdrops(new.images, spec.finder)
     used = np.union1d(mix_idx, val_idx)  # the only original images looked at: their rims, not all ~6600
-    used_rims, used_table = circles_and_backdrops(orig.images[used])
+    used_rims, used_table = circles_and_backdrops(orig.images[used], spec.finder)
     orig_rims: list[Any] = [None] * len(orig.images)
     orig_table = np.zeros((len(orig.images), 4), np.float32)
     for k, i in enumerate(used):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import trainer
 from edge.offline.dataset import default_data_root
+from edge.vision.locate import RIM_FINDERS
 from edge.ops import logs
 
 log = logging.getLogger("edge-train")
@@ -182,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--views", default="auto", choices=("auto", "1", "2", "4", "8"),
                    help="test-time rotations/flips averaged in logit space, the threshold chosen with them; "
                         "auto (default): 1 or 8, whichever the line-condition rule prefers on validation")
+    f.add_argument("--rim-finder", default="half", choices=RIM_FINDERS,
+                   help="how each image's rim is found for the part-only mask, in training and in the bundle "
+                        "(edge.vision.locate.find_rim_in_crop): half (default; bundles before it) or combined "
+                        "(also a full-size search: light belts)")
     f.add_argument("--second-camera", type=Path, default=None, metavar="DIR",
                    help="labelled folder from another camera to report on (default: casting_512_dark beside "
                         "--data, where it exists)")
@@ -429,7 +434,7 @@ def fit_main(args: argparse.Namespace, argv: list[str]) -> int:
         learning_rate=args.learning_rate, threshold_policy=args.threshold_policy, augment=args.augment,
         resume=args.resume, force=args.force, limit=args.limit, max_int8_drop=args.max_int8_drop,
         recalibrate_bn=args.recalibrate_bn, swa_epochs=args.swa_epochs, swa_learning_rate=args.swa_learning_rate,
-        teachers=args.teachers, distill_weight=args.distill_weight, init=args.init, views=0 if args.views == 'auto' else int(args.views),
+        teachers=args.teachers, distill_weight=args.distill_weight, init=args.init, rim_finder=args.rim_finder, views=0 if args.views == 'auto' else int(args.views),
         second_camera=second,
         command=shlex.join(["edge-train", *argv]),
     )

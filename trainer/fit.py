@@ -127,15 +127,15 @@ def _init_identity(opts: FitOptions) -> dict[str, str] | None:
     return {"path": str(opts.init), "float_model_sha256": bundle_fmt.sha256_file(path)}
 
 
-def _rims(train_images: np.ndarray, test_images: np.ndarray, aug: AugmentConfig) -> dict[str, Any]:
+def _rims(train_images: np.ndarray, test_images: np.ndarray, aug: AugmentConfig, finder: str) -> dict[str, Any]:
     """Each image's rim circle (edge.vision.partview, as the edge finds it) where the recipe needs it."""
     if not (aug.part_only or aug.backdrop > 0):
         return {}
     t = time.perf_counter()
-    train_rims, train_table = circles_and_backdrops(train_images)
-    test_rims, _ = circles_and_backdrops(test_images)
+    train_rims, train_table = circles_and_backdrops(train_images, finder)
+    test_rims, _ = circles_and_backdrops(test_images, finder)
     missed = sum(not c.found for c in train_rims) + sum(not c.found for c in test_rims)
-    log.info("rims located", extra={"images": len(train_rims) + len(test_rims), "fallback_to_framing": missed,
+    log.info("rims located", extra={"finder": finder, "images": len(train_rims) + len(test_rims), "fallback_to_framing": missed,
                                     "s": round(time.perf_counter() - t, 1)})
     return {"train": train_rims, "train_table": train_table, "test": test_rims, "fallbacks": missed}
 
@@ -195,8 +195,8 @@ def run(opts: FitOptions) -> dict[str, Any]:
                 "images (a larger --limit) or another --val-fraction")
     fit_x, fit_y = train_set.images[fit_idx], train_set.labels[fit_idx]
     val_x, val_y = train_set.images[val_idx], train_set.labels[val_idx]
-    spec = InputSpec(part_only=aug.part_only, views=opts.views)
-    rims = _rims(train_set.images, test_set.images, aug)
+    spec = InputSpec(part_only=aug.part_only, views=opts.views, finder=opts.rim_finder)
+    rims = _rims(train_set.images, test_set.images, aug, opts.rim_finder)
     fit_inputs, val_inputs, test_inputs = fit_x, val_x, test_set.images
     if spec.part_only:
         fit_inputs = masked_inputs(fit_x, [rims["train"][i] for i in fit_idx], spec)

@@ -36,6 +36,7 @@ class FitOptions:
     threshold_policy: str = "cost:20"
     augment: str = "auto"  # auto | notebook | line | line-sharpen | line-crisp | line-part
     init: Path | None = None  # bundle whose float weights start the training (same --arch)
+    rim_finder: str = "half"  # edge.vision.locate.RIM_FINDERS: the rims training masks at, recorded in the bundle
     views: int = 0  # test-time rotations/flips averaged in logit space; 0: 1 or 8 by the line rule (lineval)
     second_camera: Path | None = None  # labelled folder of another camera, reported (e.g. casting_512_dark)
     resume: bool = False

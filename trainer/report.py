@@ -256,7 +256,7 @@ def write(out: Path, meta: dict[str, Any], metrics: dict[str, Any], history: lis
     class_proportions(figs / "class_proportions.png", counts)
     pick = np.random.default_rng(opts.seed).choice(len(fit_x), size=min(16, len(fit_x)), replace=False)
     shown = fit_x[pick]
-    circles = circles_and_backdrops(shown)[1] if (aug.part_only or aug.backdrop > 0) else None
+    circles = circles_and_backdrops(shown, opts.rim_finder)[1] if (aug.part_only or aug.backdrop > 0) else None
     po = (meta.get("input") or {}).get("part_only") or {}
     augmented = augment(shown[..., None], aug, np.array([opts.seed, 0]), circles, po.get("margin", 0.0),
                         float(po.get("fill", 128))).numpy()[..., 0]

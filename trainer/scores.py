@@ -29,7 +29,6 @@ from edge.offline.dataset import (
     load_samples,
     stratified_split,
 )
-from edge.vision.partview import rim_circle
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ def validation_scores(bundle: bundle_fmt.Bundle, data: Path) -> tuple[np.ndarray
         raise ScoresError(f"{data / 'train'}: the rebuilt validation split is not the bundle's (fingerprint differs)")
     judge = Judge.from_bundle(bundle, num_threads=os.cpu_count() or 1)
     images, labels = loaded.images[val], loaded.labels[val]
-    circles = [rim_circle(img) for img in images] if judge.needs_rim else None
+    circles = [judge.rim(img) for img in images] if judge.needs_rim else None
     return labels, reject_scores(judge.judge_all(images, circles))
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from edge.inference.bundle import Bundle, BundleError
 from edge.inference.guard import Features, Guard, GuardLimits
 from edge.inference.model import Classifier, decide
-from edge.vision.partview import Circle, rim_circle
+from edge.vision.partview import Circle
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,14 @@ class Judge:
     def needs_rim(self) -> bool:
         return self.guard is not None or self.classifier.spec.part_only
 
+    def rim(self, crop: np.ndarray) -> Circle:
+        """The crop's rim, found as the bundle's model was trained to see it."""
+        return self.classifier.spec.rim(crop)
+
     def judge(self, crop: np.ndarray, circle: Circle | None = None) -> Judgement:
         """The verdict on one uint8 crop (`circle`: its rim, where already found)."""
         if circle is None and self.needs_rim:
-            circle = rim_circle(crop)
+            circle = self.rim(crop)
         p = self.classifier.p_defect(crop, circle)
         if self.guard is not None and circle is not None:
             fault, feats = self.guard.check(crop, circle)

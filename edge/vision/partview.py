@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.vision.locate import RIM_DIAMETER_FRACTION, find_rim_in_crop
+from edge.vision.locate import RIM_DIAMETER_FRACTION, RIM_FINDERS, find_rim_in_crop
 
 RIM_MARGIN = 0.08  # of the rim radius kept beyond the rim: outline, flash and burrs stay in view
 FILL = 128  # the grey that replaces everything beyond the margin
@@ -46,9 +46,9 @@ def framing_circle(size: tuple[int, int]) -> Circle:
     return Circle((w - 1) / 2, (h - 1) / 2, RIM_DIAMETER_FRACTION * min(h, w) / 2, found=False)
 
 
-def rim_circle(gray: np.ndarray) -> Circle:
+def rim_circle(gray: np.ndarray, finder: str = "half") -> Circle:
     """The rim of the part a crop is framed on, or the framing circle (found=False)."""
-    box = find_rim_in_crop(gray)
+    box = find_rim_in_crop(gray, finder)
     if box is None:
         return framing_circle(gray.shape[:2])
     return Circle(box.cx, box.cy, box.radius, found=True, score=box.score)
@@ -62,6 +62,7 @@ class InputSpec:
     margin: float = RIM_MARGIN
     fill: int = FILL
     views: int = 1
+    finder: str = "half"  # locate.RIM_FINDERS: how the rim is searched, as in training
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> InputSpec:
@@ -79,10 +80,19 @@ class InputSpec:
             raise ValueError(f"input.part_only.margin: {margin!r} is not a number in 0..0.5")
         if isinstance(fill, bool) or not isinstance(fill, int) or not (0 <= fill <= 255):
             raise ValueError(f"input.part_only.fill: {fill!r} is not an integer grey level 0..255")
-        return cls(True, float(margin), int(fill), views)
+        finder = po.get("finder", "half")
+        if finder not in RIM_FINDERS:
+            raise ValueError(f"input.part_only.finder: {finder!r} is not one of {', '.join(RIM_FINDERS)}")
+        return cls(True, float(margin), int(fill), views, finder)
 
     def to_meta(self) -> dict[str, Any]:
-        return {"margin": self.margin, "fill": self.fill} if self.part_only else {}
+        if not self.part_only:
+            return {}
+        return {"margin": self.margin, "fill": self.fill, "finder": self.finder}
+
+    def rim(self, gray: np.ndarray) -> Circle:
+        """A crop's rim found as this bundle's model was trained to see it."""
+        return rim_circle(gray, self.finder)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,7 +116,7 @@ def part_only_input(gray: np.ndarray, spec: InputSpec, circle: Circle | None = N
     """The model input for a crop under `spec` (unchanged where the bundle is not part-only)."""
     if not spec.part_only:
         return gray
-    return mask_outside(gray, circle if circle is not None else rim_circle(gray), spec.margin, spec.fill)
+    return mask_outside(gray, circle if circle is not None else spec.rim(gray), spec.margin, spec.fill)
 
 
 def dihedral_views(img: np.ndarray, n: int) -> list[np.ndarray]:
@@ -141,9 +151,9 @@ def backdrop_grey(gray: np.ndarray, circle: Circle) -> float:
     return float(np.median(gray[ring])) if ring.any() else float(np.median(gray))
 
 
-def circles_and_backdrops(images: np.ndarray) -> tuple[list[Circle], np.ndarray]:
+def circles_and_backdrops(images: np.ndarray, finder: str = "half") -> tuple[list[Circle], np.ndarray]:
     """Each image's rim (or the framing fallback) and a (N, 4) float32 array [cx, cy, r, backdrop grey]."""
-    circles = [rim_circle(img) for img in images]
+    circles = [rim_circle(img, finder) for img in images]
     table = np.array([[c.cx, c.cy, c.r, backdrop_grey(img, c)] for img, c in zip(images, circles, strict=True)],
                      np.float32).reshape(-1, 4)
     return circles, table
