@@ -53,7 +53,7 @@ from trainer.fit import image_stats, masked_inputs
 from trainer.loop import EpochLog, StopOnNonFinite, _compile, recalibrate_batchnorm
 from trainer.models import ARCHITECTURES
 from trainer.options import FLOAT_MODEL, OutputError
-from trainer.threshold import choose, parse_policy
+from trainer.threshold import choose, keep_old_line, parse_policy
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ class AdaptOptions:
     seed: int = 0
     original_limit: int | None = None  # first N per class of the original data (quick runs, tests)
     max_int8_drop: float = 0.5
+    threshold_rule: str = "keep-old-line"  # trainer.threshold.THRESHOLD_RULES
     force: bool = False
     command: str = ""
 
@@ -194,10 +195,20 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
     int8_val = reject_scores(Judge(clf, 1.0, guard).judge_all(val_images, val_rims))
     choose_labels = np.concatenate([new.labels[adapt_idx], val_labels])
     choose_scores = np.concatenate([oof, int8_val])
-    threshold = choose(choose_labels, choose_scores, policy)
+    base_judge = Judge.from_bundle(base)
+    base_val = summarize(val_labels, reject_scores(base_judge.judge_all(val_images, val_rims)), base.threshold)
+    bar = (base_val["false_accepts"], base_val["false_accepts"] + base_val["false_rejects"])
+    threshold, kept = None, None
+    if opts.threshold_rule == "keep-old-line":
+        threshold = keep_old_line(new.labels[adapt_idx], oof, val_labels, int8_val, bar, policy)
+        kept = threshold is not None
+        if not kept:
+            log.warning("no threshold keeps the base's bar on the original validation; the policy on both sets "
+                        "decides", extra={"bar_escapes": bar[0], "bar_errors": bar[1]})
+    if threshold is None:
+        threshold = choose(choose_labels, choose_scores, policy)
 
     adapted = Judge(clf, threshold, guard)
-    base_judge = Judge.from_bundle(base)
     held_images, held_labels = new.images[held_idx], new.labels[held_idx]
     held_rims = [new_rims[i] for i in held_idx]
     figures: dict[str, Any] = {}
@@ -223,7 +234,11 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
                      "held_out": held_names},
         "original": {"root": str(opts.original), "mix_images": len(mix_idx), "validation_images": len(val_idx),
                      "limit_per_class": orig_limit},
-        "threshold_from": {"policy": str(policy), "out_of_fold_new_line": len(oof), "folds": len(folds),
+        "threshold_from": {"policy": str(policy), "rule": opts.threshold_rule,
+                           "old_line_bar": {"escapes": bar[0], "errors": bar[1], "kept": kept},
+                           "scores": {"out_of_fold_new_line": score_record(new.labels[adapt_idx], oof),
+                                      "original_validation_int8": score_record(val_labels, int8_val)},
+                           "out_of_fold_new_line": len(oof), "folds": len(folds),
                            "original_validation_int8": len(int8_val)},
         "options": json.loads(json.dumps(asdict(opts), default=str)),
     }

@@ -24,6 +24,7 @@ from pathlib import Path
 import trainer
 from edge.offline.dataset import default_data_root
 from edge.vision.locate import RIM_FINDERS
+from trainer.threshold import THRESHOLD_RULES
 from edge.ops import logs
 
 log = logging.getLogger("edge-train")
@@ -246,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--original-limit", type=int, default=None, help="first N images per class of --original "
                    "(quick runs; the base's validation split is then not the one it was judged on)")
     a.add_argument("--max-int8-drop", type=float, default=0.5)
+    a.add_argument("--threshold-rule", default=THRESHOLD_RULES[0], choices=THRESHOLD_RULES,
+                   help="keep-old-line (default): the policy on the new line's out-of-fold scores among the "
+                        "thresholds that keep the base's escapes and errors on the original validation; union: "
+                        "the policy on both sets together (docs/commissioning.md)")
     a.add_argument("--force", action="store_true", help="write into a non-empty --out")
     scores_help = ("record a bundle's validation scores in its model.json (what a threshold override is judged "
                    "on; fit records them itself)")
@@ -360,7 +365,8 @@ def adapt_main(args: argparse.Namespace, argv: list[str]) -> int:
                         per_class=args.per_class, folds=args.folds, epochs=args.epochs,
                         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                         learning_rate=args.learning_rate, mix=args.mix, seed=args.seed,
-                        original_limit=args.original_limit, max_int8_drop=args.max_int8_drop, force=args.force,
+                        original_limit=args.original_limit, max_int8_drop=args.max_int8_drop,
+                        threshold_rule=args.threshold_rule, force=args.force,
                         command="edge-train " + " ".join(argv))
     try:
         result = run(opts)

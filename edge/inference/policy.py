@@ -52,23 +52,32 @@ def parse_policy(text: str) -> Policy:
     raise PolicyError(f"threshold policy {text!r}: expected cost:R (R finite and > 0) or recall:X (0 < X <= 1)")
 
 
-def choose(labels: np.ndarray, p_defect: np.ndarray, policy: Policy) -> float:
-    """Threshold t (reject when p >= t) on the k/256 grid of the int8 output."""
+def errors_per_threshold(labels: np.ndarray, p_defect: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The k/256 grid and, at each of its thresholds, the false accepts and false rejects."""
     labels = np.asarray(labels).astype(bool)
     p = np.asarray(p_defect, dtype=np.float64)
     grid = np.arange(1, GRID + 1) / GRID
     rejects = p[None, :] >= grid[:, None] - 1e-9
-    fa = (~rejects & labels[None, :]).sum(axis=1)  # false accepts per threshold
+    fa = (~rejects & labels[None, :]).sum(axis=1)
     fr = (rejects & ~labels[None, :]).sum(axis=1)
-    if policy.kind == "cost":
-        score = policy.value * fa + fr
-        ok = score == score.min()
-    else:
-        recall = 1 - fa / max(int(labels.sum()), 1)
-        ok = recall >= policy.value - 1e-12
-        return float(grid[ok].max()) if ok.any() else float(grid[0])
+    return grid, fa, fr
+
+
+def middle_of_first_run(grid: np.ndarray, ok: np.ndarray) -> float:
+    """The middle of the lowest run of acceptable thresholds: a margin on both sides."""
     first = int(np.argmax(ok))
     last = first
     while last + 1 < len(ok) and ok[last + 1]:
         last += 1
     return float(grid[(first + last) // 2])
+
+
+def choose(labels: np.ndarray, p_defect: np.ndarray, policy: Policy) -> float:
+    """Threshold t (reject when p >= t) on the k/256 grid of the int8 output."""
+    grid, fa, fr = errors_per_threshold(labels, p_defect)
+    if policy.kind == "cost":
+        score = policy.value * fa + fr
+        return middle_of_first_run(grid, score == score.min())
+    recall = 1 - fa / max(int(np.asarray(labels).astype(bool).sum()), 1)
+    ok = recall >= policy.value - 1e-12
+    return float(grid[ok].max()) if ok.any() else float(grid[0])

@@ -19,10 +19,16 @@ from edge.offline.dataset import list_labelled, load_samples  # noqa: E402
 from edge.offline.metrics import summarize  # noqa: E402
 from tests.conftest import ROOT, write_split  # noqa: E402
 from trainer.cli import main  # noqa: E402
-from trainer.threshold import choose, parse_policy  # noqa: E402
+from trainer.threshold import choose, keep_old_line, parse_policy  # noqa: E402
 
 BASE = ROOT / "models" / "casting-cnn"
 QUICK = ["--folds", "2", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--max-int8-drop", "100"]
+
+
+def _scores(record: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, scores) of a score record (edge.inference.override.score_record)."""
+    return (np.array([0] * len(record["ok"]) + [1] * len(record["defect"])),
+            np.array(record["ok"] + record["defect"], dtype=float))
 
 
 def test_adapt_writes_a_bundle_whose_threshold_and_figures_come_from_what_it_says(
@@ -41,13 +47,28 @@ def test_adapt_writes_a_bundle_whose_threshold_and_figures_come_from_what_it_say
     assert len(adapt) == 8 and len(held) == 8 and not adapt & held
     assert sum(n.startswith("def_front/") for n in adapt) == 4
     assert adapt | held == {str(p.relative_to(line)) for p in line.rglob("*.jpg")}
-    # The threshold is the policy's choice on the scores the bundle records (out-of-fold + original validation).
+    # The threshold comes from the scores the bundle records: the policy on the out-of-fold scores
+    # among the thresholds that keep the base's bar on the original validation, or where none
+    # does, the policy on both sets (the union kept as the bundle's validation scores).
     s = b.meta[SCORES_KEY]
-    scores = np.array(s["ok"] + s["defect"], dtype=float)
-    labels = np.array([0] * len(s["ok"]) + [1] * len(s["defect"]))
-    assert len(scores) == rec["threshold_from"]["out_of_fold_new_line"] + rec["threshold_from"][
-        "original_validation_int8"]
-    assert b.threshold == choose(labels, scores, parse_policy(b.meta["threshold_policy"]))
+    labels, scores = _scores(s)
+    tf = rec["threshold_from"]
+    assert len(scores) == tf["out_of_fold_new_line"] + tf["original_validation_int8"]
+    assert tf["rule"] == "keep-old-line"
+    policy = parse_policy(b.meta["threshold_policy"])
+    kept = keep_old_line(*_scores(tf["scores"]["out_of_fold_new_line"]),
+                         *_scores(tf["scores"]["original_validation_int8"]),
+                         (tf["old_line_bar"]["escapes"], tf["old_line_bar"]["errors"]), policy)
+    assert tf["old_line_bar"]["kept"] == (kept is not None)
+    assert b.threshold == (kept if kept is not None else choose(labels, scores, policy))
+    base_val = b.meta["metrics"]["adapt"]["base"]["original_validation"]
+    assert tf["old_line_bar"]["escapes"] == base_val["false_accepts"]
+    assert tf["old_line_bar"]["errors"] == base_val["false_accepts"] + base_val["false_rejects"]
+    if kept is not None:  # and the adapted bundle keeps it, as recorded
+        adapted_val = b.meta["metrics"]["adapt"]["adapted"]["original_validation"]
+        assert adapted_val["false_accepts"] <= base_val["false_accepts"]
+        assert (adapted_val["false_accepts"] + adapted_val["false_rejects"]
+                <= base_val["false_accepts"] + base_val["false_rejects"])
     # The held-out figures are what the written bundle decides on those images.
     held_samples = [smp for smp in list_labelled(line) if str(smp.path.relative_to(line)) in held]
     loaded = load_samples(held_samples)

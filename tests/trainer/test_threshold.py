@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from trainer.threshold import Policy, PolicyError, choose, evidence, parse_policy
+from trainer.threshold import Policy, PolicyError, choose, evidence, keep_old_line, parse_policy
 
 
 def test_parse_policy_accepts_cost_and_recall_and_names_bad_input() -> None:
@@ -45,3 +45,20 @@ def test_evidence_names_the_images_that_set_the_threshold() -> None:
     assert ev["highest_good"] == [{"image": "img4", "p_defect": 0.3}, {"image": "img3", "p_defect": 0.05}]
     assert ev["good_at_or_above_lowest_defect"] == 1  # img4 is the one good part the threshold must reject
     assert t <= 0.12
+
+
+def test_keep_old_line_takes_the_new_lines_choice_among_thresholds_that_keep_the_old_lines_bar() -> None:
+    # New line (out of fold): a hard defect at 0.05 pulls cost:20 below it.
+    new_y, new_p = np.array([0, 0, 1, 1]), np.array([0.02, 0.10, 0.05, 0.90])
+    # Old line: good parts at 0.06 and 0.07 that the base decided right (bar: 0 escapes, 0 errors).
+    old_y, old_p = np.array([0, 0, 1]), np.array([0.06, 0.07, 0.80])
+    union = choose(np.r_[new_y, old_y], np.r_[new_p, old_p], Policy("cost", 20))
+    assert union <= 0.05  # the union rule rejects the old line's good parts for the new line's defect
+    t = keep_old_line(new_y, new_p, old_y, old_p, (0, 0), Policy("cost", 20))
+    assert t is not None and 0.10 < t <= 0.80  # the old line keeps its bar, the new line's best beyond it
+    assert (new_p[new_y == 1] < t).sum() == 1  # the hard defect is accepted: the report shows it
+    # a bar that allows the two errors lets the threshold go back under the hard defect
+    t2 = keep_old_line(new_y, new_p, old_y, old_p, (0, 2), Policy("cost", 20))
+    assert t2 is not None and 0.02 < t2 <= 0.05
+    # no threshold keeps an impossible bar: None, the caller falls back
+    assert keep_old_line(new_y, new_p, np.array([0, 1]), np.array([0.9, 0.1]), (0, 0), Policy("cost", 20)) is None
