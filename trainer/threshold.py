@@ -27,7 +27,7 @@ __all__ = ["DEFAULT_POLICY", "GRID", "THRESHOLD_RULES", "Policy", "PolicyError",
 # How `edge-train adapt` sets the adapted bundle's threshold. keep-old-line: the policy on the
 # new line's out-of-fold scores, among the thresholds at which the original validation keeps the
 # base's escapes and errors (keep_old_line); union: the policy on both sets together (the rule
-# until 2026-12-07).
+# until 2026-12-06).
 THRESHOLD_RULES = ("keep-old-line", "union")
 
 
