@@ -190,7 +190,7 @@ class Guard:
 # Calibration on the clean fit images. Clean quantiles set the limits, widened by the line
 # conditions the model is trained for (lighting gain 0.7-1.35 and gamma 0.7-1.4 move the
 # grey level and contrast; the crop's zoom of 0.9-1.1 moves the rim's size; nothing trained
-# for moves the ring structure). Bundles calibrated before 2026-12-06 widened the rim's size
+# for moves the ring structure). Bundles calibrated before 2026-12-07 widened the rim's size
 # by 0.95-1.05 only, and faulted crops framed 8% tight that the model was trained to judge.
 CLEAN_QUANTILE = 0.998  # share of clean fit images inside each one-sided limit
 LIGHTING_SLACK = (0.6, 1.45)  # brightness limits x these, beyond the clean range
