@@ -196,7 +196,8 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
     choose_labels = np.concatenate([new.labels[adapt_idx], val_labels])
     choose_scores = np.concatenate([oof, int8_val])
     base_judge = Judge.from_bundle(base)
-    base_val = summarize(val_labels, reject_scores(base_judge.judge_all(val_images, val_rims)), base.threshold)
+    val_scores = {"base": reject_scores(base_judge.judge_all(val_images, val_rims)), "adapted": int8_val}
+    base_val = summarize(val_labels, val_scores["base"], base.threshold)
     bar = (base_val["false_accepts"], base_val["false_accepts"] + base_val["false_rejects"])
     threshold, kept = None, None
     if opts.threshold_rule == "keep-old-line":
@@ -215,7 +216,7 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
     for name, judge, t in (("base", base_judge, base.threshold), ("adapted", adapted, threshold)):
         figures[name] = {
             "held_out": summarize(held_labels, reject_scores(judge.judge_all(held_images, held_rims)), t),
-            "original_validation": summarize(val_labels, reject_scores(judge.judge_all(val_images, val_rims)), t),
+            "original_validation": summarize(val_labels, val_scores[name], t),  # scores do not depend on t
         }
     float_val = final.predict(eval_dataset(masked(val_images, val_rims), None, opts.batch_size), verbose=0).ravel()
     model_only_val = Classifier(tflite, num_threads=1, spec=spec).predict(val_images, val_rims)
@@ -276,16 +277,25 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
     return result
 
 
+def _threshold_sentence(threshold: float, tf: dict[str, Any]) -> str:
+    oof = f"{tf['out_of_fold_new_line']} out-of-fold new-line scores ({tf['folds']} folds)"
+    val = f"{tf['original_validation_int8']} original validation images"
+    bar = tf["old_line_bar"]
+    keeps = f"within the base's {bar['escapes']} defect(s) accepted and {bar['errors']} part(s) wrong"
+    if bar["kept"]:
+        return (f"Threshold {threshold:.6g} by {tf['policy']} on {oof}, among the thresholds that keep the "
+                f"{val} {keeps}.")
+    why = f"no threshold kept the {val} {keeps}, so " if bar["kept"] is False else ""
+    return f"Threshold {threshold:.6g}: {why}by {tf['policy']} on {oof} and {val} together."
+
+
 def render(result: dict[str, Any]) -> str:
     rec, fig = result["adapt"], result["figures"]
     lines = [f"# Adapted bundle {result['id']}", "",
              f"Base `{rec['base']['bundle']}` ({rec['base']['id']}, threshold {rec['base']['threshold']:.6g}), "
              f"fine-tuned on {len(rec['new_line']['adapt'])} images of `{rec['new_line']['root']}` "
              f"({rec['new_line']['adapt_per_class']} per class) mixed with {rec['original']['mix_images']} of its "
-             f"own fit images. Threshold {result['threshold']:.6g} by {rec['threshold_from']['policy']} on "
-             f"{rec['threshold_from']['out_of_fold_new_line']} out-of-fold new-line scores "
-             f"({rec['threshold_from']['folds']} folds) and {rec['threshold_from']['original_validation_int8']} "
-             "original validation images.", "",
+             f"own fit images. {_threshold_sentence(result['threshold'], rec['threshold_from'])}", "",
              f"Command: `{rec['options'].get('command') or 'edge-train adapt'}`", "",
              "| bundle | images | accuracy | defects accepted | good rejected |", "|---|---|---|---|---|"]
     for name in ("base", "adapted"):

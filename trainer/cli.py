@@ -23,9 +23,9 @@ from pathlib import Path
 
 import trainer
 from edge.offline.dataset import default_data_root
+from edge.ops import logs
 from edge.vision.locate import RIM_FINDERS
 from trainer.threshold import THRESHOLD_RULES
-from edge.ops import logs
 
 log = logging.getLogger("edge-train")
 
@@ -440,7 +440,8 @@ def fit_main(args: argparse.Namespace, argv: list[str]) -> int:
         learning_rate=args.learning_rate, threshold_policy=args.threshold_policy, augment=args.augment,
         resume=args.resume, force=args.force, limit=args.limit, max_int8_drop=args.max_int8_drop,
         recalibrate_bn=args.recalibrate_bn, swa_epochs=args.swa_epochs, swa_learning_rate=args.swa_learning_rate,
-        teachers=args.teachers, distill_weight=args.distill_weight, init=args.init, rim_finder=args.rim_finder, views=0 if args.views == 'auto' else int(args.views),
+        teachers=args.teachers, distill_weight=args.distill_weight, init=args.init, rim_finder=args.rim_finder,
+        views=0 if args.views == 'auto' else int(args.views),
         second_camera=second,
         command=shlex.join(["edge-train", *argv]),
     )
