@@ -9,7 +9,6 @@ No TensorFlow: the int8 model and guard run as on the edge.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -92,11 +91,7 @@ def record(bundle_dir: Path, data: Path) -> dict[str, Any]:
     rec = score_record(labels, scores)
     meta = dict(bundle.meta)
     meta[SCORES_KEY] = rec
-    path = bundle.path / bundle_fmt.SIDECAR_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
-    bundle_fmt.load(bundle.path)  # what was written must load
+    bundle_fmt.write_sidecar(bundle.path, meta)  # what was written must load
     log.info("validation scores recorded", extra={"bundle": str(bundle.path), "defects": len(rec["defect"]),
                                                   "good": len(rec["ok"]), "confusion": got})
     return rec

@@ -3,12 +3,18 @@
 The trainer writes bundles and the edge loads them; both use this module so the format
 has one definition. Loading checks every field and the tflite file's sha256 and says
 in plain words what is wrong, because a line must never run a model it cannot vouch for.
+
+The fields that decide a part (threshold, views, quantisation, the guard's limits, ...) are
+sealed by a digest the trainer writes beside them: a threshold typed into model.json by hand
+would run without the validation check a config override gets (edge.inference.override), so
+a bundle whose deciding fields no longer match their seal is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +24,12 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.tflite"
 SIDECAR_FILE = "model.json"
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "casting-cnn"
+SEAL_KEY = "decision_digest"
+# Every field a verdict depends on besides the model file (sealed by its own sha256).
+DECIDING_FIELDS = ("image_size", "color", "class_names", "positive_class", "threshold", "decision_rule",
+                   "input", "output", "views", "guard", "sha256")
+
+log = logging.getLogger(__name__)
 
 REQUIRED: dict[str, type | tuple[type, ...]] = {
     "format_version": int,
@@ -72,6 +84,27 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def decision_digest(meta: dict[str, Any]) -> str:
+    """sha256 over the deciding fields as canonical JSON (absent fields count as null)."""
+    doc = {k: meta.get(k) for k in DECIDING_FIELDS}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).hexdigest()
+
+
+def _check_seal(meta: dict[str, Any], sidecar: Path) -> None:
+    if SEAL_KEY not in meta:
+        log.warning("bundle has no decision seal: a hand edit of its threshold or guard cannot be detected "
+                    "(bundles written before 2026-12-07; re-export or re-adapt to seal it)",
+                    extra={"bundle": str(sidecar.parent)})
+        return
+    if meta[SEAL_KEY] != decision_digest(meta):
+        raise BundleError(
+            f"{sidecar}: the fields that decide a part (threshold {meta.get('threshold')!r}, views "
+            f"{meta.get('views', 1)!r}, input, output, guard, ...) do not match the '{SEAL_KEY}' the trainer "
+            f"sealed them with: model.json was edited after training. Restore it from where the bundle came "
+            f"from; a threshold of your own belongs in the config (model.threshold), where it is judged "
+            f"against the bundle's validation scores")
 
 
 def _check_quant(meta: dict[str, Any], key: str, where: str) -> list[str]:
@@ -172,6 +205,7 @@ def load(path: str | Path | None = None, verify_hash: bool = True) -> Bundle:
     errors = validate(meta, str(sidecar))
     if errors:
         raise BundleError("; ".join(errors))
+    _check_seal(meta, sidecar)
     if verify_hash:
         actual = sha256_file(model)
         if actual != meta["sha256"]:
@@ -183,22 +217,46 @@ def load(path: str | Path | None = None, verify_hash: bool = True) -> Bundle:
 
 
 def write(folder: str | Path, tflite: bytes, meta: dict[str, Any]) -> Bundle:
-    """Write model.tflite and model.json (sha256 filled in), validated, atomically per file."""
+    """Write model.tflite and model.json (sha256 filled in, sealed), validated, atomically per file."""
     folder = Path(folder)
     meta = dict(meta, format_version=FORMAT_VERSION, sha256=hashlib.sha256(tflite).hexdigest())
+    text = _sealed_text(folder, meta)
+    folder.mkdir(parents=True, exist_ok=True)
+    _replace(folder / MODEL_FILE, tflite)
+    _replace(folder / SIDECAR_FILE, text.encode())
+    return Bundle(folder, meta)
+
+
+def write_sidecar(folder: str | Path, meta: dict[str, Any]) -> Bundle:
+    """Rewrite model.json beside an existing model.tflite (records added after training), sealed anew.
+
+    Only for tools that vouch for what they change: `edge-train scores` adds validation scores it
+    checked against the bundle's own confusion.
+    """
+    folder, meta = Path(folder), dict(meta)
+    text = _sealed_text(folder, meta)
+    _replace(folder / SIDECAR_FILE, text.encode())
+    return load(folder)
+
+
+def _sealed_text(folder: Path, meta: dict[str, Any]) -> str:
+    """model.json's text with the seal set in `meta`; BundleError naming what is wrong."""
     errors = validate(meta, str(folder / SIDECAR_FILE))
     try:
+        meta[SEAL_KEY] = decision_digest(meta)
         text = _dumps(meta)
     except ValueError:  # NaN/Infinity: not JSON a strict reader (or a PLC's) accepts
         errors.append(f"{folder / SIDECAR_FILE}: a field holds a non-finite number (NaN or infinity)")
+        text = ""
     if errors:
         raise BundleError("; ".join(errors))
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, data in ((MODEL_FILE, tflite), (SIDECAR_FILE, text.encode())):
-        tmp = folder / (name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(folder / name)
-    return Bundle(folder, meta)
+    return text
+
+
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def _dumps(meta: dict[str, Any]) -> str:

@@ -88,11 +88,50 @@ def test_damaged_image_stats_are_refused_at_load(tmp_path: Path) -> None:
             bundle.load(folder)
 
 
-def _copy_shipped(dest: Path, **sidecar: object) -> Path:
+def _copy_shipped(dest: Path, model: bytes | None = None, **sidecar: object) -> Path:
+    """The shipped bundle with other model bytes and sidecar fields, re-sealed (as a buggy exporter would)."""
+    shutil.copytree(bundle.DEFAULT_BUNDLE, dest, ignore=shutil.ignore_patterns("figures", "checkpoints"))
+    if model is not None:
+        (dest / bundle.MODEL_FILE).write_bytes(model)
+    path = dest / bundle.SIDECAR_FILE
+    bundle.write_sidecar(dest, dict(json.loads(path.read_text()), **sidecar))
+    return dest
+
+
+@pytest.mark.parametrize("field, value", [("threshold", 0.5), ("views", 8), ("guard", None),
+                                          ("input", {"dtype": "uint8", "scale": 1.0, "zero_point": 0})])
+def test_a_deciding_field_edited_by_hand_is_refused_with_the_way_out(tmp_path: Path, field: str,
+                                                                      value: object) -> None:
+    """A threshold typed into model.json would skip the validation check a config override gets."""
+    dest = tmp_path / "b"
     shutil.copytree(bundle.DEFAULT_BUNDLE, dest, ignore=shutil.ignore_patterns("figures", "checkpoints"))
     path = dest / bundle.SIDECAR_FILE
-    path.write_text(json.dumps(dict(json.loads(path.read_text()), **sidecar)))
-    return dest
+    original = json.loads(path.read_text())
+    assert bundle.load(dest).meta == original  # the shipped bundle is sealed and loads
+    path.write_text(json.dumps(dict(original, **{field: value})))
+    with pytest.raises(BundleError) as e:
+        bundle.load(dest)
+    msg = str(e.value)
+    assert str(path) in msg and "decision_digest" in msg and "model.threshold" in msg, msg
+    if field == "threshold":
+        assert "threshold 0.5" in msg, msg
+    # a field no decision depends on may be annotated freely
+    path.write_text(json.dumps(dict(original, notes="checked by QA 2026-12-07")))
+    assert bundle.load(dest).meta["notes"] == "checked by QA 2026-12-07"
+
+
+def test_an_unsealed_bundle_loads_with_a_warning_and_write_sidecar_seals_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    b = bundle.write(tmp_path, b"fake model bytes", meta())
+    assert b.meta[bundle.SEAL_KEY] == bundle.decision_digest(b.meta)
+    unsealed = {k: v for k, v in b.meta.items() if k != bundle.SEAL_KEY}
+    (tmp_path / bundle.SIDECAR_FILE).write_text(json.dumps(dict(unsealed, threshold=0.3)))
+    with caplog.at_level("WARNING", logger="edge.inference.bundle"):
+        assert bundle.load(tmp_path).threshold == 0.3
+    assert any("no decision seal" in r.getMessage() for r in caplog.records)
+    sealed = bundle.write_sidecar(tmp_path, dict(unsealed, threshold=0.3))
+    assert sealed.meta[bundle.SEAL_KEY] == bundle.decision_digest(sealed.meta) != b.meta[bundle.SEAL_KEY]
+    assert json.loads((tmp_path / bundle.SIDECAR_FILE).read_text()) == sealed.meta
 
 
 def test_a_sidecar_that_misstates_the_models_quantization_is_refused(tmp_path: Path) -> None:
@@ -140,9 +179,7 @@ def test_a_model_with_a_float_output_is_refused_not_read_as_zero(tmp_path: Path)
         if output_type is not None:
             conv.inference_output_type = output_type
         data = bytes(conv.convert())
-        folder = _copy_shipped(tmp_path / str(output_type), sha256=hashlib.sha256(data).hexdigest())
-        (folder / bundle.MODEL_FILE).write_bytes(data)
-        return folder
+        return _copy_shipped(tmp_path / str(output_type), data, sha256=hashlib.sha256(data).hexdigest())
 
     quantized = Classifier.from_bundle(bundle.load(export(tf.uint8)))
     assert quantized.p_defect(np.full((300, 300), 128, np.uint8)) > 0.5  # the control: a real score

@@ -319,7 +319,7 @@ def _bundle_with(tmp_path: Path, guard_meta) -> Path:
         shutil.copy(WHOLE_CROP / name, tmp_path / name)
     meta = json.loads((tmp_path / bundle.SIDECAR_FILE).read_text())
     meta["guard"] = guard_meta
-    (tmp_path / bundle.SIDECAR_FILE).write_text(json.dumps(meta))
+    bundle.write_sidecar(tmp_path, meta)  # re-sealed: a deliberate change
     return tmp_path
 
 

@@ -125,7 +125,7 @@ def test_edge_train_scores_rebuilds_the_same_record_and_refuses_other_data(tmp_p
     shutil.copytree(ROOT / "models" / "casting-cnn-crisp", copy, ignore=shutil.ignore_patterns("figures"))
     meta = json.loads((copy / "model.json").read_text())
     shipped_record = meta.pop(override.SCORES_KEY)
-    (copy / "model.json").write_text(json.dumps(meta))
+    bundle_fmt.write_sidecar(copy, meta)  # re-sealed: a deliberate change
     cli = [sys.executable, "-m", "trainer.cli", "scores", str(copy), "--data", str(data)]
     run = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

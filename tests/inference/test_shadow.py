@@ -29,7 +29,7 @@ def _lenient_copy(tmp_path: Path) -> Path:
     shutil.copytree(BUNDLE, cand, ignore=shutil.ignore_patterns("figures", "*.md", "*.keras", "checkpoints"))
     meta = json.loads((cand / bundle_fmt.SIDECAR_FILE).read_text())
     meta["threshold"] = 1.0
-    (cand / bundle_fmt.SIDECAR_FILE).write_text(json.dumps(meta))
+    bundle_fmt.write_sidecar(cand, meta)  # re-sealed: a deliberate change
     return cand
 
 

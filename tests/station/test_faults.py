@@ -22,6 +22,7 @@ from daemon_run import BUNDLE, DaemonProcess, write_config
 
 from edge.delivery.contract import Topics
 from edge.delivery.journal import Journal
+from edge.inference import bundle as bundle_fmt
 from edge.vision.simulate import (
     DATASET_BACKDROP_LEVEL,
     belt,
@@ -133,6 +134,18 @@ def test_damaged_model_refuses_to_start_with_the_file_named(tmp_path: Path, dama
     assert proc.returncode == 2 and "Traceback" not in out, out
     assert str(model) in out or "model.tflite" in out, out
     assert ("sha256" in out or "missing" in out or "not found" in out), out
+
+
+def test_a_hand_edited_threshold_refuses_to_start_and_says_where_an_override_belongs(tmp_path: Path) -> None:
+    bad = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, bad, ignore=shutil.ignore_patterns("checkpoints", "figures", "model.keras"))
+    sidecar = bad / "model.json"
+    sidecar.write_text(json.dumps(dict(json.loads(sidecar.read_text()), threshold=0.9)))
+    cfg = write_config(tmp_path, 1883, "test/x/cam1", tmp_path, model={"bundle": str(bad)})
+    with DaemonProcess(cfg) as proc:
+        out = proc.join(30)
+    assert proc.returncode == 2 and "Traceback" not in out, out
+    assert str(sidecar) in out and "threshold 0.9" in out and "model.threshold" in out, out
 
 
 def test_network_stall_without_disconnect_loses_nothing(drawn_line: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -373,7 +386,7 @@ def _guarded_bundle(tmp_path: Path) -> Path:
     limits, _ = calibrate(parts, [rim_circle(p) for p in parts])
     meta = json.loads((dest / "model.json").read_text())
     meta["guard"] = limits.to_meta()
-    (dest / "model.json").write_text(json.dumps(meta))
+    bundle_fmt.write_sidecar(dest, meta)  # re-sealed: a deliberate change
     return dest
 
 

@@ -25,6 +25,7 @@ from daemon_run import BUNDLE, DaemonProcess, drawn_video, write_config
 from edge.config import load
 from edge.delivery.contract import Topics
 from edge.delivery.journal import Journal
+from edge.inference import bundle as bundle_fmt
 from edge.service import run
 
 
@@ -124,7 +125,7 @@ def test_sighup_switches_models_between_parts_and_refuses_a_corrupt_bundle(
     shutil.copytree(BUNDLE, other, ignore=shutil.ignore_patterns("checkpoints", "figures"))
     meta = json.loads((other / "model.json").read_text())
     meta["threshold"] = 0.99609375
-    (other / "model.json").write_text(json.dumps(meta))
+    bundle_fmt.write_sidecar(other, meta)  # re-sealed: a deliberate change
     corrupt = tmp_path / "corrupt"
     shutil.copytree(other, corrupt)
     (corrupt / "model.tflite").write_bytes((corrupt / "model.tflite").read_bytes()[:5000])

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.inference import bundle as bundle_fmt
 from trainer.cli import main
 from trainer.compare import cost, paired_bootstrap
 from trainer.threshold import parse_policy
@@ -83,7 +84,7 @@ def _small_split(src: Path, dest: Path, limit: int) -> Path:
     meta = json.loads((dest / "model.json").read_text())
     meta["training"]["options"].update(limit=limit, split_seed=123, val_fraction=0.2)
     meta["training"]["data"].pop("validation_fingerprint", None)
-    (dest / "model.json").write_text(json.dumps(meta))
+    bundle_fmt.write_sidecar(dest, meta)  # re-sealed: a deliberate change
     return dest
 
 

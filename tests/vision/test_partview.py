@@ -80,7 +80,7 @@ def part_only_bundle(tmp_path_factory: pytest.TempPathFactory) -> bundle.Bundle:
         shutil.copy(SHIPPED / name, folder / name)
     meta = json.loads((folder / bundle.SIDECAR_FILE).read_text())
     meta["input"]["part_only"] = dict(PART_ONLY)
-    (folder / bundle.SIDECAR_FILE).write_text(json.dumps(meta))
+    bundle.write_sidecar(folder, meta)  # re-sealed: a deliberate change
     return bundle.load(folder)
 
 
@@ -199,7 +199,7 @@ def test_part_only_bundle_with_a_bad_margin_is_refused(tmp_path: Path) -> None:
         shutil.copy(SHIPPED / name, tmp_path / name)
     meta = json.loads((tmp_path / bundle.SIDECAR_FILE).read_text())
     meta["input"]["part_only"] = {"margin": 0.9, "fill": 128}
-    (tmp_path / bundle.SIDECAR_FILE).write_text(json.dumps(meta))
+    bundle.write_sidecar(tmp_path, meta)  # re-sealed: a deliberate change
     with pytest.raises(BundleError, match=r"input\.part_only\.margin"):
         Classifier.from_bundle(bundle.load(tmp_path))
 
