@@ -139,13 +139,18 @@ class InspectSection(Strict):
     # A frame dimension at most: OpenCV's HoughCircles takes a C long and fails on every frame.
     min_diameter_px: int = Field(120, gt=0, le=16384)
     max_diameter_px: int = Field(700, gt=0, le=16384)
+    rim_edge: Literal["darker_outside", "either"] = Field(
+        "darker_outside", description="the edge that marks a part's rim in the frame: darker_outside (a dark outline, "
+        "shadow or belt around a bright part) or either (also a belt lighter than the part, where darker_outside finds "
+        "the dark vane ring inside the rim)")
     trigger_wait_s: float = Field(0.5, gt=0, le=10, description="wait this long for a fresh frame after a trigger")
     max_trigger_age_s: float = Field(2.0, gt=0, description="a trigger whose ts is older than this on arrival is "
                                      "answered with reject (fault:stale_trigger)")
 
     def locate_config(self, lo: int | None = None, hi: int | None = None) -> LocateConfig:
         """The locator's rim range in frame pixels: this section's, or a recipe's where it sets one."""
-        return LocateConfig(min_diameter=lo or self.min_diameter_px, max_diameter=hi or self.max_diameter_px)
+        return LocateConfig(min_diameter=lo or self.min_diameter_px, max_diameter=hi or self.max_diameter_px,
+                            rim_polarity=-1 if self.rim_edge == "darker_outside" else 0)
 
     @model_validator(mode="after")
     def _roi_when_needed(self) -> InspectSection:

@@ -307,3 +307,28 @@ def test_a_fixed_roi_is_checked_for_a_whole_framed_part(casting_data: Path) -> N
     assert not framed_part(shifted)
     assert not framed_part(cv2.resize(cv2.copyMakeBorder(part, 300, 300, 300, 300, cv2.BORDER_REPLICATE), (300, 300),
                                       interpolation=cv2.INTER_AREA))  # rim a third of the side
+
+
+def _found_on_belt(casting_data: Path, level: float, rim_edge: str) -> int:
+    """How many of 24 real test parts (12 a class) placed on a belt of `level` are located at their rim."""
+    from edge.config import InspectSection
+
+    cfg = InspectSection(rim_edge=rim_edge).locate_config()
+    found = 0
+    for k, path in enumerate(p for cls in ("def_front", "ok_front")
+                             for p in sorted((casting_data / "test" / cls).glob("*.jpeg"))[5:65:5]):
+        src = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        frame = place_part(belt(seed=k, level=level), src, 640, 360, 300, 37 * k, part_rim(src))
+        boxes = [b for b in find_parts(frame, cfg) if b.fully_in_view]
+        found += (len(boxes) == 1 and abs(2 * boxes[0].radius / 300 - 1) <= SCALE_TOL
+                  and math.hypot(boxes[0].cx - 640, boxes[0].cy - 360) <= OFFSET_TOL * 300)
+    return found
+
+
+def test_a_belt_lighter_than_the_part_needs_rim_edge_either(casting_data: Path) -> None:
+    """On a light belt the rim has no dark outside: `darker_outside` takes the dark vane ring inside
+    it for the part (a crop zoomed on the ring, which the guard faults); `either` finds the rim.
+    On a dark belt both find every rim."""
+    assert _found_on_belt(casting_data, 200, "darker_outside") <= 12
+    assert _found_on_belt(casting_data, 200, "either") >= 22
+    assert _found_on_belt(casting_data, 70, "darker_outside") == _found_on_belt(casting_data, 70, "either") == 24
