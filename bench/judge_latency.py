@@ -4,7 +4,7 @@
 
 The verdict (edge.inference.judge) = rim found on the crop, guard, part-only mask, every test-time
 view, threshold. Timed on dataset test crops (synthetic ones if the dataset is absent),
-each stage separately and together, for 1 and 8 views whatever the bundle chose. Prints
+each stage separately and together, for every view count a bundle may choose (1, 2, 4, 8). Prints
 medians and p99, and each figure as a ratio to the model alone measured in the same run.
 Target (issue 17): the bundle's own configuration within 3 ms per part on one core.
 """
@@ -25,7 +25,7 @@ from edge.inference.guard import Guard, GuardLimits
 from edge.inference.judge import Judge
 from edge.inference.model import Classifier
 from edge.offline.dataset import default_data_root
-from edge.vision.partview import part_only_input
+from edge.vision.partview import VIEW_CHOICES, part_only_input
 from edge.vision.preprocess import load_image
 
 
@@ -76,7 +76,7 @@ def main() -> None:
         rows.append(("part-only mask", _time(lambda c: part_only_input(c, spec, circles[id(c)]), crops, args.repeats)))
     if guard:
         rows.append(("guard", _time(lambda c: guard.check(c, circles[id(c)]), crops, args.repeats)))
-    for views in (1, 8):
+    for views in VIEW_CHOICES:
         j = Judge(Classifier(b.model_path, num_threads=1, spec=replace(spec, views=views)), judge.threshold, guard)
         mark = " (the bundle's)" if views == spec.views else ""
         rows.append((f"whole verdict, {views} view(s){mark}", _time(j.judge, crops, args.repeats)))
