@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this bundle's float weights (same --arch) instead of random ones")
     f.add_argument("--views", default="auto", choices=("auto", "1", "2", "4", "8"),
                    help="test-time rotations/flips averaged in logit space, the threshold chosen with them; "
-                        "auto (default): 1 or 8, whichever the line-condition rule prefers on validation")
+                        "auto (default): 1, 2, 4 or 8, whichever the line-condition rule prefers on validation "
+                        "within the latency budget")
     f.add_argument("--rim-finder", default="half", choices=RIM_FINDERS,
                    help="how each image's rim is found for the part-only mask, in training and in the bundle "
                         "(edge.vision.locate.find_rim_in_crop): half (default; bundles before it) or combined "

@@ -5,7 +5,8 @@ The rule (docs/training.md, "Line-condition rule"), fixed before the run it judg
   edge.offline.conditions.LINE_CONDITIONS applied to them (seed 0);
 - the threshold minimises the policy's cost summed over all those sets (for cost:R,
   R x escapes + good parts rejected, counted over the union);
-- test-time views: 1 and 8 are both tried (unless --views fixes one); the one with the
+- test-time views: 1, 2, 4 and 8 are tried (unless --views fixes one; 1 and 8 only until
+  2026-12-07); the one with the
   lower summed validation cost at its own threshold wins, ties go to fewer views, and a
   view count whose single-thread latency with the guard exceeds the budget is not taken.
 Test never chooses anything here; it is only reported.
@@ -26,13 +27,13 @@ from edge.inference.judge import Judge
 from edge.inference.model import Classifier
 from edge.offline import evaluate
 from edge.offline.dataset import CLASS_NAMES, list_labelled, load_samples
-from edge.vision.partview import Circle, InputSpec
+from edge.vision.partview import VIEW_CHOICES, Circle, InputSpec
 from trainer.threshold import Policy, choose
 
 log = logging.getLogger(__name__)
 
 LATENCY_BUDGET_MS = 3.0  # per part on one core, every view and the guard included
-VIEW_CANDIDATES = (1, 8)
+VIEW_CANDIDATES = VIEW_CHOICES  # every count a bundle may hold
 
 
 def judge_latency_ms(judge: Judge, image: np.ndarray, repeats: int = 60) -> float:
