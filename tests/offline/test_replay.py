@@ -263,18 +263,24 @@ def test_file_names_that_are_not_utf8_reach_every_output(tmp_path: Path) -> None
         assert cv2.imdecode(np.frombuffer((report / png).read_bytes(), np.uint8), cv2.IMREAD_COLOR) is not None
 
 
-def test_a_part_scoring_exactly_the_threshold_is_counted_as_the_reject_it_was(tmp_path: Path,
-                                                                              shipped: bundle.Bundle) -> None:
+@pytest.mark.parametrize("views", [1, 2])
+def test_a_part_scoring_exactly_the_threshold_is_counted_as_the_reject_it_was(tmp_path: Path, shipped: bundle.Bundle,
+                                                                              views: int) -> None:
     # p_defect is q/256; rounded to 6 decimals, q=1 became 0.003906 < 1/256: the part was decided
-    # reject (p >= threshold) but counted as an accept and reported below its threshold.
+    # reject (p >= threshold) but counted as an accept and reported below its threshold. With more
+    # than one view p_defect is the views' mean in logit space: any float, which must come back exact.
+    model = tmp_path / "bundle"
+    shutil.copytree(shipped.path, model, ignore=shutil.ignore_patterns("figures", "*.md", "*.keras", "checkpoints"))
+    bundle.write_sidecar(model, dict(shipped.meta, views=views))  # the shipped model, as 1 or 2 views
     folder = _drawn_labelled(tmp_path / "lab", ("ok_front", "def_front"))
     out = tmp_path / "r.json"
-    assert main(["--replay", str(folder), "--json", str(out)]) == 0
+    assert main(["--replay", str(folder), "--model", str(model), "--json", str(out)]) == 0
     step = shipped.meta["output"]["scale"]
     images = json.loads(out.read_text())["images"]
-    assert all(x["p_defect"] / step == round(x["p_defect"] / step) for x in images)  # the model's exact output
+    on_steps = [x["p_defect"] / step == round(x["p_defect"] / step) for x in images]
+    assert all(on_steps) if views == 1 else not all(on_steps)  # the model's exact output, or a mean of views
     for t in sorted({x["p_defect"] for x in images if x["p_defect"] > 0}):  # each score as the threshold
-        assert main(["--replay", str(folder), "--json", str(out), "--threshold", repr(t)]) == 0
+        assert main(["--replay", str(folder), "--model", str(model), "--json", str(out), "--threshold", repr(t)]) == 0
         data = json.loads(out.read_text())
         for x in data["images"]:  # a guard fault is a reject whatever p_defect
             assert (x["decision"] == "reject") == (x["p_defect"] >= t or x["reason"] != "model"), (t, x)
