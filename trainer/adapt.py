@@ -8,7 +8,8 @@ part-only input. With a few dozen images one small validation split would set th
 threshold on a handful of parts, so the threshold is chosen, by the base's policy, on
 out-of-fold scores: each adaptation image scored by a model fine-tuned without it (k folds),
 together with the int8 decisions on the base's own validation images. The final model
-(all adaptation images) is exported to int8 as `fit` does, its guard recalibrated on the
+(all adaptation images) is exported to int8 as `fit` does, with the base's test-time views (the
+out-of-fold scores are taken over them too), its guard recalibrated on the
 images it was tuned on, and the report puts base and adapted side by side on the held-out
 new-line images and on the original validation.
 """
@@ -43,7 +44,7 @@ from edge.offline.dataset import (
     stratified_split,
 )
 from edge.offline.metrics import summarize
-from edge.vision.partview import InputSpec, circles_and_backdrops
+from edge.vision.partview import InputSpec, circles_and_backdrops, dihedral_views, mean_logit
 from edge.vision.preprocess import IMAGE_SIZE
 from trainer.augment import AUGMENTATIONS
 from trainer.compare import split_of
@@ -112,8 +113,7 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
         raise OutputError(f"{opts.out}: not empty; choose another --out or pass --force")
     if opts.folds < 2:
         raise OutputError(f"--folds {opts.folds}: at least 2 (out-of-fold scores set the threshold)")
-    spec = InputSpec.from_meta(base.meta)
-    spec = replace(spec, views=1)
+    spec = InputSpec.from_meta(base.meta)  # the base's views too: chosen for it by the line rule
     policy = parse_policy(base.meta.get("threshold_policy", "cost:20"))
     aug_name = base.meta.get("training", {}).get("augmentation", {}).get("name", "line-part")
     aug = AUGMENTATIONS[aug_name]
@@ -168,8 +168,11 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
         return model
 
     def float_scores(model: keras.Model, idx: np.ndarray) -> np.ndarray:
+        """Out-of-fold scores as the bundle will decide: over the base's views, in logit space."""
         inputs = masked(new.images[idx], [new_rims[i] for i in idx])
-        return model.predict(eval_dataset(inputs, None, opts.batch_size), verbose=0).ravel()
+        views = np.stack([v for x in inputs for v in dihedral_views(x, spec.views)])
+        p = model.predict(eval_dataset(views, None, opts.batch_size), verbose=0).reshape(len(inputs), spec.views)
+        return np.array([mean_logit(row) for row in p]) if spec.views > 1 else p[:, 0]
 
     folds = _folds(new.labels[adapt_idx], min(opts.folds, opts.per_class), opts.seed)
     oof = np.zeros(len(adapt_idx))
@@ -219,7 +222,8 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
             "original_validation": summarize(val_labels, val_scores[name], t),  # scores do not depend on t
         }
     float_val = final.predict(eval_dataset(masked(val_images, val_rims), None, opts.batch_size), verbose=0).ravel()
-    model_only_val = Classifier(tflite, num_threads=1, spec=spec).predict(val_images, val_rims)
+    # quantisation alone, as fit checks it: the float and int8 models on the same single view
+    model_only_val = Classifier(tflite, num_threads=1, spec=replace(spec, views=1)).predict(val_images, val_rims)
     try:
         check_int8_accuracy(summarize(val_labels, float_val, threshold)["accuracy"],
                             summarize(val_labels, model_only_val, threshold)["accuracy"], opts.max_int8_drop)
@@ -247,7 +251,7 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
     meta.pop("sha256", None)
     meta.update({
         "threshold": threshold,
-        "views": 1,
+        "views": spec.views,
         "input": {**meta["input"], "dtype": str(clf.input_dtype), "scale": clf.input_scale,
                   "zero_point": clf.input_zero},
         "output": {"dtype": str(clf.output_dtype), "scale": clf.output_scale, "zero_point": clf.output_zero,

@@ -43,6 +43,7 @@ def test_adapt_writes_a_bundle_whose_threshold_and_figures_come_from_what_it_say
     b = bundle_fmt.load(out)
     rec = b.meta["training"]["adapted"]
     assert rec["base"]["id"] == bundle_fmt.load(BASE).short_id
+    assert b.meta["views"] == bundle_fmt.load(BASE).meta.get("views", 1)  # the base's views, as the rule chose them
     adapt, held = set(rec["new_line"]["adapt"]), set(rec["new_line"]["held_out"])
     assert len(adapt) == 8 and len(held) == 8 and not adapt & held
     assert sum(n.startswith("def_front/") for n in adapt) == 4
