@@ -98,16 +98,18 @@ def main(argv: list[str] | None = None) -> int:
 def check_config(path: Path) -> int:
     """The schema, then what the config points at on this box (edge.preflight), as the daemon checks at start."""
     from edge.config import ConfigError  # noqa: PLC0415
-    from edge.preflight import load_checked  # noqa: PLC0415
+    from edge.preflight import describe, load_checked  # noqa: PLC0415
 
     try:
-        load_checked(path)
+        cfg = load_checked(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
         return 2
     print(f"{path}: ok")
+    for line in describe(cfg):
+        print(f"  {line}")
     return 0
 
 

@@ -20,9 +20,13 @@ import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.config import MQTT_STRING_MAX, Config, ConfigError, load_located
 from edge.vision.sources import is_path_source
+
+if TYPE_CHECKING:
+    from edge.inference.inspector import Inspector
 
 Problem = tuple[tuple[str, ...], str]  # (key path, message)
 
@@ -94,6 +98,41 @@ def _bundle(cfg: Config) -> list[Problem]:
     except Exception as exc:  # noqa: BLE001 - the runtime's own errors (a model it cannot build), as one line
         return [(key, f"{cfg.model.bundle}: cannot load the model: {type(exc).__name__}: {exc}"[:400])]
     return _shadow(cfg)
+
+
+def describe(cfg: Config) -> list[str]:
+    """What the daemon would run, one line per bundle: for a config check() passed.
+
+    A line engineer checking a config wants to see which model decides, at which threshold and
+    with which of the bundle's options, before the line runs on it.
+    """
+    from edge.inference import bundle as bundle_fmt  # noqa: PLC0415
+    from edge.inference.inspector import Inspector  # noqa: PLC0415
+    from edge.lifecycle import recipe_specs  # noqa: PLC0415
+
+    if cfg.recipes.products:
+        lines = [f"recipe {spec.name}: {_running(spec.load(cfg.model.threads).inspector)}" for spec in recipe_specs(cfg)]
+    else:
+        live = Inspector.load(bundle_fmt.load(cfg.model.bundle), cfg.model.threshold, cfg.model.threads,
+                              cfg.model.accept_validation_escapes)
+        lines = [f"model: {_running(live)}"]
+    if cfg.model.shadow is not None:
+        lines.append(f"shadow: {_running(Inspector.load(bundle_fmt.load(cfg.model.shadow)))}; never actuates")
+    return lines
+
+
+def _running(inspector: Inspector) -> str:
+    """One bundle as it will decide: id, threshold in force, views, guard, input, seal."""
+    from edge.inference.bundle import SEAL_KEY  # noqa: PLC0415
+
+    b, spec = inspector.bundle, inspector.classifier.spec
+    t = inspector.threshold
+    whose = "the bundle's" if t == b.threshold else f"override; the bundle's {b.threshold:.8g}"
+    parts = [f"{b.path} ({b.short_id})", f"threshold {t:.8g} ({whose})", f"{spec.views} view(s)",
+             "guard on" if inspector.judge.guard is not None else "no guard",
+             f"part-only, {spec.finder} rim finder" if spec.part_only else "whole crop",
+             "sealed" if SEAL_KEY in b.meta else "not sealed (made before 2026-12-07)"]
+    return ", ".join(parts)
 
 
 def _recipes(cfg: Config) -> list[Problem]:

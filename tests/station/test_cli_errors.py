@@ -15,6 +15,7 @@ import cv2
 import pytest
 from daemon_run import dump_config
 
+from edge.inference import bundle as bundle_fmt
 from tests.conftest import ROOT, part_image
 
 
@@ -87,9 +88,29 @@ def test_check_config_lists_what_used_to_pass(tmp_path: Path, text: str, where: 
     assert where in r.stderr, r.stderr
 
 
-def test_the_shipped_config_checks_ok() -> None:
+def test_the_shipped_config_checks_ok_and_says_which_model_decides_how() -> None:
     r = _run(ROOT, "--check-config", str(ROOT / "config.yaml"))
-    assert r.returncode == 0 and r.stdout.strip().endswith(": ok"), r.stderr
+    assert r.returncode == 0, r.stderr
+    first, *rest = r.stdout.splitlines()
+    b = bundle_fmt.load(ROOT / "models" / "casting-cnn")
+    assert first.endswith("config.yaml: ok") and len(rest) == 1, r.stdout
+    assert rest[0].startswith(f"  model: {b.path} ({b.short_id}), threshold {b.threshold:.8g} (the bundle's), "
+                              f"{b.meta.get('views', 1)} view(s), "), r.stdout
+    assert rest[0].endswith(", sealed"), r.stdout
+
+
+def test_check_config_names_an_override_and_the_shadow(tmp_path: Path) -> None:
+    live, shadow = ROOT / "models" / "casting-cnn", ROOT / "models" / "casting-cnn-crisp"
+    b, c = bundle_fmt.load(live), bundle_fmt.load(shadow)
+    cfg = _config(tmp_path, model={"bundle": str(live), "threshold": 0.01, "shadow": str(shadow),
+                                   "shadow_record": str(tmp_path / "shadow.jsonl")})
+    r = _run(tmp_path, "--check-config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()[1:]
+    assert lines[0].startswith(f"  model: {b.path} ({b.short_id}), threshold 0.01 "
+                               f"(override; the bundle's {b.threshold:.8g}), "), lines
+    assert lines[1] == (f"  shadow: {c.path} ({c.short_id}), threshold {c.threshold:.8g} (the bundle's), 1 view(s), "
+                        "no guard, whole crop, sealed; never actuates"), lines
 
 
 def test_a_config_path_that_cannot_even_be_looked_at_is_one_line_not_a_traceback(tmp_path: Path) -> None:

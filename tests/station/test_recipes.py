@@ -127,6 +127,17 @@ def test_check_config_names_a_recipe_whose_bundle_cannot_run(tmp_path: Path) -> 
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"{cfg}:6: recipes.products.gone.bundle:" in r.stderr and "nowhere" in r.stderr, r.stderr
     assert "recipes.products.good" not in r.stderr, r.stderr
+    cfg.write_text(f"recipes:\n  products:\n    good:\n      bundle: {BUNDLE}\n    old:\n      bundle: {CRISP}\n"
+                   f"      threshold_policy: '{POLICY_B}'\n")
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "--check-config", str(cfg)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()[1:]  # what each recipe runs, its threshold as its policy sets it
+    crisp = bundle_fmt.load(CRISP)
+    from edge.inference.recipes import policy_threshold  # noqa: PLC0415
+    assert [line.split(":")[0] for line in lines] == ["  recipe good", "  recipe old"], lines
+    assert f"({bundle_fmt.load(BUNDLE).short_id}), threshold " in lines[0], lines
+    assert f"({crisp.short_id}), threshold {policy_threshold(crisp.meta, POLICY_B):.8g} (" in lines[1], lines
 
 
 def test_promote_asks_which_recipe_and_swaps_only_that_ones_bundle(tmp_path: Path) -> None:
