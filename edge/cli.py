@@ -100,15 +100,16 @@ def check_config(path: Path) -> int:
     from edge.config import ConfigError  # noqa: PLC0415
     from edge.preflight import describe, load_checked  # noqa: PLC0415
 
+    loaded: list = []  # each bundle the check loaded, by role: described below, not loaded again
     try:
-        cfg = load_checked(path)
+        load_checked(path, loaded)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
         return 2
     print(f"{path}: ok")
-    for line in describe(cfg):
+    for line in describe(loaded):
         print(f"  {line}")
     return 0
 

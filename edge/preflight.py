@@ -31,17 +31,20 @@ if TYPE_CHECKING:
 Problem = tuple[tuple[str, ...], str]  # (key path, message)
 
 
-def load_checked(path: str | Path) -> Config:
-    """The config at `path` if it validates and passes check(); else ConfigError with every problem."""
+def load_checked(path: str | Path, loaded: list[tuple[str, Inspector]] | None = None) -> Config:
+    """The config at `path` if it validates and passes check(); else ConfigError with every problem.
+
+    `loaded` collects each bundle the check loaded, by role (see check), for describe().
+    """
     cfg, lines = load_located(path)
-    problems = check(cfg, str(path), lines, _folder(Path(path)))
+    problems = check(cfg, str(path), lines, _folder(Path(path)), loaded)
     if problems:
         raise ConfigError(problems)
     return cfg
 
 
 def check(cfg: Config, source: str = "<config>", lines: Mapping[tuple, int] | None = None,
-          folder: Path | None = None) -> list[str]:
+          folder: Path | None = None, loaded: list[tuple[str, Inspector]] | None = None) -> list[str]:
     """Every problem found, as `source:line: key: message` (the line where the key is in the file).
 
     `folder` is the config file's folder: a missing path under it gets the reminder that
@@ -55,7 +58,7 @@ def check(cfg: Config, source: str = "<config>", lines: Mapping[tuple, int] | No
     if cfg.collect.dir is not None:
         found += _creatable_folder(("collect", "dir"), Path(cfg.collect.dir))
     found += _mqtt_files(cfg)
-    found += _bundle(cfg)
+    found += _bundle(cfg, loaded if loaded is not None else [])
     out = []
     for key, message in found:
         line = _line(lines or {}, key)
@@ -76,19 +79,20 @@ def _camera(cfg: Config) -> list[Problem]:
     return []
 
 
-def _bundle(cfg: Config) -> list[Problem]:
+def _bundle(cfg: Config, loaded: list[tuple[str, Inspector]]) -> list[Problem]:
     """Load the bundle as the daemon does: files, checksum, the threshold check, interpreter, self-check."""
     from edge.inference import bundle as bundle_fmt  # noqa: PLC0415 - the interpreter is only needed here
     from edge.inference.inspector import Inspector  # noqa: PLC0415
     from edge.inference.override import ThresholdRefused  # noqa: PLC0415
 
     if cfg.recipes.products:
-        return _recipes(cfg) + _shadow(cfg)
+        return _recipes(cfg, loaded) + _shadow(cfg, loaded)
     key = ("model", "bundle")
     try:
         b = bundle_fmt.load(cfg.model.bundle)
         inspector = Inspector.load(b, cfg.model.threshold, cfg.model.threads, cfg.model.accept_validation_escapes)
         inspector.self_check()
+        loaded.append(("model", inspector))
     except ThresholdRefused as exc:
         return [(("model", "threshold"), str(exc))]
     except bundle_fmt.BundleError as exc:
@@ -97,28 +101,17 @@ def _bundle(cfg: Config) -> list[Problem]:
         return [(key, f"{cfg.model.bundle}: cannot read: {exc.strerror or exc}")]
     except Exception as exc:  # noqa: BLE001 - the runtime's own errors (a model it cannot build), as one line
         return [(key, f"{cfg.model.bundle}: cannot load the model: {type(exc).__name__}: {exc}"[:400])]
-    return _shadow(cfg)
+    return _shadow(cfg, loaded)
 
 
-def describe(cfg: Config) -> list[str]:
-    """What the daemon would run, one line per bundle: for a config check() passed.
+def describe(loaded: list[tuple[str, Inspector]]) -> list[str]:
+    """What the daemon would run, one line per bundle check() loaded (model, each recipe, shadow).
 
     A line engineer checking a config wants to see which model decides, at which threshold and
     with which of the bundle's options, before the line runs on it.
     """
-    from edge.inference import bundle as bundle_fmt  # noqa: PLC0415
-    from edge.inference.inspector import Inspector  # noqa: PLC0415
-    from edge.lifecycle import recipe_specs  # noqa: PLC0415
-
-    if cfg.recipes.products:
-        lines = [f"recipe {spec.name}: {_running(spec.load(cfg.model.threads).inspector)}" for spec in recipe_specs(cfg)]
-    else:
-        live = Inspector.load(bundle_fmt.load(cfg.model.bundle), cfg.model.threshold, cfg.model.threads,
-                              cfg.model.accept_validation_escapes)
-        lines = [f"model: {_running(live)}"]
-    if cfg.model.shadow is not None:
-        lines.append(f"shadow: {_running(Inspector.load(bundle_fmt.load(cfg.model.shadow)))}; never actuates")
-    return lines
+    return [f"{role}: {_running(inspector)}" + ("; never actuates" if role == "shadow" else "")
+            for role, inspector in loaded]
 
 
 def _running(inspector: Inspector) -> str:
@@ -135,7 +128,7 @@ def _running(inspector: Inspector) -> str:
     return ", ".join(parts)
 
 
-def _recipes(cfg: Config) -> list[Problem]:
+def _recipes(cfg: Config, loaded: list[tuple[str, Inspector]]) -> list[Problem]:
     """Each recipe's bundle and threshold, loaded as the daemon loads them: every problem, by key."""
     from edge.inference.recipes import RecipeError  # noqa: PLC0415 - the interpreter is only needed here
     from edge.lifecycle import recipe_specs  # noqa: PLC0415
@@ -143,7 +136,7 @@ def _recipes(cfg: Config) -> list[Problem]:
     found: list[Problem] = []
     for spec in recipe_specs(cfg):
         try:
-            spec.load(cfg.model.threads)
+            loaded.append((f"recipe {spec.name}", spec.load(cfg.model.threads).inspector))
         except RecipeError as exc:
             found.append((exc.key, exc.message))
         except Exception as exc:  # noqa: BLE001 - the runtime's own errors, as one line
@@ -152,7 +145,7 @@ def _recipes(cfg: Config) -> list[Problem]:
     return found
 
 
-def _shadow(cfg: Config) -> list[Problem]:
+def _shadow(cfg: Config, loaded: list[tuple[str, Inspector]]) -> list[Problem]:
     from edge.inference import bundle as bundle_fmt  # noqa: PLC0415
     from edge.inference.inspector import Inspector  # noqa: PLC0415
     from edge.inference.override import ThresholdRefused  # noqa: PLC0415
@@ -160,7 +153,9 @@ def _shadow(cfg: Config) -> list[Problem]:
     if cfg.model.shadow is not None:
         shadow_key = ("model", "shadow")
         try:
-            Inspector.load(bundle_fmt.load(cfg.model.shadow), threads=cfg.model.threads).self_check()
+            shadow = Inspector.load(bundle_fmt.load(cfg.model.shadow), threads=cfg.model.threads)
+            shadow.self_check()
+            loaded.append(("shadow", shadow))
         except (bundle_fmt.BundleError, ThresholdRefused) as exc:
             return [(shadow_key, str(exc))]
         except OSError as exc:

@@ -134,7 +134,6 @@ def test_check_config_names_a_recipe_whose_bundle_cannot_run(tmp_path: Path) -> 
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()[1:]  # what each recipe runs, its threshold as its policy sets it
     crisp = bundle_fmt.load(CRISP)
-    from edge.inference.recipes import policy_threshold  # noqa: PLC0415
     assert [line.split(":")[0] for line in lines] == ["  recipe good", "  recipe old"], lines
     assert f"({bundle_fmt.load(BUNDLE).short_id}), threshold " in lines[0], lines
     assert f"({crisp.short_id}), threshold {policy_threshold(crisp.meta, POLICY_B):.8g} (" in lines[1], lines
