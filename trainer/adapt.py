@@ -54,7 +54,7 @@ from trainer.fit import image_stats, masked_inputs
 from trainer.loop import EpochLog, StopOnNonFinite, _compile, recalibrate_batchnorm
 from trainer.models import ARCHITECTURES
 from trainer.options import FLOAT_MODEL, OutputError
-from trainer.threshold import choose, keep_old_line, parse_policy
+from trainer.threshold import adapted_threshold, parse_policy, parse_rule
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class AdaptOptions:
     seed: int = 0
     original_limit: int | None = None  # first N per class of the original data (quick runs, tests)
     max_int8_drop: float = 0.5
-    threshold_rule: str = "keep-old-line"  # trainer.threshold.THRESHOLD_RULES
+    threshold_rule: str = "keep-old-line"  # trainer.threshold.THRESHOLD_RULES (margin:D with its D)
     force: bool = False
     command: str = ""
 
@@ -115,6 +115,7 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
         raise OutputError(f"--folds {opts.folds}: at least 2 (out-of-fold scores set the threshold)")
     spec = InputSpec.from_meta(base.meta)  # the base's views too: chosen for it by the line rule
     policy = parse_policy(base.meta.get("threshold_policy", "cost:20"))
+    parse_rule(opts.threshold_rule)  # a bad rule is told before minutes of fine-tuning
     aug_name = base.meta.get("training", {}).get("augmentation", {}).get("name", "line-part")
     aug = AUGMENTATIONS[aug_name]
     arch = base.meta.get("architecture", "edge")
@@ -202,15 +203,11 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
     val_scores = {"base": reject_scores(base_judge.judge_all(val_images, val_rims)), "adapted": int8_val}
     base_val = summarize(val_labels, val_scores["base"], base.threshold)
     bar = (base_val["false_accepts"], base_val["false_accepts"] + base_val["false_rejects"])
-    threshold, kept = None, None
-    if opts.threshold_rule == "keep-old-line":
-        threshold = keep_old_line(new.labels[adapt_idx], oof, val_labels, int8_val, bar, policy)
-        kept = threshold is not None
-        if not kept:
-            log.warning("no threshold keeps the base's bar on the original validation; the policy on both sets "
-                        "decides", extra={"bar_escapes": bar[0], "bar_errors": bar[1]})
-    if threshold is None:
-        threshold = choose(choose_labels, choose_scores, policy)
+    chosen = adapted_threshold(opts.threshold_rule, new.labels[adapt_idx], oof, val_labels, int8_val, bar, policy)
+    threshold, kept = chosen.threshold, chosen.kept
+    if kept is False:
+        log.warning("no threshold keeps the base's bar on the original validation; the policy on both sets "
+                    "decides", extra={"bar_escapes": bar[0], "bar_errors": bar[1]})
 
     adapted = Judge(clf, threshold, guard)
     held_images, held_labels = new.images[held_idx], new.labels[held_idx]
@@ -239,7 +236,7 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
                      "held_out": held_names},
         "original": {"root": str(opts.original), "mix_images": len(mix_idx), "validation_images": len(val_idx),
                      "limit_per_class": orig_limit},
-        "threshold_from": {"policy": str(policy), "rule": opts.threshold_rule,
+        "threshold_from": {"policy": str(policy), "rule": opts.threshold_rule, "before_margin": chosen.before_margin,
                            "old_line_bar": {"escapes": bar[0], "errors": bar[1], "kept": kept},
                            "scores": {"out_of_fold_new_line": score_record(new.labels[adapt_idx], oof),
                                       "original_validation_int8": score_record(val_labels, int8_val)},
@@ -286,11 +283,14 @@ def _threshold_sentence(threshold: float, tf: dict[str, Any]) -> str:
     val = f"{tf['original_validation_int8']} original validation images"
     bar = tf["old_line_bar"]
     keeps = f"within the base's {bar['escapes']} defect(s) accepted and {bar['errors']} part(s) wrong"
+    before = tf.get("before_margin", threshold)
+    margin = (f" ({tf['rule']}: {tf['rule'].partition(':')[2]} logit(s) below {before:.6g})"
+              if tf["rule"].startswith("margin:") else "")
     if bar["kept"]:
-        return (f"Threshold {threshold:.6g} by {tf['policy']} on {oof}, among the thresholds that keep the "
+        return (f"Threshold {threshold:.6g}{margin} by {tf['policy']} on {oof}, among the thresholds that keep the "
                 f"{val} {keeps}.")
     why = f"no threshold kept the {val} {keeps}, so " if bar["kept"] is False else ""
-    return f"Threshold {threshold:.6g}: {why}by {tf['policy']} on {oof} and {val} together."
+    return f"Threshold {threshold:.6g}{margin}: {why}by {tf['policy']} on {oof} and {val} together."
 
 
 def render(result: dict[str, Any]) -> str:

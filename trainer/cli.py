@@ -248,10 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--original-limit", type=int, default=None, help="first N images per class of --original "
                    "(quick runs; the base's validation split is then not the one it was judged on)")
     a.add_argument("--max-int8-drop", type=float, default=0.5)
-    a.add_argument("--threshold-rule", default=THRESHOLD_RULES[0], choices=THRESHOLD_RULES,
+    a.add_argument("--threshold-rule", default=THRESHOLD_RULES[0], metavar="|".join(THRESHOLD_RULES),
                    help="keep-old-line (default): the policy on the new line's out-of-fold scores among the "
                         "thresholds that keep the base's escapes and errors on the original validation; union: "
-                        "the policy on both sets together (docs/commissioning.md)")
+                        "the policy on both sets together; margin:D: keep-old-line's threshold lowered by D in "
+                        "logit space (docs/commissioning.md)")
     a.add_argument("--force", action="store_true", help="write into a non-empty --out")
     scores_help = ("record a bundle's validation scores in its model.json (what a threshold override is judged "
                    "on; fit records them itself)")

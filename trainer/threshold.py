@@ -6,6 +6,8 @@ on the edge box chooses from a bundle's recorded validation scores exactly as th
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,14 +23,58 @@ from edge.inference.policy import (
     parse_policy,
 )
 
-__all__ = ["DEFAULT_POLICY", "GRID", "THRESHOLD_RULES", "Policy", "PolicyError", "choose", "evidence",
-           "keep_old_line", "parse_policy"]
+__all__ = ["DEFAULT_POLICY", "GRID", "THRESHOLD_RULES", "AdaptedThreshold", "Policy", "PolicyError",
+           "adapted_threshold", "choose", "evidence", "keep_old_line", "lower_by", "parse_policy", "parse_rule"]
 
 # How `edge-train adapt` sets the adapted bundle's threshold. keep-old-line: the policy on the
 # new line's out-of-fold scores, among the thresholds at which the original validation keeps the
 # base's escapes and errors (keep_old_line); union: the policy on both sets together (the rule
-# until 2026-12-06).
-THRESHOLD_RULES = ("keep-old-line", "union")
+# until 2026-12-06); margin:D: keep-old-line's threshold lowered by D in logit space (sigmoid(logit(t) - D)),
+# because the out-of-fold edge of a few dozen defects is not the edge of the line's next hundreds.
+THRESHOLD_RULES = ("keep-old-line", "union", "margin:D")
+
+
+def parse_rule(text: str) -> tuple[str, float]:
+    """(rule, margin D) from `keep-old-line`, `union` or `margin:D` (D finite, 0 <= D <= 10);
+    PolicyError naming the text otherwise."""
+    if text in ("keep-old-line", "union"):
+        return text, 0.0
+    kind, sep, value = text.partition(":")
+    try:
+        d = float(value) if kind == "margin" and sep else math.nan
+    except ValueError:
+        d = math.nan
+    if not (0 <= d <= 10):
+        raise PolicyError(f"threshold rule {text!r}: expected keep-old-line, union or margin:D "
+                          "(D in logits, 0 to 10)")
+    return "margin", d
+
+
+def lower_by(threshold: float, margin: float) -> float:
+    """`threshold` lowered by `margin` in logit space (0 < result <= threshold)."""
+    t = min(max(threshold, 1e-9), 1 - 1e-9)
+    return float(1 / (1 + math.exp(-(math.log(t / (1 - t)) - margin))))
+
+
+@dataclass(frozen=True)
+class AdaptedThreshold:
+    threshold: float
+    kept: bool | None  # keep-old-line's bar kept on the original validation; None under `union`
+    before_margin: float  # the threshold the rule chose before its margin (== threshold without one)
+
+
+def adapted_threshold(rule: str, new_labels: np.ndarray, new_scores: np.ndarray, old_labels: np.ndarray,
+                      old_scores: np.ndarray, bar: tuple[int, int], policy: Policy) -> AdaptedThreshold:
+    """An adapted bundle's threshold by `rule` (THRESHOLD_RULES) from the new line's out-of-fold scores
+    and the adapted model's scores on the original validation (`bar`: the base's escapes and errors there)."""
+    name, margin = parse_rule(rule)
+    t, kept = None, None
+    if name in ("keep-old-line", "margin"):
+        t = keep_old_line(new_labels, new_scores, old_labels, old_scores, bar, policy)
+        kept = t is not None
+    if t is None:
+        t = choose(np.concatenate([new_labels, old_labels]), np.concatenate([new_scores, old_scores]), policy)
+    return AdaptedThreshold(lower_by(t, margin) if margin else t, kept, t)
 
 
 def evidence(labels: np.ndarray, p_defect: np.ndarray, names: list[str], threshold: float,

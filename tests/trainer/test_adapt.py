@@ -87,8 +87,24 @@ def test_adapt_writes_a_bundle_whose_threshold_and_figures_come_from_what_it_say
     assert "not empty" in capsys.readouterr().err
     assert main([*args[:-len(QUICK)], "--per-class", "8", *QUICK, "--out", str(tmp_path / "o2")]) == 2
     assert "--per-class 8 needs at least 9" in capsys.readouterr().err
+    assert main([*args, "--threshold-rule", "margin:-1", "--out", str(tmp_path / "o4")]) == 2
+    assert "threshold rule 'margin:-1'" in capsys.readouterr().err
+    assert not (tmp_path / "o4").exists()
     no_float = tmp_path / "no-float"
     shutil.copytree(BASE, no_float, ignore=shutil.ignore_patterns("*.keras", "figures"))
     assert main(["adapt", "--base", str(no_float), "--data", str(line), "--original", str(orig),
                  "--out", str(tmp_path / "o3"), *QUICK]) == 2
     assert "no model.keras there" in capsys.readouterr().err
+
+
+def test_the_report_says_which_rule_set_the_threshold_and_by_how_much_a_margin_lowered_it() -> None:
+    from trainer.adapt import _threshold_sentence  # noqa: PLC0415
+
+    tf = {"out_of_fold_new_line": 80, "folds": 4, "original_validation_int8": 1326, "policy": "cost:20",
+          "rule": "margin:1", "before_margin": 0.039, "old_line_bar": {"escapes": 1, "errors": 8, "kept": False}}
+    text = _threshold_sentence(0.0147, tf)
+    assert "Threshold 0.0147 (margin:1: 1 logit(s) below 0.039)" in text
+    assert "no threshold kept the 1326 original validation images within the base's 1 defect(s)" in text
+    kept = _threshold_sentence(0.02, {**tf, "rule": "keep-old-line", "before_margin": 0.02,
+                                      "old_line_bar": {"escapes": 1, "errors": 8, "kept": True}})
+    assert kept.startswith("Threshold 0.02 by cost:20 on 80 out-of-fold") and "logit" not in kept

@@ -1,7 +1,19 @@
+import re
+
 import numpy as np
 import pytest
 
-from trainer.threshold import Policy, PolicyError, choose, evidence, keep_old_line, parse_policy
+from trainer.threshold import (
+    Policy,
+    PolicyError,
+    adapted_threshold,
+    choose,
+    evidence,
+    keep_old_line,
+    lower_by,
+    parse_policy,
+    parse_rule,
+)
 
 
 def test_parse_policy_accepts_cost_and_recall_and_names_bad_input() -> None:
@@ -62,3 +74,30 @@ def test_keep_old_line_takes_the_new_lines_choice_among_thresholds_that_keep_the
     assert t2 is not None and 0.02 < t2 <= 0.05
     # no threshold keeps an impossible bar: None, the caller falls back
     assert keep_old_line(new_y, new_p, np.array([0, 1]), np.array([0.9, 0.1]), (0, 0), Policy("cost", 20)) is None
+
+
+def test_adapted_threshold_rules_and_their_margin_in_logit_space() -> None:
+    new_y, new_p = np.array([0, 0, 1, 1]), np.array([0.02, 0.10, 0.05, 0.90])
+    old_y, old_p = np.array([0, 0, 1]), np.array([0.06, 0.07, 0.80])
+    policy = Policy("cost", 20)
+    keep = adapted_threshold("keep-old-line", new_y, new_p, old_y, old_p, (0, 0), policy)
+    assert keep.kept is True and keep.threshold == keep.before_margin == keep_old_line(new_y, new_p, old_y, old_p,
+                                                                                       (0, 0), policy)
+    union = adapted_threshold("union", new_y, new_p, old_y, old_p, (0, 0), policy)
+    assert union.kept is None and union.threshold == choose(np.r_[new_y, old_y], np.r_[new_p, old_p], policy)
+    low = adapted_threshold("margin:2", new_y, new_p, old_y, old_p, (0, 0), policy)
+    assert low.before_margin == keep.threshold and low.kept is True
+    logit = np.log(low.threshold / (1 - low.threshold))
+    assert logit == pytest.approx(np.log(keep.threshold / (1 - keep.threshold)) - 2)
+    # no threshold keeps an impossible bar: the fallback (union) is lowered too
+    none = adapted_threshold("margin:1", new_y, new_p, old_y, np.array([0.9, 0.9, 0.1]), (0, 0), policy)
+    assert none.kept is False and none.threshold == pytest.approx(lower_by(none.before_margin, 1.0))
+    assert adapted_threshold("margin:0", new_y, new_p, old_y, old_p, (0, 0), policy).threshold == keep.threshold
+
+
+@pytest.mark.parametrize("bad", ["margin", "margin:", "margin:-1", "margin:11", "margin:nan", "margin:x", "keep",
+                                 "union:1", "Union"])
+def test_parse_rule_names_a_bad_rule(bad: str) -> None:
+    with pytest.raises(PolicyError, match=re.escape(repr(bad))):
+        parse_rule(bad)
+    assert parse_rule("margin:1.5") == ("margin", 1.5) and parse_rule("union") == ("union", 0.0)
