@@ -19,10 +19,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import cv2
 import numpy as np
 
+from edge.vision.circlefit import circle_lsq, ransac_circle
 from edge.vision.preprocess import IMAGE_SIZE, to_gray_u8, to_model_input
 
 log = logging.getLogger(__name__)
@@ -170,11 +172,34 @@ def crop_roi(gray: np.ndarray, roi: tuple[int, int, int, int], size: tuple[int, 
     return to_model_input(gray[y0:y1, x0:x1], size)
 
 
+# The locator runs many small searches per part (the rim finder alone ~10 per crop): the tables
+# below depend only on the ray count or the point count, so they are computed once, not per search.
+@lru_cache(maxsize=16)
+def _rays32(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin of n ray angles in float32 (column vectors), for the polar samples."""
+    t = np.arange(n, dtype=np.float32) * np.float32(2 * np.pi / n)
+    c, s = np.cos(t)[:, None], np.sin(t)[:, None]
+    c.flags.writeable = s.flags.writeable = False
+    return c, s
+
+
+@lru_cache(maxsize=16)
+def _rays64(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin of n ray angles in float64, for the edge points."""
+    t = np.arange(n) * (2 * np.pi / n)
+    c, s = np.cos(t), np.sin(t)
+    c.flags.writeable = s.flags.writeable = False
+    return c, s
+
+
+_ERODE_5 = np.ones((1, 5), np.uint8)
+
+
 def _polar(gray: np.ndarray, cx: float, cy: float, radii: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Float32 samples [angle, radius] around (cx, cy) and their in-frame mask."""
-    t = np.arange(n, dtype=np.float32) * np.float32(2 * np.pi / n)
-    xs = (cx + np.cos(t)[:, None] * radii[None, :]).astype(np.float32)
-    ys = (cy + np.sin(t)[:, None] * radii[None, :]).astype(np.float32)
+    cos, sin = _rays32(n)
+    xs = (cx + cos * radii[None, :]).astype(np.float32)
+    ys = (cy + sin * radii[None, :]).astype(np.float32)
     h, w = gray.shape
     valid = (xs >= 0) & (xs <= w - 1) & (ys >= 0) & (ys <= h - 1)
     p = cv2.remap(gray, xs, ys, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -198,8 +223,7 @@ def _radial_edges(
     else:
         d = np.abs(d)
     # distrust samples whose smoothing/derivative window reaches outside the frame
-    kernel = np.ones((1, 5), np.uint8)
-    valid = cv2.erode(valid.astype(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+    valid = cv2.erode(valid.astype(np.uint8), _ERODE_5, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
     return d, valid
 
 
@@ -293,12 +317,12 @@ def _refine(gray: np.ndarray, cx: float, cy: float, cfg: LocateConfig) -> PartBo
     radii = np.arange(0.85 * rmin, 1.15 * rmax, step, dtype=np.float32)
     d, valid = _radial_edges(gray, cx, cy, radii, n, cfg.rim_polarity)
     pts = _outermost_edges(d, valid, radii, cfg.min_edge)
-    t = np.arange(n) * (2 * np.pi / n)
+    cos, sin = _rays64(n)
     ok = ~np.isnan(pts)
     if ok.sum() < 8:
         return None
-    xs, ys = cx + np.cos(t[ok]) * pts[ok], cy + np.sin(t[ok]) * pts[ok]
-    circle = _ransac_circle(xs, ys, rmin * 0.9, rmax * 1.1)
+    xs, ys = cx + cos[ok] * pts[ok], cy + sin[ok] * pts[ok]
+    circle = ransac_circle(xs, ys, rmin * 0.9, rmax * 1.1)
     if circle is None:
         return None
     cx, cy, r = circle
@@ -336,41 +360,6 @@ def _outermost_edges(
     return out
 
 
-_RNG_SEED = 20240611  # fixed: the locator must be deterministic
-
-
-def _ransac_circle(
-    xs: np.ndarray, ys: np.ndarray, rlo: float, rhi: float, trials: int = 96
-) -> tuple[float, float, float] | None:
-    """Circle through most points (RANSAC, tolerance 5% of r), refitted on its inliers.
-
-    Rays whose outermost edge is not the rim (a defect, a neighbour, the hub where the
-    rim edge is faint) are outliers; a plain least-squares fit would be pulled by them.
-    """
-    m = len(xs)
-    rng = np.random.default_rng(_RNG_SEED)
-    idx = rng.random((trials, m)).argsort(axis=1)[:, :3]  # 3 distinct points per trial
-    x1, x2, x3 = xs[idx[:, 0]], xs[idx[:, 1]], xs[idx[:, 2]]
-    y1, y2, y3 = ys[idx[:, 0]], ys[idx[:, 1]], ys[idx[:, 2]]
-    den = 2 * (x1 * (y2 - y3) + x2 * (y3 - y1) + x3 * (y1 - y2))
-    good = np.abs(den) > 1e-6
-    den = np.where(good, den, 1.0)
-    s1, s2, s3 = x1 * x1 + y1 * y1, x2 * x2 + y2 * y2, x3 * x3 + y3 * y3
-    ux = (s1 * (y2 - y3) + s2 * (y3 - y1) + s3 * (y1 - y2)) / den
-    uy = (s1 * (x3 - x2) + s2 * (x1 - x3) + s3 * (x2 - x1)) / den
-    r = np.hypot(x1 - ux, y1 - uy)
-    good &= (r >= rlo) & (r <= rhi)
-    if not good.any():
-        return None
-    res = np.abs(np.hypot(xs[None, :] - ux[:, None], ys[None, :] - uy[:, None]) - r[:, None])
-    inl = (res <= np.maximum(2.0, 0.05 * r)[:, None]) & good[:, None]
-    best = int(inl.sum(axis=1).argmax())
-    use = inl[best]
-    if use.sum() < max(6, 0.25 * m):
-        return None
-    return _circle_lsq(xs[use], ys[use])
-
-
 def _fit_ring(gray: np.ndarray, cx: float, cy: float, r: float, n: int, polarity: int, min_edge: float):
     """Refit the rim near circle (cx, cy, r) at sub-pixel precision.
 
@@ -384,9 +373,10 @@ def _fit_ring(gray: np.ndarray, cx: float, cy: float, r: float, n: int, polarity
     rr = _outermost_edges(d, valid, radii, min_edge, subpixel=True)
     ray_in = valid[:, len(radii) // 2]
     visible = float(ray_in.mean())
-    t = np.arange(n) * (2 * np.pi / n)
+    cos, sin = _rays64(n)
     has = ~np.isnan(rr)
-    xs, ys = cx + np.cos(t) * np.nan_to_num(rr), cy + np.sin(t) * np.nan_to_num(rr)
+    r0 = np.where(has, rr, 0.0)
+    xs, ys = cx + cos * r0, cy + sin * r0
     # 5%: the dataset's views are slightly oblique, rims are mild ellipses (axis ratio
     # down to ~0.93); the least-squares circle of an ellipse has its centre and mean radius.
     tol = max(1.5, 0.05 * r)
@@ -395,18 +385,8 @@ def _fit_ring(gray: np.ndarray, cx: float, cy: float, r: float, n: int, polarity
     for _ in range(2):
         if use.sum() < 8:
             return None
-        ccx, ccy, cr = _circle_lsq(xs[use], ys[use])
+        ccx, ccy, cr = circle_lsq(xs[use], ys[use])
         res = np.abs(np.hypot(xs - ccx, ys - ccy) - cr)
         use = has & (res <= tol)
     score = float(use.sum() / max(1, ray_in.sum()))
     return ccx, ccy, cr, min(score, 1.0), visible
-
-
-def _circle_lsq(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """Algebraic (Kasa) circle fit."""
-    a = np.column_stack([x, y, np.ones_like(x)])
-    b = x * x + y * y
-    sol, *_ = np.linalg.lstsq(a, b, rcond=None)
-    cx, cy = sol[0] / 2, sol[1] / 2
-    r = math.sqrt(max(sol[2] + cx * cx + cy * cy, 0.0))
-    return float(cx), float(cy), r

@@ -332,3 +332,21 @@ def test_a_belt_lighter_than_the_part_needs_rim_edge_either(casting_data: Path) 
     assert _found_on_belt(casting_data, 200, "darker_outside") <= 12
     assert _found_on_belt(casting_data, 200, "either") >= 22
     assert _found_on_belt(casting_data, 70, "darker_outside") == _found_on_belt(casting_data, 70, "either") == 24
+
+
+def test_the_locators_shared_tables_are_the_per_search_values_and_cannot_be_changed_by_a_caller() -> None:
+    """The ray tables and RANSAC's triples are computed once per count (speed) and shared by every
+    search: they must equal what each search computed for itself, and be read-only."""
+    import edge.vision.circlefit as fit  # noqa: PLC0415
+    import edge.vision.locate as loc  # noqa: PLC0415
+
+    n, m = 48, 37
+    t32 = np.arange(n, dtype=np.float32) * np.float32(2 * np.pi / n)
+    t64 = np.arange(n) * (2 * np.pi / n)
+    assert np.array_equal(loc._rays32(n)[0][:, 0], np.cos(t32)) and np.array_equal(loc._rays32(n)[1][:, 0], np.sin(t32))
+    assert np.array_equal(loc._rays64(n)[0], np.cos(t64)) and np.array_equal(loc._rays64(n)[1], np.sin(t64))
+    fresh = np.random.default_rng(fit._RNG_SEED).random((96, m)).argsort(axis=1)[:, :3]
+    assert np.array_equal(fit._triples(96, m), fresh)
+    for table in (*loc._rays32(n), *loc._rays64(n), fit._triples(96, m)):
+        with pytest.raises(ValueError):
+            table[0] = 0
