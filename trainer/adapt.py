@@ -213,9 +213,11 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
     held_images, held_labels = new.images[held_idx], new.labels[held_idx]
     held_rims = [new_rims[i] for i in held_idx]
     figures: dict[str, Any] = {}
+    held_scores: dict[str, np.ndarray] = {}
     for name, judge, t in (("base", base_judge, base.threshold), ("adapted", adapted, threshold)):
+        held_scores[name] = reject_scores(judge.judge_all(held_images, held_rims))
         figures[name] = {
-            "held_out": summarize(held_labels, reject_scores(judge.judge_all(held_images, held_rims)), t),
+            "held_out": summarize(held_labels, held_scores[name], t),
             "original_validation": summarize(val_labels, val_scores[name], t),  # scores do not depend on t
         }
     float_val = final.predict(eval_dataset(masked(val_images, val_rims), None, opts.batch_size), verbose=0).ravel()
@@ -228,6 +230,8 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
         raise ExportError(f"{exc} (on the original validation images): no bundle written") from None
 
     held_names = [str(new.paths[i].relative_to(opts.data)) for i in held_idx]
+    figures["held_out_defects_accepted"] = defects_accepted(held_names, held_labels, held_scores["base"],
+                                                            base.threshold, held_scores["adapted"], threshold)
     record = {
         "base": {"bundle": str(opts.base), "id": base.short_id, "threshold": base.threshold},
         "new_line": {"root": str(opts.data), "fingerprint": fingerprint(new_samples, opts.data, new_digests),
@@ -278,6 +282,15 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
     return result
 
 
+def defects_accepted(names: list[str], labels: np.ndarray, p_base: np.ndarray, t_base: float,
+                     p_adapted: np.ndarray, t_adapted: float) -> list[dict[str, Any]]:
+    """The defects either bundle accepts, by name with both scores: the parts a line engineer looks
+    at before a promotion (a threshold rule cannot catch a part the model scores near zero)."""
+    missed = (np.asarray(labels) == 1) & ((np.asarray(p_base) < t_base) | (np.asarray(p_adapted) < t_adapted))
+    return [{"image": names[k], "p_base": round(float(p_base[k]), 6), "p_adapted": round(float(p_adapted[k]), 6)}
+            for k in np.flatnonzero(missed)]
+
+
 def _threshold_sentence(threshold: float, tf: dict[str, Any]) -> str:
     oof = f"{tf['out_of_fold_new_line']} out-of-fold new-line scores ({tf['folds']} folds)"
     val = f"{tf['original_validation_int8']} original validation images"
@@ -308,5 +321,11 @@ def render(result: dict[str, Any]) -> str:
             s = fig[name][where]
             lines.append(f"| {name} | {label} | {100 * s['accuracy']:.2f}% | {s['false_accepts']} | "
                          f"{s['false_rejects']} |")
+    missed = fig.get("held_out_defects_accepted", [])
+    if missed:
+        lines += ["", f"Held-out defects accepted by either bundle (base threshold {rec['base']['threshold']:.6g}, "
+                      f"adapted {result['threshold']:.6g}): look at these before a promotion.", "",
+                  "| image | p_defect base | p_defect adapted |", "|---|---|---|"]
+        lines += [f"| `{m['image']}` | {m['p_base']:.4f} | {m['p_adapted']:.4f} |" for m in missed]
     lines += ["", "The held-out images were not used for training, for the threshold or for any choice here."]
     return "\n".join(lines) + "\n"

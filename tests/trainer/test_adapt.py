@@ -76,6 +76,19 @@ def test_adapt_writes_a_bundle_whose_threshold_and_figures_come_from_what_it_say
     got = summarize(loaded.labels, reject_scores(Judge.from_bundle(b).judge_all(loaded.images)), b.threshold)
     recorded = b.meta["metrics"]["adapt"]["adapted"]["held_out"]
     assert (recorded["false_accepts"], recorded["false_rejects"]) == (got["false_accepts"], got["false_rejects"])
+    # ... and the held-out defects either bundle accepted are named, with both scores
+    base_b = bundle_fmt.load(BASE)
+    p_base = reject_scores(Judge.from_bundle(base_b).judge_all(loaded.images))
+    p_new = reject_scores(Judge.from_bundle(b).judge_all(loaded.images))
+    names = [str(p.relative_to(line)) for p in loaded.paths]
+    expect = {names[k] for k in np.flatnonzero((loaded.labels == 1) & ((p_base < base_b.threshold)
+                                                                     | (p_new < b.threshold)))}
+    listed = b.meta["metrics"]["adapt"]["held_out_defects_accepted"]
+    assert {m["image"] for m in listed} == expect
+    for m in listed:
+        k = names.index(m["image"])
+        assert m["p_base"] == pytest.approx(p_base[k], abs=1e-6) and m["p_adapted"] == pytest.approx(p_new[k], abs=1e-6)
+        assert f"| `{m['image']}` |" in (out / "report.md").read_text()
     report = (out / "report.md").read_text()
     assert "| base | held-out new line (8) |" in report and "| adapted | held-out new line (8) |" in report
     assert json.loads((out / "metrics.json").read_text())["id"] == b.short_id
@@ -108,3 +121,17 @@ def test_the_report_says_which_rule_set_the_threshold_and_by_how_much_a_margin_l
     kept = _threshold_sentence(0.02, {**tf, "rule": "keep-old-line", "before_margin": 0.02,
                                       "old_line_bar": {"escapes": 1, "errors": 8, "kept": True}})
     assert kept.startswith("Threshold 0.02 by cost:20 on 80 out-of-fold") and "logit" not in kept
+
+
+def test_the_report_names_each_held_out_defect_either_bundle_accepted() -> None:
+    from trainer.adapt import defects_accepted  # noqa: PLC0415
+
+    names = ["def_front/a.jpg", "def_front/b.jpg", "def_front/c.jpg", "ok_front/d.jpg", "def_front/e.jpg"]
+    labels = np.array([1, 1, 1, 0, 1])
+    p_base = np.array([0.01, 0.90, 0.30, 0.001, 1.0])  # 1.0: a guard fault, a reject at any threshold
+    p_new = np.array([0.50, 0.02, 0.30, 0.001, 0.03])
+    got = defects_accepted(names, labels, p_base, 0.05, p_new, 0.04)
+    assert got == [{"image": "def_front/a.jpg", "p_base": 0.01, "p_adapted": 0.5},  # the base's miss
+                   {"image": "def_front/b.jpg", "p_base": 0.9, "p_adapted": 0.02},  # the adapted one's
+                   {"image": "def_front/e.jpg", "p_base": 1.0, "p_adapted": 0.03}]
+    assert defects_accepted(names, labels, p_base, 0.001, p_new, 0.001) == []  # the good part is never listed
