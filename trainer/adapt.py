@@ -49,6 +49,7 @@ from edge.vision.preprocess import IMAGE_SIZE
 from trainer.augment import AUGMENTATIONS
 from trainer.compare import split_of
 from trainer.data import eval_dataset, train_dataset
+from trainer.distill import MARKED, soften_marked
 from trainer.export import ExportError, check_int8_accuracy, to_int8_tflite
 from trainer.fit import image_stats, masked_inputs
 from trainer.loop import EpochLog, StopOnNonFinite, _compile, recalibrate_batchnorm
@@ -76,6 +77,7 @@ class AdaptOptions:
     original_limit: int | None = None  # first N per class of the original data (quick runs, tests)
     max_int8_drop: float = 0.5
     threshold_rule: str = "keep-old-line"  # trainer.threshold.THRESHOLD_RULES (margin:D with its D)
+    keep_base: float = 0.0  # weight of the base's opinion in the mixed original images' targets (0 to 0.5)
     force: bool = False
     command: str = ""
 
@@ -116,6 +118,9 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
     spec = InputSpec.from_meta(base.meta)  # the base's views too: chosen for it by the line rule
     policy = parse_policy(base.meta.get("threshold_policy", "cost:20"))
     parse_rule(opts.threshold_rule)  # a bad rule is told before minutes of fine-tuning
+    if not 0.0 <= opts.keep_base <= 0.5:
+        raise OutputError(f"--keep-base {opts.keep_base}: the base's share of a target is 0 to 0.5 (at most half, "
+                          "so a labelled defect's target never falls below one half)")
     aug_name = base.meta.get("training", {}).get("augmentation", {}).get("name", "line-part")
     aug = AUGMENTATIONS[aug_name]
     arch = base.meta.get("architecture", "edge")
@@ -150,15 +155,19 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
     def masked(images: np.ndarray, rims: list[Any]) -> np.ndarray:
         return masked_inputs(images, rims, spec)
 
+    teacher = keras.models.load_model(Path(opts.base) / FLOAT_MODEL, compile=False) if opts.keep_base else None
+
     def tune(sel: np.ndarray, seed: int, label: str) -> keras.Model:
         x = np.concatenate([new.images[sel], orig.images[mix_idx]])
-        y = np.concatenate([new.labels[sel], orig.labels[mix_idx]])
+        y = np.concatenate([new.labels[sel], orig.labels[mix_idx] + (MARKED if teacher is not None else 0)])
         table = np.concatenate([new_table[sel], orig_table[mix_idx]])
         keras.utils.set_random_seed(seed)
         model = keras.models.load_model(Path(opts.base) / FLOAT_MODEL, compile=False)
         _compile(model, opts.learning_rate)
         data = train_dataset(x, y, opts.batch_size, aug, seed, circles=table, margin=spec.margin,
                              fill=float(spec.fill))
+        if teacher is not None:  # the old line's images also learn the base's opinion (--keep-base)
+            data = soften_marked(data, teacher, opts.keep_base)
         model.fit(data, steps_per_epoch=opts.steps_per_epoch, epochs=opts.epochs, verbose=0,
                   callbacks=[StopOnNonFinite(label, "--learning-rate", opts.learning_rate),
                              EpochLog(opts.epochs, label)])

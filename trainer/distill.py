@@ -126,3 +126,24 @@ def soften(dataset: tf.data.Dataset, teachers: list[Teacher], weight: float) -> 
         return x, (1.0 - weight) * y + weight * mean_probability(models, x)
 
     return dataset.map(blend, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
+# `edge-train adapt --keep-base`: a label of MARKED + y marks an image whose target blends the base's opinion.
+MARKED = 2.0
+
+
+def soften_marked(dataset: tf.data.Dataset, teacher: keras.Model, weight: float) -> tf.data.Dataset:
+    """`soften` for the marked images only (label MARKED + y); the others keep their plain label.
+
+    For adapting a bundle without forgetting (Li and Hoiem, 2016): the base's own fit images, mixed
+    into the fine-tune, learn towards the base's opinion as well as their label, while the new
+    line's images, where the base is what is being corrected, learn their labels alone.
+    """
+
+    def blend(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        marked = y >= MARKED
+        label = tf.where(marked, y - MARKED, y)
+        mixed = (1.0 - weight) * label + weight * mean_probability([teacher], x)
+        return x, tf.where(marked, mixed, label)
+
+    return dataset.map(blend, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)

@@ -94,12 +94,19 @@ def test_adapt_writes_a_bundle_whose_threshold_and_figures_come_from_what_it_say
     assert json.loads((out / "metrics.json").read_text())["id"] == b.short_id
     assert (out / "model.keras").is_file()  # a later adapt or fit --init can start from it
 
+    # --keep-base: the same loop with the base's opinion in the old line's targets, recorded
+    kept_out = tmp_path / "kept"
+    assert main([*args, "--keep-base", "0.5", "--out", str(kept_out)]) == 0
+    assert bundle_fmt.load(kept_out).meta["training"]["adapted"]["options"]["keep_base"] == 0.5
+
     # Refused before any work, each with one line naming what to change.
     capsys.readouterr()
     assert main([*args, "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert main([*args[:-len(QUICK)], "--per-class", "8", *QUICK, "--out", str(tmp_path / "o2")]) == 2
     assert "--per-class 8 needs at least 9" in capsys.readouterr().err
+    assert main([*args, "--keep-base", "0.7", "--out", str(tmp_path / "o5")]) == 2
+    assert "--keep-base 0.7: the base's share of a target is 0 to 0.5" in capsys.readouterr().err
     assert main([*args, "--threshold-rule", "margin:-1", "--out", str(tmp_path / "o4")]) == 2
     assert "threshold rule 'margin:-1'" in capsys.readouterr().err
     assert not (tmp_path / "o4").exists()

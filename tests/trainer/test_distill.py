@@ -41,6 +41,14 @@ def test_targets_blend_the_label_with_the_teachers_logit_mean() -> None:
     np.testing.assert_allclose(targets.numpy().ravel(), [0.5 * p, 0.5 + 0.5 * p] * 2, rtol=1e-5)
 
 
+def test_adapt_blends_the_bases_opinion_into_the_marked_old_line_images_only() -> None:
+    images = tf.zeros((4, 300, 300, 1))
+    labels = tf.constant([[0.0], [1.0], [distill.MARKED + 0.0], [distill.MARKED + 1.0]])  # new, new, old, old
+    ds = distill.soften_marked(tf.data.Dataset.from_tensors((images, labels)), _constant_model(0.2), 0.5)
+    _, targets = next(iter(ds))
+    np.testing.assert_allclose(targets.numpy().ravel(), [0.0, 1.0, 0.1, 0.6], rtol=1e-5)
+
+
 def test_training_metrics_judge_blended_targets_by_their_label() -> None:
     y_true = np.array([[0.3], [0.7], [0.05], [0.95]], np.float32)  # blended targets of labels 0, 1, 0, 1
     y_pred = np.array([[0.1], [0.9], [0.6], [0.8]], np.float32)
