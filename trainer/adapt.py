@@ -44,7 +44,7 @@ from edge.offline.dataset import (
     stratified_split,
 )
 from edge.offline.metrics import summarize
-from edge.vision.partview import InputSpec, circles_and_backdrops, dihedral_views, mean_logit
+from edge.vision.partview import InputSpec, circles_and_backdrops, combine_views, dihedral_views
 from edge.vision.preprocess import IMAGE_SIZE
 from trainer.augment import AUGMENTATIONS
 from trainer.compare import split_of
@@ -115,7 +115,10 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
         raise OutputError(f"{opts.out}: not empty; choose another --out or pass --force")
     if opts.folds < 2:
         raise OutputError(f"--folds {opts.folds}: at least 2 (out-of-fold scores set the threshold)")
-    spec = InputSpec.from_meta(base.meta)  # the base's views too: chosen for it by the line rule
+    try:
+        spec = InputSpec.from_meta(base.meta)  # the base's views too: chosen for it by the line rule
+    except ValueError as exc:
+        raise bundle_fmt.BundleError(f"{Path(opts.base) / bundle_fmt.SIDECAR_FILE}: {exc}") from None
     policy = parse_policy(base.meta.get("threshold_policy", "cost:20"))
     parse_rule(opts.threshold_rule)  # a bad rule is told before minutes of fine-tuning
     if not 0.0 <= opts.keep_base <= 0.5:
@@ -178,11 +181,11 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
         return model
 
     def float_scores(model: keras.Model, idx: np.ndarray) -> np.ndarray:
-        """Out-of-fold scores as the bundle will decide: over the base's views, in logit space."""
+        """Out-of-fold scores as the bundle will decide: over the base's views, combined as it combines them."""
         inputs = masked(new.images[idx], [new_rims[i] for i in idx])
         views = np.stack([v for x in inputs for v in dihedral_views(x, spec.views)])
         p = model.predict(eval_dataset(views, None, opts.batch_size), verbose=0).reshape(len(inputs), spec.views)
-        return np.array([mean_logit(row) for row in p]) if spec.views > 1 else p[:, 0]
+        return np.array([combine_views(row, spec.aggregate) for row in p]) if spec.views > 1 else p[:, 0]
 
     folds = _folds(new.labels[adapt_idx], min(opts.folds, opts.per_class), opts.seed)
     oof = np.zeros(len(adapt_idx))

@@ -245,7 +245,8 @@ def run(opts: FitOptions) -> dict[str, Any]:
     guard = Guard(guard_limits) if guard_limits is not None else None
     rule = lineval.choose_views_and_threshold(tflite, spec, guard, val_x, val_y, val_rims, policy,
                                               opts.views or None, test_set.images[0])
-    spec = replace(spec, views=rule["views"])
+    spec = replace(spec, views=rule["views"], aggregate=rule["aggregate"])
+    chosen = rule["candidates"][rule["key"]]
     threshold = rule["threshold"]
     clf = Classifier(tflite, num_threads=os.cpu_count() or 1, spec=spec)
     judge = Judge(clf, threshold, guard)
@@ -256,8 +257,8 @@ def run(opts: FitOptions) -> dict[str, Any]:
     val_names = [f"{train_set.paths[i].parent.name}/{train_set.paths[i].name}" for i in val_idx]
     threshold_evidence = evidence(val_y, int8_val, val_names, threshold)
     log.info("operating threshold and views chosen on line-condition validation", extra={
-        "policy": str(policy), "threshold": threshold, "views": spec.views,
-        "summed_validation_cost": rule["candidates"][str(spec.views)]["summed_cost"],
+        "policy": str(policy), "threshold": threshold, "views": spec.views, "view_aggregate": spec.aggregate,
+        "summed_validation_cost": chosen["summed_cost"],
         "lowest_validation_defect": (threshold_evidence["lowest_defects"] or [None])[0]})
     line_test = lineval.test_figures(Judge(Classifier(tflite, num_threads=1, spec=spec), threshold, guard),
                                      test_set.images, test_set.labels, test_rims,
@@ -294,7 +295,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
                        "int8": summarize(y, int8_perturbed, threshold)},
         "focus": focus,
         "int8_latency_ms_1_thread": _int8_latency_ms(tflite, test_set.images[0]),
-        "judge_latency_ms_1_thread": rule["candidates"][str(spec.views)]["latency_ms_1_thread"],
+        "judge_latency_ms_1_thread": chosen["latency_ms_1_thread"],
         "line_rule": rule,
         "line_test": line_test,
         "rim_fallbacks": rims.get("fallbacks") if rims else None,
@@ -325,8 +326,9 @@ def run(opts: FitOptions) -> dict[str, Any]:
                   "meaning": "raw grayscale pixels 0..255",
                   **({"part_only": spec.to_meta()} if spec.part_only else {})},
         "views": spec.views,
-        "line_rule": {"views": rule["views"], "threshold": threshold, "rule": rule["rule"],
-                      "summed_validation_cost": rule["candidates"][str(spec.views)]["summed_cost"]},
+        **({"view_aggregate": spec.aggregate} if spec.aggregate != "mean" else {}),
+        "line_rule": {"views": rule["views"], "aggregate": rule["aggregate"], "threshold": threshold,
+                      "rule": rule["rule"], "summed_validation_cost": chosen["summed_cost"]},
         "output": {"dtype": str(clf.output_dtype), "scale": clf.output_scale, "zero_point": clf.output_zero,
                    "meaning": "p_defect = scale * (q - zero_point)"},
         "architecture": opts.arch,

@@ -6,9 +6,10 @@ The rule (docs/training.md, "Line-condition rule"), fixed before the run it judg
 - the threshold minimises the policy's cost summed over all those sets (for cost:R,
   R x escapes + good parts rejected, counted over the union);
 - test-time views: 1, 2, 4 and 8 are tried (unless --views fixes one; 1 and 8 only until
-  2026-12-07); the one with the
-  lower summed validation cost at its own threshold wins, ties go to fewer views, and a
-  view count whose single-thread latency with the guard exceeds the budget is not taken.
+  2026-12-07), each of 2, 4 and 8 combined by the mean in logit space and by the maximum
+  (since 2026-12-07; --views tries the mean only); the candidate with the lowest summed
+  validation cost at its own threshold wins, ties go to fewer views and then to the mean, and
+  a candidate whose single-thread latency with the guard exceeds the budget is not taken.
 Test never chooses anything here; it is only reported.
 """
 
@@ -27,13 +28,26 @@ from edge.inference.judge import Judge
 from edge.inference.model import Classifier
 from edge.offline import evaluate
 from edge.offline.dataset import CLASS_NAMES, list_labelled, load_samples
-from edge.vision.partview import VIEW_CHOICES, Circle, InputSpec
+from edge.vision.partview import VIEW_AGGREGATES, VIEW_CHOICES, Circle, InputSpec
 from trainer.threshold import Policy, choose
 
 log = logging.getLogger(__name__)
 
 LATENCY_BUDGET_MS = 3.0  # per part on one core, every view and the guard included
 VIEW_CANDIDATES = VIEW_CHOICES  # every count a bundle may hold
+
+
+def candidate_key(views: int, aggregate: str = "mean") -> str:
+    """A candidate's name in the rule's record: "4" (mean, as before the maximum existed) or "4 max"."""
+    return str(views) if aggregate == "mean" else f"{views} {aggregate}"
+
+
+def candidates_of(views: int | None) -> list[tuple[int, str]]:
+    """(views, aggregate) pairs the rule tries: a fixed count with the mean alone, else every count, and
+    every aggregate from 2 views on (with 1 view they coincide)."""
+    if views:
+        return [(views, "mean")]
+    return [(v, a) for v in VIEW_CANDIDATES for a in (VIEW_AGGREGATES if v > 1 else ("mean",))]
 
 
 def judge_latency_ms(judge: Judge, image: np.ndarray, repeats: int = 60) -> float:
@@ -61,26 +75,27 @@ def choose_views_and_threshold(tflite: bytes, spec: InputSpec, guard: Guard | No
                                views: int | None, latency_image: np.ndarray) -> dict[str, Any]:
     """Apply the rule; returns the chosen views and threshold with every candidate's figures."""
     ratio = policy.value if policy.kind == "cost" else 20.0
-    candidates = (views,) if views else VIEW_CANDIDATES
+    candidates = candidates_of(views)
     changed = evaluate.condition_images(val_x)  # once, for every candidate
-    tried: dict[int, dict[str, Any]] = {}
-    for v in candidates:
+    tried: dict[tuple[int, str], dict[str, Any]] = {}
+    for v, agg in candidates:
         t0 = time.perf_counter()
-        judge = Judge(Classifier(tflite, num_threads=1, spec=replace(spec, views=v)), 0.5, guard)
+        judge = Judge(Classifier(tflite, num_threads=1, spec=replace(spec, views=v, aggregate=agg)), 0.5, guard)
         sets = evaluate.judge_sets(judge, val_x, val_y, changed, val_rims)
         threshold, summary = rule_threshold(sets, policy, ratio)
         latency = judge_latency_ms(judge, latency_image)
-        tried[v] = {"threshold": threshold, "latency_ms_1_thread": latency, **summary,
-                    "within_budget": latency <= LATENCY_BUDGET_MS}
-        log.info("line-condition validation", extra={"views": v, "threshold": threshold,
+        tried[v, agg] = {"threshold": threshold, "latency_ms_1_thread": latency, **summary,
+                         "within_budget": latency <= LATENCY_BUDGET_MS}
+        log.info("line-condition validation", extra={"views": v, "aggregate": agg, "threshold": threshold,
                                                      "summed_cost": summary["summed_cost"],
                                                      "escapes": summary["escapes_total"], "latency_ms": latency,
                                                      "s": round(time.perf_counter() - t0, 1)})
-    eligible = [v for v in candidates if tried[v]["within_budget"]] or [min(candidates)]
-    chosen = min(eligible, key=lambda v: (tried[v]["summed_cost"], v))
-    return {"rule": "min summed line-validation cost; ties to fewer views; latency budget "
-                    f"{LATENCY_BUDGET_MS} ms", "views": chosen, "threshold": tried[chosen]["threshold"],
-            "candidates": {str(k): v for k, v in tried.items()}}
+    eligible = [c for c in candidates if tried[c]["within_budget"]] or [min(candidates)]
+    chosen = min(eligible, key=lambda c: (tried[c]["summed_cost"], c[0], c[1] != "mean"))
+    return {"rule": "min summed line-validation cost; ties to fewer views, then to their mean; latency budget "
+                    f"{LATENCY_BUDGET_MS} ms", "views": chosen[0], "aggregate": chosen[1],
+            "key": candidate_key(*chosen), "threshold": tried[chosen]["threshold"],
+            "candidates": {candidate_key(*k): v for k, v in tried.items()}}
 
 
 def second_camera(judge: Judge, folder: Path | None) -> dict[str, Any] | None:

@@ -189,11 +189,12 @@ def line_sections(metrics: dict[str, Any], figs: Path) -> list[str]:
     rule, test = metrics.get("line_rule"), metrics.get("line_test")
     if not rule or not test:
         return []
-    chosen = rule["candidates"][str(rule["views"])]
+    chosen = rule["candidates"][rule.get("key", str(rule["views"]))]  # "key": since the maximum over views
     val_sets, test_sets = chosen["sets"], test["line_conditions"]["sets"]
     line_conditions_plot(figs / "line_conditions.png", val_sets, test_sets)
     out = ["## Line conditions (validation chooses; test only reports)", "",
-           f"Rule: {rule['rule']}. Chosen: **{rule['views']} view(s)**, threshold {rule['threshold']:.8g}.", "",
+           f"Rule: {rule['rule']}. Chosen: **{rule['views']} view(s)"
+           f"{', their maximum' if rule.get('aggregate') == 'max' else ''}**, threshold {rule['threshold']:.8g}.", "",
            "| views | threshold | summed validation cost | escapes | one-core latency (ms) |", "|---|---|---|---|---|"]
     out += [f"| {k} | {c['threshold']:.8g} | {c['summed_cost']:g} | {c['escapes_total']} | {c['latency_ms_1_thread']} |"
             for k, c in rule["candidates"].items()]

@@ -28,6 +28,8 @@ SEAL_KEY = "decision_digest"
 # Every field a verdict depends on besides the model file (sealed by its own sha256).
 DECIDING_FIELDS = ("image_size", "color", "class_names", "positive_class", "threshold", "decision_rule",
                    "input", "output", "views", "guard", "sha256")
+# Deciding fields added after bundles were first sealed: absent means their default (view_aggregate: mean).
+OPTIONAL_DECIDING_FIELDS = ("view_aggregate",)
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +89,10 @@ def sha256_file(path: Path) -> str:
 
 
 def decision_digest(meta: dict[str, Any]) -> str:
-    """sha256 over the deciding fields as canonical JSON (absent fields count as null)."""
+    """sha256 over the deciding fields as canonical JSON (absent fields count as null; an optional
+    one, OPTIONAL_DECIDING_FIELDS, counts only where present, so older seals stay valid)."""
     doc = {k: meta.get(k) for k in DECIDING_FIELDS}
+    doc.update({k: meta[k] for k in OPTIONAL_DECIDING_FIELDS if k in meta})
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).hexdigest()
 
 

@@ -17,8 +17,8 @@ from edge.inference.bundle import Bundle, BundleError
 from edge.vision.partview import (
     Circle,
     InputSpec,
+    combine_views,
     dihedral_views,
-    mean_logit,
     part_only_input,
 )
 
@@ -42,8 +42,8 @@ class Classifier:
     """One interpreter, batch 1: p_defect for a uint8 (H, W) grayscale crop.
 
     `spec` (the bundle's edge.vision.partview.InputSpec) says how the crop becomes the model's
-    input: masked beyond the rim for a part-only bundle, and averaged over `views`
-    rotations/flips in logit space. With neither, p_defect is the model's output exactly.
+    input: masked beyond the rim for a part-only bundle, and combined over `views`
+    rotations/flips (their mean in logit space, or the highest). With neither, p_defect is the model's output exactly.
     """
 
     def __init__(self, model: bytes | str | Path, num_threads: int = 1, spec: InputSpec | None = None) -> None:
@@ -139,7 +139,7 @@ class Classifier:
         x = part_only_input(gray, self.spec, circle)
         if self.spec.views == 1:
             return self.model_p(x)
-        return mean_logit([self.model_p(v) for v in dihedral_views(x, self.spec.views)])
+        return combine_views([self.model_p(v) for v in dihedral_views(x, self.spec.views)], self.spec.aggregate)
 
     def predict(self, images: np.ndarray, circles: list[Circle] | None = None) -> np.ndarray:
         """p_defect for each uint8 (N, H, W) crop (rims found here unless given)."""

@@ -63,6 +63,7 @@ class InputSpec:
     fill: int = FILL
     views: int = 1
     finder: str = "half"  # locate.RIM_FINDERS: how the rim is searched, as in training
+    aggregate: str = "mean"  # VIEW_AGGREGATES: how the views' p_defect become one (model.json `view_aggregate`)
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> InputSpec:
@@ -71,8 +72,11 @@ class InputSpec:
         views = meta.get("views", 1)
         if isinstance(views, bool) or not isinstance(views, int) or views not in VIEW_CHOICES:
             raise ValueError(f"views: {views!r} is not one of {', '.join(map(str, VIEW_CHOICES))}")
+        aggregate = meta.get("view_aggregate", "mean")
+        if aggregate not in VIEW_AGGREGATES:
+            raise ValueError(f"view_aggregate: {aggregate!r} is not one of {', '.join(VIEW_AGGREGATES)}")
         if po is None:
-            return cls(views=views)
+            return cls(views=views, aggregate=aggregate)
         if not isinstance(po, dict):
             raise ValueError(f"input.part_only: expected an object with margin and fill, got {po!r}")
         margin, fill = po.get("margin"), po.get("fill")
@@ -83,7 +87,7 @@ class InputSpec:
         finder = po.get("finder", "half")
         if finder not in RIM_FINDERS:
             raise ValueError(f"input.part_only.finder: {finder!r} is not one of {', '.join(RIM_FINDERS)}")
-        return cls(True, float(margin), int(fill), views, finder)
+        return cls(True, float(margin), int(fill), views, finder, aggregate)
 
     def to_meta(self) -> dict[str, Any]:
         if not self.part_only:
@@ -142,6 +146,20 @@ def mean_logit(ps: np.ndarray | list[float]) -> float:
     p = np.clip(np.asarray(ps, np.float64), _P_FLOOR, 1 - _P_FLOOR)
     z = float(np.mean(np.log(p) - np.log1p(-p)))
     return 1.0 / (1.0 + math.exp(-z))
+
+
+# How a bundle's views become one p_defect: "mean" in logit space, or "max", the highest (a part is
+# rejected when any view says defect: a catch one orientation makes is not averaged away).
+VIEW_AGGREGATES = ("mean", "max")
+
+
+def combine_views(ps: np.ndarray | list[float], how: str = "mean") -> float:
+    """One p_defect from the views' (VIEW_AGGREGATES)."""
+    if how == "max":
+        return float(np.max(ps))
+    if how != "mean":
+        raise ValueError(f"view aggregate {how!r}: choose one of {', '.join(VIEW_AGGREGATES)}")
+    return mean_logit(ps)
 
 
 def backdrop_grey(gray: np.ndarray, circle: Circle) -> float:

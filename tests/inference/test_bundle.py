@@ -1,3 +1,4 @@
+import hashlib
 import json
 import re
 import shutil
@@ -98,7 +99,7 @@ def _copy_shipped(dest: Path, model: bytes | None = None, **sidecar: object) -> 
     return dest
 
 
-@pytest.mark.parametrize("field, value", [("threshold", 0.5), ("views", 8), ("guard", None),
+@pytest.mark.parametrize("field, value", [("threshold", 0.5), ("views", 8), ("guard", None), ("view_aggregate", "max"),
                                           ("input", {"dtype": "uint8", "scale": 1.0, "zero_point": 0})])
 def test_a_deciding_field_edited_by_hand_is_refused_with_the_way_out(tmp_path: Path, field: str,
                                                                       value: object) -> None:
@@ -191,3 +192,18 @@ def test_a_non_finite_number_is_never_written_into_model_json(tmp_path: Path) ->
     with pytest.raises(BundleError, match="non-finite"):
         bundle.write(tmp_path / "b", b"tflite", meta(metrics={"auc": float("nan")}))
     assert not (tmp_path / "b").exists()
+
+
+def test_an_optional_deciding_field_is_sealed_where_present_and_older_seals_stay_valid(tmp_path: Path) -> None:
+    b = bundle.write(tmp_path, b"fake model bytes", meta())
+    assert "view_aggregate" not in b.meta
+    # the seal of a bundle without the field is what it was before the field existed
+    old_doc = {k: b.meta.get(k) for k in bundle.DECIDING_FIELDS}
+    old = hashlib.sha256(json.dumps(old_doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert b.meta[bundle.SEAL_KEY] == old
+    sealed = bundle.write_sidecar(tmp_path, dict(b.meta, view_aggregate="max"))
+    assert sealed.meta[bundle.SEAL_KEY] != old and bundle.load(tmp_path).meta["view_aggregate"] == "max"
+    path = tmp_path / bundle.SIDECAR_FILE
+    path.write_text(json.dumps({k: v for k, v in sealed.meta.items() if k != "view_aggregate"}))
+    with pytest.raises(BundleError, match="decision_digest"):  # removing it by hand changes the decision
+        bundle.load(tmp_path)

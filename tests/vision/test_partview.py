@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -24,9 +25,11 @@ from edge.vision.locate import RIM_FINDERS
 from edge.vision.partview import (
     FILL,
     RIM_MARGIN,
+    VIEW_AGGREGATES,
     VIEW_CHOICES,
     Circle,
     InputSpec,
+    combine_views,
     dihedral_views,
     disk_mask,
     framing_circle,
@@ -267,6 +270,27 @@ def test_mean_logit_is_finite_at_0_and_1_and_averages_in_logit_space() -> None:
     assert mean_logit(ps) != pytest.approx(np.mean(ps), abs=1e-3)
 
 
+def test_combine_views_by_mean_in_logit_space_or_by_the_highest() -> None:
+    ps = [0.01, 0.02, 0.90, 0.03]  # one orientation sees the defect
+    assert combine_views(ps) == mean_logit(ps) == combine_views(ps, "mean") < 0.1
+    assert combine_views(ps, "max") == 0.90
+    assert combine_views(np.array([0.3]), "max") == 0.3 and VIEW_AGGREGATES == ("mean", "max")
+    with pytest.raises(ValueError, match="view aggregate 'min': choose one of mean, max"):
+        combine_views(ps, "min")
+
+
+def test_a_bundle_that_takes_the_highest_view_decides_by_it(part_only_bundle: bundle.Bundle) -> None:
+    img = synthetic_part(3)
+    base = InputSpec.from_meta(part_only_bundle.meta)
+    by_mean = Classifier(part_only_bundle.model_path, spec=replace(base, views=4))
+    by_max = Classifier(part_only_bundle.model_path, spec=replace(base, views=4, aggregate="max"))
+    per_view = [by_mean.model_p(v) for v in dihedral_views(part_only_input(img, by_mean.spec), 4)]
+    assert len(set(per_view)) > 1  # the views disagree, so the two ways differ
+    assert by_max.p_defect(img) == max(per_view)
+    assert by_mean.p_defect(img) == pytest.approx(mean_logit(per_view), abs=1e-12)
+    assert by_mean.p_defect(img) < max(per_view)
+
+
 # ---- InputSpec.from_meta -----------------------------------------------------------------------------
 
 def _meta(part_only=None, views=None) -> dict:
@@ -287,6 +311,8 @@ def test_input_spec_reads_a_good_sidecar() -> None:
     spec = InputSpec.from_meta(_meta({"margin": 0.08, "fill": 128}))
     assert spec.finder == "half"  # bundles made before the finder was recorded keep theirs
     assert InputSpec.from_meta(_meta(spec.to_meta(), spec.views)) == spec
+    highest = InputSpec.from_meta(dict(_meta({"margin": 0.08, "fill": 128}, 4), view_aggregate="max"))
+    assert highest.aggregate == "max" and InputSpec.from_meta(_meta(views=4)).aggregate == "mean"
     combined = InputSpec.from_meta(_meta({"margin": 0.08, "fill": 128, "finder": "combined"}, 1))
     assert combined == InputSpec(True, 0.08, 128, 1, "combined")
     assert InputSpec.from_meta(_meta(combined.to_meta(), 1)) == combined
@@ -317,6 +343,12 @@ def test_input_spec_rejects_a_bad_field_naming_it(part_only, views, field: str) 
     with pytest.raises(ValueError) as exc:
         InputSpec.from_meta(_meta(part_only, views))
     assert str(exc.value).startswith(field + ":")
+
+
+@pytest.mark.parametrize("aggregate", ["min", None, 1, "MAX"])
+def test_input_spec_rejects_a_bad_view_aggregate_naming_it(aggregate) -> None:
+    with pytest.raises(ValueError, match=r"^view_aggregate: "):
+        InputSpec.from_meta(dict(_meta(views=4), view_aggregate=aggregate))
 
 
 def test_an_unknown_rim_finder_is_refused_by_name() -> None:
