@@ -6,6 +6,8 @@ reaches the terminal and journald: a key and a path to fix, never a traceback.
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +113,22 @@ def test_check_config_names_an_override_and_the_shadow(tmp_path: Path) -> None:
                                f"(override; the bundle's {b.threshold:.8g}), "), lines
     assert lines[1] == (f"  shadow: {c.path} ({c.short_id}), threshold {c.threshold:.8g} (the bundle's), 1 view(s), "
                         "no guard, whole crop, sealed; never actuates"), lines
+
+
+def test_check_config_says_when_the_highest_view_decides(tmp_path: Path) -> None:
+    live = ROOT / "models" / "casting-cnn"
+    highest = tmp_path / "highest"
+    shutil.copytree(live, highest, ignore=shutil.ignore_patterns("figures", "checkpoints", "*.keras"))
+    meta = json.loads((highest / bundle_fmt.SIDECAR_FILE).read_text())
+    bundle_fmt.write_sidecar(highest, dict(meta, views=4, view_aggregate="max"))  # re-sealed: deliberate
+    cfg = _config(tmp_path, model={"bundle": str(live), "shadow": str(highest),
+                                   "shadow_record": str(tmp_path / "shadow.jsonl")})
+    r = _run(tmp_path, "--check-config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    shadow = r.stdout.splitlines()[2]
+    assert shadow.startswith("  shadow: ") and ", 4 view(s) (the highest decides), guard on," in shadow, shadow
+    live_max = bundle_fmt.load(live).meta.get("view_aggregate") == "max"
+    assert ("(the highest decides)" in r.stdout.splitlines()[1]) == live_max  # as its own model.json says
 
 
 def test_a_config_path_that_cannot_even_be_looked_at_is_one_line_not_a_traceback(tmp_path: Path) -> None:
