@@ -81,6 +81,7 @@ class StopOnNonFinite(keras.callbacks.Callback):
 
 
 RANDOM_STATE = "random_state.json"  # under checkpoints/, beside Keras' backup/
+SWA_MODEL, SWA_RECORD = "swa.keras", "swa.json"  # under checkpoints/: a finished weight-averaging phase
 
 
 def _seed_states(model: keras.Model) -> list[Any]:
@@ -203,12 +204,16 @@ def train(opts: FitOptions, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndar
         with strategy.scope():
             restore_random_state(model, ckpt / RANDOM_STATE, done)
     val_data = eval_dataset(val_x, val_y, opts.batch_size)
+    if done < opts.epochs:  # the main schedule moves on: a weight average taken after it is stale
+        for name in (SWA_MODEL, SWA_RECORD):
+            (ckpt / name).unlink(missing_ok=True)
     model.fit(stream(done), steps_per_epoch=opts.steps_per_epoch, epochs=opts.epochs,
               validation_data=val_data, callbacks=callbacks, verbose=0)
     candidates = {"best_checkpoint": keras.models.load_model(ckpt / "best.keras"), "final_weights": model}
     if opts.swa_epochs > 0:
         with strategy.scope():
-            candidates["weight_average"] = swa_phase(opts, model, stream(opts.epochs), val_data)
+            candidates["weight_average"] = (_finished_swa(opts, ckpt)
+                                            or swa_phase(opts, model, stream(opts.epochs), val_data, ckpt))
     has_bn = any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
     best = _choose_weights(opts, candidates, fit_inputs, val_data, recalibrate=opts.recalibrate_bn and has_bn)
     return best, report.read_history(out / "history.csv")
@@ -253,8 +258,27 @@ class WeightAverage(keras.callbacks.Callback):
             self.mean = [m + (w - m) / self.count for m, w in zip(self.mean, weights, strict=True)]
 
 
+def _finished_swa(opts: FitOptions, ckpt: Path) -> keras.Model | None:
+    """The weight average a finished phase left in the checkpoints, where it was taken with these
+    settings after these main epochs; None otherwise (the phase runs)."""
+    try:
+        record = json.loads((ckpt / SWA_RECORD).read_text())
+        same = (record["epochs"], record["learning_rate"], record["after_epochs"]) == (
+            opts.swa_epochs, opts.swa_learning_rate, opts.epochs)
+        if not same or not (ckpt / SWA_MODEL).is_file():
+            return None
+        averaged = keras.models.load_model(ckpt / SWA_MODEL, compile=False)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    _compile(averaged, opts.swa_learning_rate)
+    opts.extra["weight_average"] = {k: record[k] for k in ("epochs", "learning_rate", "val_loss_per_epoch")}
+    log.info("weight average reused from the checkpoints (its phase had finished)",
+             extra={"epochs": record["epochs"], "learning_rate": record["learning_rate"]})
+    return averaged
+
+
 def swa_phase(opts: FitOptions, model: keras.Model, train_data: tf.data.Dataset,
-              val_data: tf.data.Dataset) -> keras.Model:
+              val_data: tf.data.Dataset, ckpt: Path | None = None) -> keras.Model:
     """Stochastic weight averaging: train `opts.swa_epochs` more epochs at a constant rate
     and return a new model holding the mean of the weights at each epoch's end.
 
@@ -262,9 +286,12 @@ def swa_phase(opts: FitOptions, model: keras.Model, train_data: tf.data.Dataset,
     nearer its centre than any single point, which generalises better and costs nothing
     at inference (Izmailov et al., 2018). `model` keeps training and ends at the last
     epoch's weights; the averaged model's batch-norm statistics need recomputing (see
-    recalibrate_batchnorm). Not resumable on its own: --resume after the main epochs
-    repeats the whole phase.
+    recalibrate_batchnorm). A finished phase is saved under `ckpt` and reused by --resume
+    when the main epochs and the phase's settings are the same (a resume of a finished run
+    then only redoes the steps after training); an interrupted phase is repeated whole.
     """
+    if ckpt is not None:  # written again only once this phase's average is saved whole
+        (ckpt / SWA_RECORD).unlink(missing_ok=True)
     final = model.get_weights()
     _compile(model, opts.swa_learning_rate)
     model._initial_epoch = None  # set by BackupAndRestore on --resume; would skip this fit's epochs
@@ -283,6 +310,9 @@ def swa_phase(opts: FitOptions, model: keras.Model, train_data: tf.data.Dataset,
     _compile(averaged, opts.swa_learning_rate)
     model.set_weights(final)  # the "final weights" candidate stays the end of the main schedule
     log.info("weight average taken", extra={"epochs": average.count, "learning_rate": opts.swa_learning_rate})
+    if ckpt is not None:
+        averaged.save(ckpt / SWA_MODEL)
+        (ckpt / SWA_RECORD).write_text(json.dumps({**opts.extra["weight_average"], "after_epochs": opts.epochs}))
     return averaged
 
 

@@ -65,6 +65,17 @@ def test_fit_real_subset_writes_verified_bundle_and_resumes(casting_data: Path, 
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["weight_average"]["val_loss_per_epoch"]) == 2
     assert "weight_average" in metrics["batchnorm_recalibration"]
+    # A resume of the finished run redoes only what follows training: the average is the saved one.
+    swa = out / "checkpoints" / "swa.keras"
+    saved = swa.stat().st_mtime_ns
+    assert main(args + ["--epochs", "2"] + QUICK[2:] + ["--resume", "--swa-epochs", "2"]) == 0
+    assert swa.stat().st_mtime_ns == saved  # not taken again
+    assert json.loads((out / "metrics.json").read_text())["weight_average"] == metrics["weight_average"]
+    assert (out / "history.csv").read_text().strip().splitlines() == history  # no epoch trained
+    # other settings for the phase: it runs again
+    assert main(args + ["--epochs", "2"] + QUICK[2:] + ["--resume", "--swa-epochs", "1"]) == 0
+    assert swa.stat().st_mtime_ns != saved
+    assert len(json.loads((out / "metrics.json").read_text())["weight_average"]["val_loss_per_epoch"]) == 1
 
 
 def test_fit_skips_and_lists_bad_files_and_converts_odd_images(tmp_path: Path) -> None:
