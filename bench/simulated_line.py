@@ -34,7 +34,8 @@ LINES: dict[str, Line] = {
     "dim-soft": lambda g, s: jpeg(reframe(blur(lighting(g, gain=0.8, gamma=1.5), 1.6), 1.1), 50),
     "bright-belt": lambda g, s: sharpen(reframe(lighting(on_backdrop(g, 210), gain=1.2, gamma=0.85), 0.94), 0.8),
     "woven-motion": lambda g, s: lighting(motion(on_backdrop(g, 100, "woven", s), 6.0,
-                                                 float(np.random.default_rng(s).uniform(0, 180))), gain=0.85, gamma=1.2),
+                                                 float(np.random.default_rng(s).uniform(0, 180))),
+                                          gain=0.85, gamma=1.2),
 }
 
 

@@ -121,7 +121,8 @@ def _running(inspector: Inspector) -> str:
     b, spec = inspector.bundle, inspector.classifier.spec
     t = inspector.threshold
     whose = "the bundle's" if t == b.threshold else f"override; the bundle's {b.threshold:.8g}"
-    parts = [f"{b.path} ({b.short_id})", f"threshold {t:.8g} ({whose})", f"{spec.views} view(s)" + (" (the highest decides)" if spec.aggregate == "max" else ""),
+    views = f"{spec.views} view(s)" + (" (the highest decides)" if spec.aggregate == "max" else "")
+    parts = [f"{b.path} ({b.short_id})", f"threshold {t:.8g} ({whose})", views,
              "guard on" if inspector.judge.guard is not None else "no guard",
              f"part-only, {spec.finder} rim finder" if spec.part_only else "whole crop",
              "sealed" if SEAL_KEY in b.meta else "not sealed (made before 2026-12-07)"]
