@@ -44,6 +44,7 @@ class AugmentConfig:
     part_only: bool = False  # mask beyond the (transformed) rim as edge.vision.partview does
     mask_jitter: float = 0.0  # relative error of the located rim radius the mask is drawn at
     mask_shift: float = 0.0  # error of the located rim centre the mask is drawn at, in rim radii
+    pinholes: float = 0.0  # share of good images given a synthetic pinhole and labelled defect (trainer.synth)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -75,8 +76,13 @@ LINE_CRISP = replace(LINE, interpolation="bicubic", sharpen=0.5)
 LINE_PART = replace(LINE_CRISP, brightness=(1.0, 1.0), backdrop=0.8, gain=(0.7, 1.35), gamma=(0.7, 1.4),
                     motion_blur=7.0, noise=4.0, jpeg=0.3, part_only=True, mask_jitter=0.04, mask_shift=0.03)
 
+# `line-part` plus synthetic pinholes on 15% of the good images (trainer.synth): the pits of a few
+# pixels that set every validation threshold since November.
+LINE_PINHOLE = replace(LINE_PART, pinholes=0.15)
+
 AUGMENTATIONS: dict[str, AugmentConfig] = {"notebook": NOTEBOOK, "line": LINE, "line-sharpen": LINE_SHARPEN,
-                                           "line-crisp": LINE_CRISP, "line-part": LINE_PART}
+                                           "line-crisp": LINE_CRISP, "line-part": LINE_PART,
+                                           "line-pinhole": LINE_PINHOLE}
 
 
 def _transforms(cfg: AugmentConfig, n: tf.Tensor, h: int, w: int, seed: tf.Tensor) -> tf.Tensor:

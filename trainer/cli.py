@@ -173,12 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--learning-rate", type=float, default=1e-3)
     f.add_argument("--threshold-policy", default="cost:20",
                    help="cost:R (a false accept costs R false rejects; default cost:20) or recall:X")
-    f.add_argument("--augment", choices=("auto", "notebook", "line", "line-sharpen", "line-crisp", "line-part"),
+    f.add_argument("--augment", choices=("auto", "notebook", "line", "line-sharpen", "line-crisp", "line-part",
+                                         "line-pinhole"),
                    default="auto",
                    help="augmentation set: notebook's, line (adds scale/blur), line-sharpen (line plus an "
                         "unsharp mask up to 1.5), line-crisp (line resampled bicubically, focus jittered both "
                         "ways) or line-part (line-crisp under line conditions, for a part-only model that sees "
-                        "nothing beyond the rim); auto picks notebook for --arch seed, else line-part")
+                        "nothing beyond the rim), line-pinhole (line-part with synthetic pinholes on 15%% of the "
+                        "good images, labelled defect); auto picks notebook for --arch seed, else line-part")
     f.add_argument("--init", type=Path, default=None, metavar="BUNDLE",
                    help="start from this bundle's float weights (same --arch) instead of random ones")
     f.add_argument("--views", default="auto", choices=("auto", "1", "2", "4", "8"),

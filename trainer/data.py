@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.augment import AugmentConfig, augment
+from trainer.synth import add_pinholes
 
 
 def train_dataset(
@@ -25,6 +26,8 @@ def train_dataset(
     `circles` (N, 4): each image's rim and backdrop grey, for the line conditions and the
     part-only mask (`margin`, `fill`).
     """
+    if cfg.pinholes > 0 and circles is None:
+        raise ValueError("synthetic pinholes need each image's rim circle (circles=)")
     x = tf.constant(images[..., None])
     c = tf.constant(np.zeros((len(images), 4), np.float32) if circles is None else circles.astype(np.float32))
     y = tf.constant(labels.astype(np.float32)[:, None])
@@ -36,7 +39,10 @@ def train_dataset(
     def load(batch_idx: tf.Tensor, step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         s = tf.stack([tf.constant(seed, tf.int64), step * 16])
         batch_circles = tf.gather(c, batch_idx) if circles is not None else None
-        return augment(tf.gather(x, batch_idx), cfg, s, batch_circles, margin, fill), tf.gather(y, batch_idx)
+        batch_x, batch_y = tf.gather(x, batch_idx), tf.gather(y, batch_idx)
+        if cfg.pinholes > 0:
+            batch_x, batch_y = add_pinholes(batch_x, batch_y, batch_circles, cfg.pinholes, s)
+        return augment(batch_x, cfg, s, batch_circles, margin, fill), batch_y
 
     return tf.data.Dataset.zip((idx, steps)).map(load, num_parallel_calls=tf.data.AUTOTUNE,
                                                  deterministic=True).prefetch(tf.data.AUTOTUNE)

@@ -34,7 +34,7 @@ class FitOptions:
     val_fraction: float = 0.2
     learning_rate: float = 1e-3
     threshold_policy: str = "cost:20"
-    augment: str = "auto"  # auto | notebook | line | line-sharpen | line-crisp | line-part
+    augment: str = "auto"  # auto | notebook | line | line-sharpen | line-crisp | line-part | line-pinhole
     init: Path | None = None  # bundle whose float weights start the training (same --arch)
     rim_finder: str = "half"  # edge.vision.locate.RIM_FINDERS: the rims training masks at, recorded in the bundle
     views: int = 0  # test-time rotations/flips averaged in logit space; 0: 1 or 8 by the line rule (lineval)
