@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 import tensorflow as tf
 
 from edge.offline.conditions import BACKDROP_KSIZE, BACKDROP_SIGMA, LIKE_SOFT, LIKE_TOL
+from trainer import synth
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,8 @@ LINE_CRISP = replace(LINE, interpolation="bicubic", sharpen=0.5)
 LINE_PART = replace(LINE_CRISP, brightness=(1.0, 1.0), backdrop=0.8, gain=(0.7, 1.35), gamma=(0.7, 1.4),
                     motion_blur=7.0, noise=4.0, jpeg=0.3, part_only=True, mask_jitter=0.04, mask_shift=0.03)
 
-# `line-part` plus synthetic pinholes on 15% of the good images (trainer.synth): the pits of a few
-# pixels that set every validation threshold since November.
+# `line-part` plus synthetic pinholes on 15% of the good images (trainer.synth), drawn after focus
+# and motion: the pits of a few pixels that set every validation threshold since November.
 LINE_PINHOLE = replace(LINE_PART, pinholes=0.15)
 
 AUGMENTATIONS: dict[str, AugmentConfig] = {"notebook": NOTEBOOK, "line": LINE, "line-sharpen": LINE_SHARPEN,
@@ -345,16 +346,17 @@ def _part_mask(transforms: tf.Tensor, circles: tf.Tensor, cfg: AugmentConfig, se
 
 
 def augment(images: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor, circles: tf.Tensor | None = None,
-            margin: float = 0.0, fill: float = 128.0) -> tf.Tensor:
+            margin: float = 0.0, fill: float = 128.0, pits: tf.Tensor | None = None) -> tf.Tensor:
     """uint8/float (B, H, W, 1) -> augmented float32 (B, H, W, 1) in 0..255.
 
     `circles` (B, 4): each image's rim (cx, cy, r) and backdrop grey, needed by the line
     conditions and the part-only mask (`margin`, `fill`: the bundle's edge.vision.partview spec).
+    `pits` (B,) bool: images that get a synthetic pinhole (trainer.synth; the caller relabels them).
     """
     n = tf.shape(images)[0]
     h, w = int(images.shape[1]), int(images.shape[2])
     seed = tf.cast(seed, tf.int64)
-    needs_circles = cfg.backdrop > 0 or cfg.part_only
+    needs_circles = cfg.backdrop > 0 or cfg.part_only or pits is not None
     if needs_circles and circles is None:
         raise ValueError("this augmentation needs each image's rim circle (circles=)")
     x = tf.cast(images, tf.float32)
@@ -382,6 +384,8 @@ def augment(images: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor, circles: tf.
     lo, hi = cfg.brightness
     if (lo, hi) != (1.0, 1.0):
         x = x * tf.random.stateless_uniform([n, 1, 1, 1], seed=seed + 10, minval=lo, maxval=hi)
+    if pits is not None:  # after focus and motion, which would erase a pit its label still names
+        x = synth.draw_pits(x, pits, tf.cast(circles, tf.float32), transforms, seed)
     if cfg.noise > 0:
         sigma = tf.random.stateless_uniform([n, 1, 1, 1], seed=seed + 13, minval=0.0, maxval=cfg.noise)
         x = x + sigma * tf.random.stateless_normal(tf.shape(x), seed=seed + 14)

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.augment import AugmentConfig, augment
-from trainer.synth import add_pinholes
+from trainer import synth
 
 
 def train_dataset(
@@ -39,10 +39,10 @@ def train_dataset(
     def load(batch_idx: tf.Tensor, step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         s = tf.stack([tf.constant(seed, tf.int64), step * 16])
         batch_circles = tf.gather(c, batch_idx) if circles is not None else None
-        batch_x, batch_y = tf.gather(x, batch_idx), tf.gather(y, batch_idx)
-        if cfg.pinholes > 0:
-            batch_x, batch_y = add_pinholes(batch_x, batch_y, batch_circles, cfg.pinholes, s)
-        return augment(batch_x, cfg, s, batch_circles, margin, fill), batch_y
+        batch_y = tf.gather(y, batch_idx)
+        pits = synth.choose(batch_y, cfg.pinholes, s) if cfg.pinholes > 0 else None
+        batch_x = augment(tf.gather(x, batch_idx), cfg, s, batch_circles, margin, fill, pits=pits)
+        return batch_x, batch_y if pits is None else synth.as_defects(batch_y, pits)
 
     return tf.data.Dataset.zip((idx, steps)).map(load, num_parallel_calls=tf.data.AUTOTUNE,
                                                  deterministic=True).prefetch(tf.data.AUTOTUNE)

@@ -1,5 +1,6 @@
 """Synthetic pinholes (trainer.synth): only good images change, into defects, with a small dark
-pit on the flange; the training stream draws them when the recipe asks."""
+pit on the flange wherever the augmentation moved it; the training stream draws them when the
+recipe asks."""
 
 from dataclasses import replace
 
@@ -9,12 +10,15 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from tests.conftest import part_image  # noqa: E402
-from trainer.augment import AUGMENTATIONS, LINE_PART, LINE_PINHOLE, AugmentConfig  # noqa: E402
+from trainer.augment import AUGMENTATIONS, LINE_PART, LINE_PINHOLE, AugmentConfig, augment  # noqa: E402
 from trainer.data import train_dataset  # noqa: E402
-from trainer.synth import RADIUS, add_pinholes  # noqa: E402
+from trainer.synth import RADIUS, as_defects, choose  # noqa: E402
 
 SIZE = 120
 RIM = (SIZE / 2, SIZE / 2, SIZE * 0.42, 170.0)  # part_image's rim circle and backdrop grey
+STILL = AugmentConfig(rotation=0, shift=0, shear=0, zoom=0, hflip=False, vflip=False, brightness=(1.0, 1.0))
+# part_image: backdrop 170, the flange ring 120 out to 0.42 of the side, a dark 40 disk inside 0.25
+FLANGE_GREY = 120
 
 
 def batch(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -23,17 +27,19 @@ def batch(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return images, labels, np.tile(np.array(RIM, np.float32), (n, 1))
 
 
-def test_every_good_image_gets_one_small_dark_pit_on_its_flange_and_becomes_a_defect() -> None:
-    images, labels, rims = batch(8)
-    out, out_labels = add_pinholes(images, labels, rims, 1.0, tf.constant([3, 4], tf.int64))
-    out, out_labels = out.numpy(), out_labels.numpy()
-    assert (out_labels == 1).all()
+def pitted_and_plain(cfg: AugmentConfig, n: int, seed: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    images, _, rims = batch(n)
+    s = tf.constant(seed, tf.int64)
+    plain = augment(images, cfg, s, rims).numpy()[..., 0]
+    pitted = augment(images, cfg, s, rims, pits=tf.ones([n], tf.bool)).numpy()[..., 0]
+    return pitted, plain
+
+
+def test_a_pit_is_a_few_darker_pixels_on_the_flange_and_nothing_else_changes() -> None:
+    pitted, plain = pitted_and_plain(STILL, 8, [3, 4])
     ys, xs = np.mgrid[:SIZE, :SIZE]
     for k in range(8):
-        diff = out[k, ..., 0] - images[k, ..., 0].astype(np.float32)
-        if labels[k, 0] == 1:  # a defect stays exactly as it was
-            assert np.array_equal(out[k], images[k].astype(np.float32))
-            continue
+        diff = pitted[k] - plain[k]
         changed = np.abs(diff) > 1.0
         assert 1 <= changed.sum() <= 60  # a few pixels, not a stain
         y, x = np.unravel_index(np.argmin(diff), diff.shape)
@@ -41,18 +47,32 @@ def test_every_good_image_gets_one_small_dark_pit_on_its_flange_and_becomes_a_de
         rho = np.hypot(x - RIM[0], y - RIM[1]) / RIM[2]
         assert RADIUS[0] - 0.05 <= rho <= RADIUS[1] + 0.05  # on the flange, inside the rim
         assert np.hypot(xs[changed] - x, ys[changed] - y).max() <= 8
+    images, _, rims = batch(4)
+    none = augment(images, STILL, tf.constant([3, 4], tf.int64), rims, pits=tf.zeros([4], tf.bool)).numpy()
+    assert np.allclose(none, images, atol=1e-3)
 
 
-def test_share_zero_changes_nothing_and_a_share_is_drawn_from_the_seed_alone() -> None:
-    images, labels, rims = batch(64)
-    out, out_labels = add_pinholes(images, labels, rims, 0.0, tf.constant([1, 2], tf.int64))
-    assert np.array_equal(out.numpy(), images.astype(np.float32)) and np.array_equal(out_labels.numpy(), labels)
-    a = add_pinholes(images, labels, rims, 0.5, tf.constant([1, 2], tf.int64))
-    b = add_pinholes(images, labels, rims, 0.5, tf.constant([1, 2], tf.int64))
-    c = add_pinholes(images, labels, rims, 0.5, tf.constant([9, 2], tf.int64))
-    assert np.array_equal(a[0].numpy(), b[0].numpy()) and not np.array_equal(a[0].numpy(), c[0].numpy())
-    turned = int(a[1].numpy().sum() - labels.sum())
-    assert 6 <= turned <= 26  # about half of the 32 good ones
+def test_the_pit_follows_the_part_through_turns_flips_zoom_and_shift() -> None:
+    wild = replace(STILL, rotation=360, shift=0.1, zoom=0.1, hflip=True, vflip=True)
+    pitted, plain = pitted_and_plain(wild, 32, [7, 8])
+    for k in range(32):
+        diff = pitted[k] - plain[k]
+        y, x = np.unravel_index(np.argmin(diff), diff.shape)
+        # where it was drawn, the un-pitted augmented image shows the flange's grey (not the
+        # backdrop's 170 nor the opening's 40): the source place was carried to the output
+        assert abs(float(np.median(plain[k][max(0, y - 1):y + 2, max(0, x - 1):x + 2])) - FLANGE_GREY) < 25, k
+
+
+def test_only_good_images_are_chosen_a_share_of_them_from_the_seed_alone() -> None:
+    _, labels, _ = batch(64)
+    assert not choose(tf.constant(labels), 0.0, tf.constant([1, 2], tf.int64)).numpy().any()
+    a = choose(tf.constant(labels), 0.5, tf.constant([1, 2], tf.int64)).numpy()
+    b = choose(tf.constant(labels), 0.5, tf.constant([1, 2], tf.int64)).numpy()
+    c = choose(tf.constant(labels), 0.5, tf.constant([9, 2], tf.int64)).numpy()
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert not a[labels[:, 0] == 1].any() and 6 <= a.sum() <= 26  # about half of the 32 good ones
+    relabelled = as_defects(tf.constant(labels), tf.constant(a)).numpy()
+    assert (relabelled[a] == 1).all() and np.array_equal(relabelled[~a], labels[~a])
 
 
 def test_training_stream_draws_pinholes_only_for_the_recipe_that_asks() -> None:
