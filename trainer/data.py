@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from trainer.augment import AugmentConfig, augment
 from trainer import synth
+from trainer.augment import AugmentConfig, augment
 
 
 def train_dataset(
