@@ -48,9 +48,11 @@ def _to_output(sx: tf.Tensor, sy: tf.Tensor, transforms: tf.Tensor) -> tuple[tf.
 
 
 def draw_pits(images: tf.Tensor, chosen: tf.Tensor, circles: tf.Tensor, transforms: tf.Tensor,
-              seed: tf.Tensor) -> tf.Tensor:
+              seed: tf.Tensor, sigma_range: tuple[float, float] = SIGMA,
+              depth_range: tuple[float, float] = DEPTH) -> tf.Tensor:
     """(B, H, W, 1) float images in output pixels -> the chosen ones with one pit each on the
-    flange of their rim (`circles` in source pixels, `transforms` output -> source per image)."""
+    flange of their rim (`circles` in source pixels, `transforms` output -> source per image).
+    Equal ends of a range fix that property (bench/pit_detection.py)."""
     n = tf.shape(images)[0]
     h, w = int(images.shape[1]), int(images.shape[2])
     seed = tf.cast(seed, tf.int64)
@@ -62,7 +64,7 @@ def draw_pits(images: tf.Tensor, chosen: tf.Tensor, circles: tf.Tensor, transfor
     at = u(1, 0.0, 2 * math.pi)
     rho = u(2, *RADIUS) * r
     px, py = _to_output(cx + rho * tf.cos(at), cy + rho * tf.sin(at), tf.cast(transforms, tf.float32))
-    sigma, depth = u(3, *SIGMA), u(4, *DEPTH)
+    sigma, depth = u(3, *sigma_range), u(4, *depth_range)
     toward = u(5, 0.0, 2 * math.pi)
     lx, ly = px + 1.6 * sigma * tf.cos(toward), py + 1.6 * sigma * tf.sin(toward)
     ys, xs = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij")

@@ -12,7 +12,7 @@ tf = pytest.importorskip("tensorflow")
 from tests.conftest import part_image  # noqa: E402
 from trainer.augment import AUGMENTATIONS, LINE_PART, LINE_PINHOLE, AugmentConfig, augment  # noqa: E402
 from trainer.data import train_dataset  # noqa: E402
-from trainer.synth import RADIUS, as_defects, choose  # noqa: E402
+from trainer.synth import LIP, RADIUS, as_defects, choose, draw_pits  # noqa: E402
 
 SIZE = 120
 RIM = (SIZE / 2, SIZE / 2, SIZE * 0.42, 170.0)  # part_image's rim circle and backdrop grey
@@ -96,3 +96,16 @@ def test_cli_offers_every_recipe() -> None:
     parser = cli.build_parser()
     actions = {a.dest: a for sub in parser._subparsers._group_actions for p in sub.choices.values() for a in p._actions}
     assert set(actions["augment"].choices) == {"auto", *AUGMENTATIONS}
+
+
+def test_fixed_ranges_draw_pits_of_that_depth_for_the_detection_bench() -> None:
+    images, _, rims = batch(6)
+    flat = np.full_like(images, 150, dtype=np.float32)  # plain metal: the pit alone changes it
+    identity = tf.constant(np.tile(np.array([1, 0, 0, 0, 1, 0, 0, 0], np.float32), (6, 1)))
+    for depth in (0.2, 0.5):
+        out = draw_pits(tf.constant(flat), tf.ones([6], tf.bool), tf.constant(rims), identity,
+                        tf.constant([2, 3], tf.int64), sigma_range=(1.2, 1.2), depth_range=(depth, depth)).numpy()
+        darkest = out.reshape(6, -1).min(axis=1) / 150.0 - 1.0
+        # at most `depth` darker at the pit's centre, less where the lip overlaps it or the centre
+        # falls between pixels
+        assert (darkest >= -depth - 1e-4).all() and (darkest <= -depth * (1 - LIP[1] * 0.28) * 0.75).all()
