@@ -10,8 +10,9 @@ is a defect by definition, with every other pixel of that part known to be good:
 exact as long as the pit can be seen. So it is drawn after the framing, focus and motion of
 trainer.augment, in output pixels (its place on the flange carried through the image's affine),
 and before sensor noise and JPEG: a pit drawn before a 7 px motion streak is gone while its
-label still says defect, and the first run that did so learnt to doubt every good part instead
-(docs/training.md, the `line-pinhole` runs).
+label still says defect. Neither way beat the shipped model: both runs learnt to doubt every
+good part more than they learnt the pits (docs/training.md, the `line-pinhole` runs;
+bench/pit_detection.py measures what a model catches). An option, not the default.
 """
 
 from __future__ import annotations
