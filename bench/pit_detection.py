@@ -17,33 +17,15 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-import tensorflow as tf
-
 from edge.inference import bundle as bundle_fmt
 from edge.inference.judge import Judge
 from edge.offline.dataset import default_data_root
 from trainer.compare import validation_of
-from trainer.synth import draw_pits
-
-IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)  # output pixel = source pixel
+from trainer.synth import detection
 
 
-def floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
-
-
-def rejected(judge: Judge, images: np.ndarray) -> float:
-    """Share of the parts not accepted (a reject or a fault: either keeps the part off the order)."""
-    return float(np.mean([j.decision != "accept" for j in judge.judge_all(images)]))
-
-
-def pitted(images: np.ndarray, circles: np.ndarray, depth: float, sigma: float, seed: int) -> np.ndarray:
-    n = len(images)
-    out = draw_pits(tf.constant(images[..., None], tf.float32), tf.ones([n], tf.bool), tf.constant(circles),
-                    tf.constant(np.tile(np.array(IDENTITY, np.float32), (n, 1))), tf.constant([seed, 1], tf.int64),
-                    sigma_range=(sigma, sigma), depth_range=(depth, depth))
-    return np.clip(np.round(out.numpy()[..., 0]), 0, 255).astype(np.uint8)
+def floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(",") if v.strip())
 
 
 def main() -> None:
@@ -58,16 +40,14 @@ def main() -> None:
     val = validation_of([bundle], args.data or default_data_root())
     good = val.images[val.labels == 0]
     judge = Judge.from_bundle(bundle)
-    circles = np.array([[c.cx, c.cy, c.r, 0.0] for c in (judge.rim(img) for img in good)], np.float32)
     t = time.perf_counter()
-    clean = rejected(judge, good)
+    table = detection(judge, good, [judge.rim(img) for img in good], args.depths, args.sigmas, args.seed)
     print(f"{bundle.path} ({bundle.short_id}), threshold {bundle.threshold}, {judge.classifier.spec.views} view(s): "
-          f"{len(good)} good validation parts, clean {100 * clean:.1f}% rejected")
+          f"{len(good)} good validation parts, clean {100 * table['clean_rejected']:.1f}% rejected")
     print("share rejected with one pit of depth (rows) and sigma px (columns):")
     print("depth  " + "".join(f"{s:>9.1f}" for s in args.sigmas))
-    for d in args.depths:
-        row = [rejected(judge, pitted(good, circles, d, s, args.seed)) for s in args.sigmas]
-        print(f"{d:>5.2f}  " + "".join(f"{100 * r:>8.1f}%" for r in row))
+    for d, row in table["rejected"].items():
+        print(f"{float(d):>5.2f}  " + "".join(f"{100 * r:>8.1f}%" for r in row.values()))
     print(f"({time.perf_counter() - t:.0f} s)")
 
 

@@ -38,7 +38,7 @@ from edge.offline.perturb import FOCUS_CHANGES, PerturbConfig, perturb_all, refo
 from edge.ops.drift import crop_stats
 from edge.vision.partview import InputSpec, circles_and_backdrops, mask_outside
 from edge.vision.preprocess import IMAGE_SIZE
-from trainer import distill, lineval, report, resume
+from trainer import distill, lineval, report, resume, synth
 from trainer.augment import AugmentConfig
 from trainer.data import eval_dataset
 from trainer.export import ExportError, check_int8_accuracy, to_int8_tflite
@@ -264,6 +264,13 @@ def run(opts: FitOptions) -> dict[str, Any]:
                                      test_set.images, test_set.labels, test_rims,
                                      policy.value if policy.kind == "cost" else 20.0, opts.second_camera)
 
+    pits = None
+    if val_rims is not None:  # pits go on the flange: only where rims were found (part-only recipes)
+        good_val = np.flatnonzero(val_y == 0)
+        pits = synth.detection(judge, val_x[good_val], [val_rims[i] for i in good_val])
+        log.info("lone pinholes on good validation parts", extra={"clean_rejected": pits["clean_rejected"],
+                                                                  "rejected": pits["rejected"]})
+
     perturb_cfg = PerturbConfig()
     perturbed = perturb_all(test_set.images, opts.robustness_seed, perturb_cfg)
     int8_perturbed = clf.predict(perturbed)
@@ -298,6 +305,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
         "judge_latency_ms_1_thread": chosen["latency_ms_1_thread"],
         "line_rule": rule,
         "line_test": line_test,
+        "pit_detection": pits,
         "rim_fallbacks": rims.get("fallbacks") if rims else None,
         "params": model.count_params(),
         "skipped_files": [[str(p), why] for p, why in skipped],

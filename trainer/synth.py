@@ -18,8 +18,13 @@ bench/pit_detection.py measures what a model catches). An option, not the defaul
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import tensorflow as tf
+
+from edge.inference.judge import Judge
+from edge.vision.partview import Circle
 
 # Where on the part: radius as a share of the rim's, i.e. the flange between the dark
 # impeller opening (about 0.6 of the rim) and the rim itself.
@@ -74,3 +79,33 @@ def draw_pits(images: tf.Tensor, chosen: tf.Tensor, circles: tf.Tensor, transfor
     lip = tf.exp(-((xs - lx) ** 2 + (ys - ly) ** 2) / (2 * sigma ** 2)) * u(6, *LIP)
     pitted = tf.clip_by_value(images * (1.0 - depth * pit + depth * lip), 0.0, 255.0)
     return tf.where(chosen[:, None, None, None], pitted, images)
+
+
+# The detection-limit grid fit reports (bench/pit_detection.py takes any): the two validation
+# pinholes are about 0.15 deep at sigma ~1, below every cell; these show how far a model is.
+REPORT_DEPTHS = (0.3, 0.45, 0.6)
+REPORT_SIGMAS = (1.0, 1.5, 2.2)
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)  # output pixel = source pixel
+
+
+def pitted(images: np.ndarray, rims: list[Circle], depth: float, sigma: float, seed: int = 0) -> np.ndarray:
+    """uint8 (N, H, W) images -> copies with one pit of this depth and sigma on each flange."""
+    n = len(images)
+    circles = np.array([[c.cx, c.cy, c.r, 0.0] for c in rims], np.float32).reshape(n, 4)
+    out = draw_pits(tf.constant(images[..., None], tf.float32), tf.ones([n], tf.bool), tf.constant(circles),
+                    tf.constant(np.tile(np.array(IDENTITY, np.float32), (n, 1))), tf.constant([seed, 1], tf.int64),
+                    sigma_range=(sigma, sigma), depth_range=(depth, depth))
+    return np.clip(np.round(out.numpy()[..., 0]), 0, 255).astype(np.uint8)
+
+
+def detection(judge: Judge, good: np.ndarray, rims: list[Circle], depths: tuple[float, ...] = REPORT_DEPTHS,
+              sigmas: tuple[float, ...] = REPORT_SIGMAS, seed: int = 0) -> dict[str, Any]:
+    """Share of good parts not accepted (a reject or a fault), clean and with one pit per
+    (depth, sigma): the lone pinholes a bundle catches. The judge finds each rim itself."""
+
+    def rejected(images: np.ndarray) -> float:
+        return round(float(np.mean([j.decision != "accept" for j in judge.judge_all(images)])), 4)
+
+    return {"parts": len(good), "seed": seed, "clean_rejected": rejected(good),
+            "rejected": {f"{d:g}": {f"{s:g}": rejected(pitted(good, rims, d, s, seed)) for s in sigmas}
+                         for d in depths}}

@@ -104,6 +104,12 @@ def test_fit_skips_and_lists_bad_files_and_converts_odd_images(tmp_path: Path) -
     assert all(e["image"].startswith("ok_front/") for e in ev["highest_good"]) and ev["threshold"] == metrics["threshold"]
     assert ev["lowest_defects"][0]["image"] in (out / "report.md").read_text()
     assert (out / "figures/threshold_evidence.png").stat().st_size > 1000
+    pits = metrics["pit_detection"]  # lone pinholes drawn on every good validation part, judged as the edge would
+    assert pits["parts"] == sum(metrics["validation"]["int8"]["confusion"][0]) > 0
+    assert list(pits["rejected"]) == ["0.3", "0.45", "0.6"]
+    for row in pits["rejected"].values():
+        assert list(row) == ["1", "1.5", "2.2"] and all(0.0 <= r <= 1.0 for r in row.values())
+    assert "## Lone pinholes" in (out / "report.md").read_text()
     bn = metrics["batchnorm_recalibration"]  # the default architecture has batch norm
     assert bn["chosen"] in ("best_checkpoint", "final_weights") and 0 < bn["images"] < 26  # the fit part
     assert "loss" in bn["final_weights"]["validation_after"] and "loss" in bn["best_checkpoint"]["validation_before"]

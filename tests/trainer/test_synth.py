@@ -3,6 +3,7 @@ pit on the flange wherever the augmentation moved it; the training stream draws 
 recipe asks."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ tf = pytest.importorskip("tensorflow")
 from tests.conftest import part_image  # noqa: E402
 from trainer.augment import AUGMENTATIONS, LINE_PART, LINE_PINHOLE, AugmentConfig, augment  # noqa: E402
 from trainer.data import train_dataset  # noqa: E402
-from trainer.synth import LIP, RADIUS, as_defects, choose, draw_pits  # noqa: E402
+from trainer.synth import LIP, RADIUS, as_defects, choose, detection, draw_pits, pitted  # noqa: E402
 
 SIZE = 120
 RIM = (SIZE / 2, SIZE / 2, SIZE * 0.42, 170.0)  # part_image's rim circle and backdrop grey
@@ -109,3 +110,22 @@ def test_fixed_ranges_draw_pits_of_that_depth_for_the_detection_bench() -> None:
         # at most `depth` darker at the pit's centre, less where the lip overlaps it or the centre
         # falls between pixels
         assert (darkest >= -depth - 1e-4).all() and (darkest <= -depth * (1 - LIP[1] * 0.28) * 0.75).all()
+
+
+def test_detection_counts_what_the_judge_decides_on_the_pitted_parts(casting_data: Path) -> None:
+    from edge.inference import bundle as bundle_fmt
+    from edge.inference.judge import Judge
+    from edge.vision.preprocess import load_image
+
+    judge = Judge.from_bundle(bundle_fmt.load(Path(__file__).parents[2] / "models/casting-cnn"))
+    files = sorted((casting_data / "train/ok_front").iterdir())[:12]
+    good = np.stack([load_image(f) for f in files])
+    rims = [judge.rim(img) for img in good]
+    table = detection(judge, good, rims, depths=(0.6,), sigmas=(2.2,), seed=3)
+    once = pitted(good, rims, 0.6, 2.2, seed=3)
+    changed = (once != good).reshape(12, -1).sum(axis=1)
+    assert (changed > 0).all() and (changed < 300).all()  # one small patch on each part
+    expected = np.mean([j.decision != "accept" for j in judge.judge_all(once)])
+    assert table["rejected"] == {"0.6": {"2.2": round(float(expected), 4)}} and table["parts"] == 12
+    clean = np.mean([j.decision != "accept" for j in judge.judge_all(good)])
+    assert table["clean_rejected"] == round(float(clean), 4) < 1.0  # real good parts: the model decides them
