@@ -18,13 +18,14 @@ bench/pit_detection.py measures what a model catches). An option, not the defaul
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
 
-from edge.inference.judge import Judge
-from edge.vision.partview import Circle
+if TYPE_CHECKING:  # the augmentation imports this module: keep the edge's runtime out of it
+    from edge.inference.judge import Judge
+    from edge.vision.partview import Circle
 
 # Where on the part: radius as a share of the rim's, i.e. the flange between the dark
 # impeller opening (about 0.6 of the rim) and the rim itself.
