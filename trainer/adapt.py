@@ -44,14 +44,20 @@ from edge.offline.dataset import (
     stratified_split,
 )
 from edge.offline.metrics import summarize
-from edge.vision.partview import InputSpec, circles_and_backdrops, combine_views, dihedral_views
+from edge.vision.partview import (
+    InputSpec,
+    circles_and_backdrops,
+    combine_logits,
+    combine_views,
+    dihedral_views,
+)
 from edge.vision.preprocess import IMAGE_SIZE
 from trainer.augment import AUGMENTATIONS
 from trainer.compare import split_of
 from trainer.data import eval_dataset, train_dataset
 from trainer.distill import MARKED, soften_marked
 from trainer.export import ExportError, check_int8_accuracy, to_int8_tflite
-from trainer.fit import image_stats, masked_inputs
+from trainer.fit import image_stats, masked_inputs, output_meta
 from trainer.loop import EpochLog, StopOnNonFinite, _compile, recalibrate_batchnorm
 from trainer.models import ARCHITECTURES
 from trainer.options import FLOAT_MODEL, OutputError
@@ -185,7 +191,12 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
         inputs = masked(new.images[idx], [new_rims[i] for i in idx])
         views = np.stack([v for x in inputs for v in dihedral_views(x, spec.views)])
         p = model.predict(eval_dataset(views, None, opts.batch_size), verbose=0).reshape(len(inputs), spec.views)
-        return np.array([combine_views(row, spec.aggregate) for row in p]) if spec.views > 1 else p[:, 0]
+        if spec.views == 1:
+            return p[:, 0]
+        if spec.output == "logit":  # as the edge combines a logit output's views: no floor at p 1/512
+            q = np.clip(p.astype(np.float64), 1e-12, 1 - 1e-12)  # float32 saturates to 0 and 1
+            return np.array([combine_logits(row, spec.aggregate) for row in np.log(q) - np.log1p(-q)])
+        return np.array([combine_views(row, spec.aggregate) for row in p])
 
     folds = _folds(new.labels[adapt_idx], min(opts.folds, opts.per_class), opts.seed)
     oof = np.zeros(len(adapt_idx))
@@ -198,7 +209,7 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
     tuned_x = np.concatenate([new.images[adapt_idx], orig.images[mix_idx]])
     tuned_rims = [new_rims[i] for i in adapt_idx] + [orig_rims[i] for i in mix_idx]
     cal = masked(tuned_x, tuned_rims)[rng.permutation(len(tuned_x))[:300]]
-    tflite = to_int8_tflite(final, cal)
+    tflite = to_int8_tflite(final, cal, spec.output)  # the base's kind of output, as its views
     guard_limits = None
     try:
         guard_limits = calibrate_guard(tuned_x, tuned_rims)[0]
@@ -215,7 +226,8 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
     val_scores = {"base": reject_scores(base_judge.judge_all(val_images, val_rims)), "adapted": int8_val}
     base_val = summarize(val_labels, val_scores["base"], base.threshold)
     bar = (base_val["false_accepts"], base_val["false_accepts"] + base_val["false_rejects"])
-    chosen = adapted_threshold(opts.threshold_rule, new.labels[adapt_idx], oof, val_labels, int8_val, bar, policy)
+    chosen = adapted_threshold(opts.threshold_rule, new.labels[adapt_idx], oof, val_labels, int8_val, bar, policy,
+                               spec.output)
     threshold, kept = chosen.threshold, chosen.kept
     if kept is False:
         log.warning("no threshold keeps the base's bar on the original validation; the policy on both sets "
@@ -267,8 +279,7 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
         "views": spec.views,
         "input": {**meta["input"], "dtype": str(clf.input_dtype), "scale": clf.input_scale,
                   "zero_point": clf.input_zero},
-        "output": {"dtype": str(clf.output_dtype), "scale": clf.output_scale, "zero_point": clf.output_zero,
-                   "meaning": "p_defect = scale * (q - zero_point)"},
+        "output": output_meta(clf),
         "architecture": arch,
         "float_model": FLOAT_MODEL,
         SCORES_KEY: score_record(choose_labels, choose_scores),

@@ -25,6 +25,7 @@ import trainer
 from edge.offline.dataset import default_data_root
 from edge.ops import logs
 from edge.vision.locate import RIM_FINDERS
+from edge.vision.partview import OUTPUTS
 from trainer.threshold import THRESHOLD_RULES
 
 log = logging.getLogger("edge-train")
@@ -191,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how each image's rim is found for the part-only mask, in training and in the bundle "
                         "(edge.vision.locate.find_rim_in_crop): half (default; bundles before it) or combined "
                         "(also a full-size search: light belts)")
+    f.add_argument("--output", default="p_defect", choices=OUTPUTS,
+                   help="what the int8 model outputs: p_defect (default; steps of 1/256) or logit (the same "
+                        "weights without the final sigmoid: far finer steps near a low threshold; "
+                        "trainer.export). Acts after training only, so a --resume may change it")
     f.add_argument("--second-camera", type=Path, default=None, metavar="DIR",
                    help="labelled folder from another camera to report on (default: casting_512_dark beside "
                         "--data, where it exists)")
@@ -448,7 +453,7 @@ def fit_main(args: argparse.Namespace, argv: list[str]) -> int:
         resume=args.resume, force=args.force, limit=args.limit, max_int8_drop=args.max_int8_drop,
         recalibrate_bn=args.recalibrate_bn, swa_epochs=args.swa_epochs, swa_learning_rate=args.swa_learning_rate,
         teachers=args.teachers, distill_weight=args.distill_weight, init=args.init, rim_finder=args.rim_finder,
-        views=0 if args.views == 'auto' else int(args.views),
+        views=0 if args.views == 'auto' else int(args.views), output=args.output,
         second_camera=second,
         command=shlex.join(["edge-train", *argv]),
     )

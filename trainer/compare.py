@@ -94,7 +94,8 @@ def cost(labels: np.ndarray, p: np.ndarray, threshold: float, ratio: float) -> t
 
 def paired_bootstrap(labels: np.ndarray, choose_on: tuple[np.ndarray, np.ndarray],
                      measure_on: tuple[np.ndarray, np.ndarray], policies: tuple[Policy, Policy],
-                     ratio: float, resamples: int, seed: int) -> dict[str, Any]:
+                     ratio: float, resamples: int, seed: int,
+                     outputs: tuple[str, str] = ("p_defect", "p_defect")) -> dict[str, Any]:
     """Costs of models A and B on the same stratified resamples.
 
     On each resample each model's threshold is chosen again by its own policy from its
@@ -114,7 +115,7 @@ def paired_bootstrap(labels: np.ndarray, choose_on: tuple[np.ndarray, np.ndarray
         out = np.concatenate([np.setdiff1d(c, d) for c, d in zip(classes, drawn, strict=True)])
         y, y_out = labels[idx], labels[out]
         for m in range(2):
-            t = choose(y, choose_on[m][idx], policies[m])
+            t = choose(y, choose_on[m][idx], policies[m], outputs[m])
             costs[m, r] = cost(y, measure_on[m][idx], t, ratio)[0]
             c_out, fa_out, _ = cost(y_out, measure_on[m][out], t, ratio)
             unseen[m, r] = c_out * len(labels) / max(len(out), 1)
@@ -149,7 +150,7 @@ def compare(champion: Path, challenger: Path, data: Path, ratio: float = 20.0, r
                                              "fingerprint": val.fingerprint, "refocus": refocus,
                                              "source": val.source, "data": str(data)},
                               "cost_ratio": ratio, "models": {}}
-    clean, measured, policies = [], [], []
+    clean, measured, policies, outputs = [], [], [], []
     for role, b in zip(("champion", "challenger"), bundles):
         judge = Judge.from_bundle(b)  # as the edge decides: rim, guard, part-only mask, views
         p_clean = reject_scores(judge.judge_all(val.images))
@@ -163,8 +164,10 @@ def compare(champion: Path, challenger: Path, data: Path, ratio: float = 20.0, r
         clean.append(p_clean)
         measured.append(p)
         policies.append(policy)
+        outputs.append(judge.classifier.spec.output)
     result["bootstrap"] = paired_bootstrap(val.labels, (clean[0], clean[1]), (measured[0], measured[1]),
-                                           (policies[0], policies[1]), ratio, resamples, seed)
+                                           (policies[0], policies[1]), ratio, resamples, seed,
+                                           (outputs[0], outputs[1]))
     return result
 
 
@@ -209,8 +212,9 @@ def line_rule(champion: Path, challenger: Path, data: Path, ratio: float = 20.0)
                                           "fingerprint": val.fingerprint}, "cost_ratio": ratio, "models": {}}
     changed = evaluate.condition_images(val.images)  # the same condition images for both bundles
     for role, b in zip(("champion", "challenger"), bundles):
-        sets = evaluate.judge_sets(Judge.from_bundle(b), val.images, val.labels, changed)
-        t, summary = rule_threshold(sets, Policy("cost", ratio), ratio)
+        judge = Judge.from_bundle(b)
+        sets = evaluate.judge_sets(judge, val.images, val.labels, changed)
+        t, summary = rule_threshold(sets, Policy("cost", ratio), ratio, judge.classifier.spec.output)
         out["models"][role] = {"bundle": str(b.path), "threshold_by_rule": t, "bundle_threshold": b.threshold,
                                **summary}
     a, c = (out["models"][k]["summed_cost"] for k in ("champion", "challenger"))

@@ -1,4 +1,10 @@
-"""Full-integer int8 TFLite export: uint8 raw-pixel input, uint8 p_defect output."""
+"""Full-integer int8 TFLite export: uint8 raw-pixel input, uint8 p_defect (or logit) output.
+
+A uint8 probability has steps of 1/256, and a cost:20 threshold lies near p 0.01: there the
+decision sees four or five levels, and every defect scored below 1/256 ties with the good parts.
+`output="logit"` exports the same weights without the final sigmoid, the logit clipped to
++-LOGIT_CLIP, so its 256 levels span about 0.08 in log-odds (edge.vision.partview.OUTPUTS).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,14 @@ from collections.abc import Iterator
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import layers
+
+from edge.vision.partview import OUTPUTS
 
 log = logging.getLogger(__name__)
+
+LOGIT_CLIP = 10.0  # p 4.5e-5 .. 1 - 4.5e-5: far outside any threshold, and int8's range stays narrow
+OUTPUT_LAYER = "p_defect"  # trainer.models: every architecture's last layer, a 1-unit sigmoid Dense
 
 
 class ExportError(RuntimeError):
@@ -28,8 +40,26 @@ def _representative(images: np.ndarray) -> Iterator[list[np.ndarray]]:
         yield [img.astype(np.float32)[None, :, :, None]]
 
 
-def to_int8_tflite(model: keras.Model, calibration: np.ndarray) -> bytes:
-    """Quantize `model` with `calibration` (uint8 (N, H, W) training images)."""
+def logit_model(model: keras.Model) -> keras.Model:
+    """`model` with its sigmoid output layer replaced by the same Dense without activation, clipped."""
+    try:
+        head = model.get_layer(OUTPUT_LAYER)
+    except ValueError:
+        raise ExportError(f"no '{OUTPUT_LAYER}' layer to take the logit from (architectures of trainer.models "
+                          "end in one)") from None
+    dense = layers.Dense(1, name="logit")
+    z = dense(head.input)
+    dense.set_weights(head.get_weights())
+    z = layers.Activation(lambda t: keras.ops.clip(t, -LOGIT_CLIP, LOGIT_CLIP), name="logit_clip")(z)
+    return keras.Model(model.inputs, z, name=f"{model.name}_logit")
+
+
+def to_int8_tflite(model: keras.Model, calibration: np.ndarray, output: str = "p_defect") -> bytes:
+    """Quantize `model` with `calibration` (uint8 (N, H, W) training images); `output`: OUTPUTS."""
+    if output not in OUTPUTS:
+        raise ExportError(f"output {output!r}: choose one of {', '.join(OUTPUTS)}")
+    if output == "logit":
+        model = logit_model(model)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: _representative(calibration)

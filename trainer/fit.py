@@ -140,6 +140,15 @@ def _rims(train_images: np.ndarray, test_images: np.ndarray, aug: AugmentConfig,
     return {"train": train_rims, "train_table": train_table, "test": test_rims, "fallbacks": missed}
 
 
+def output_meta(clf: Classifier) -> dict[str, Any]:
+    """model.json's `output`: the int8 output's quantization and what it represents (an older
+    bundle's lacks `represents`: p_defect, which a new one also writes as before)."""
+    out = {"dtype": str(clf.output_dtype), "scale": clf.output_scale, "zero_point": clf.output_zero}
+    if clf.spec.output == "logit":
+        return {**out, "represents": "logit", "meaning": "p_defect = sigmoid(scale * (q - zero_point))"}
+    return {**out, "meaning": "p_defect = scale * (q - zero_point)"}
+
+
 def masked_inputs(images: np.ndarray, rims: list[Any], spec: InputSpec) -> np.ndarray:
     """The images as a part-only model sees them (masked beyond each rim); unchanged otherwise."""
     if not spec.part_only:
@@ -195,7 +204,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
                 "images (a larger --limit) or another --val-fraction")
     fit_x, fit_y = train_set.images[fit_idx], train_set.labels[fit_idx]
     val_x, val_y = train_set.images[val_idx], train_set.labels[val_idx]
-    spec = InputSpec(part_only=aug.part_only, views=opts.views, finder=opts.rim_finder)
+    spec = InputSpec(part_only=aug.part_only, views=opts.views, finder=opts.rim_finder, output=opts.output)
     rims = _rims(train_set.images, test_set.images, aug, opts.rim_finder)
     fit_inputs, val_inputs, test_inputs = fit_x, val_x, test_set.images
     if spec.part_only:
@@ -232,7 +241,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
 
     rng = np.random.default_rng(opts.seed)
     cal = fit_inputs[rng.choice(len(fit_x), size=min(opts.calibration_images, len(fit_x)), replace=False)]
-    tflite = to_int8_tflite(model, cal)
+    tflite = to_int8_tflite(model, cal, spec.output)
     val_rims = [rims["train"][i] for i in val_idx] if rims else None
     test_rims = rims["test"] if rims else None
     # The guard's limits come from the clean fit images, as the edge will see them (rims found there).
@@ -337,8 +346,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
         **({"view_aggregate": spec.aggregate} if spec.aggregate != "mean" else {}),
         "line_rule": {"views": rule["views"], "aggregate": rule["aggregate"], "threshold": threshold,
                       "rule": rule["rule"], "summed_validation_cost": chosen["summed_cost"]},
-        "output": {"dtype": str(clf.output_dtype), "scale": clf.output_scale, "zero_point": clf.output_zero,
-                   "meaning": "p_defect = scale * (q - zero_point)"},
+        "output": output_meta(clf),
         "architecture": opts.arch,
         "params": model.count_params(),
         "float_model": FLOAT_MODEL,

@@ -62,11 +62,13 @@ def judge_latency_ms(judge: Judge, image: np.ndarray, repeats: int = 60) -> floa
     return round(float(np.median(times)) * 1000, 3)
 
 
-def rule_threshold(sets: list[evaluate.SetResult], policy: Policy, ratio: float) -> tuple[float, dict[str, Any]]:
-    """Step 2 of the rule: the policy's threshold over the union of the sets, and their figures at it."""
+def rule_threshold(sets: list[evaluate.SetResult], policy: Policy, ratio: float,
+                   output: str = "p_defect") -> tuple[float, dict[str, Any]]:
+    """Step 2 of the rule: the policy's threshold over the union of the sets (on the grid of the
+    model's `output`), and their figures at it."""
     labels = np.concatenate([s.labels for s in sets])
     scores = np.concatenate([s.scores for s in sets])
-    threshold = choose(labels, scores, policy)
+    threshold = choose(labels, scores, policy, output)
     return threshold, evaluate.summarise_sets(sets, threshold, ratio)
 
 
@@ -82,7 +84,7 @@ def choose_views_and_threshold(tflite: bytes, spec: InputSpec, guard: Guard | No
         t0 = time.perf_counter()
         judge = Judge(Classifier(tflite, num_threads=1, spec=replace(spec, views=v, aggregate=agg)), 0.5, guard)
         sets = evaluate.judge_sets(judge, val_x, val_y, changed, val_rims)
-        threshold, summary = rule_threshold(sets, policy, ratio)
+        threshold, summary = rule_threshold(sets, policy, ratio, spec.output)
         latency = judge_latency_ms(judge, latency_image)
         tried[v, agg] = {"threshold": threshold, "latency_ms_1_thread": latency, **summary,
                          "within_budget": latency <= LATENCY_BUDGET_MS}

@@ -64,16 +64,19 @@ class AdaptedThreshold:
 
 
 def adapted_threshold(rule: str, new_labels: np.ndarray, new_scores: np.ndarray, old_labels: np.ndarray,
-                      old_scores: np.ndarray, bar: tuple[int, int], policy: Policy) -> AdaptedThreshold:
+                      old_scores: np.ndarray, bar: tuple[int, int], policy: Policy,
+                      output: str = "p_defect") -> AdaptedThreshold:
     """An adapted bundle's threshold by `rule` (THRESHOLD_RULES) from the new line's out-of-fold scores
-    and the adapted model's scores on the original validation (`bar`: the base's escapes and errors there)."""
+    and the adapted model's scores on the original validation (`bar`: the base's escapes and errors there),
+    on the grid of the model's `output`."""
     name, margin = parse_rule(rule)
     t, kept = None, None
     if name in ("keep-old-line", "margin"):
-        t = keep_old_line(new_labels, new_scores, old_labels, old_scores, bar, policy)
+        t = keep_old_line(new_labels, new_scores, old_labels, old_scores, bar, policy, output)
         kept = t is not None
     if t is None:
-        t = choose(np.concatenate([new_labels, old_labels]), np.concatenate([new_scores, old_scores]), policy)
+        t = choose(np.concatenate([new_labels, old_labels]), np.concatenate([new_scores, old_scores]), policy,
+                   output)
     return AdaptedThreshold(lower_by(t, margin) if margin else t, kept, t)
 
 
@@ -95,7 +98,8 @@ def evidence(labels: np.ndarray, p_defect: np.ndarray, names: list[str], thresho
 
 
 def keep_old_line(new_labels: np.ndarray, new_scores: np.ndarray, old_labels: np.ndarray,
-                  old_scores: np.ndarray, bar: tuple[int, int], policy: Policy) -> float | None:
+                  old_scores: np.ndarray, bar: tuple[int, int], policy: Policy,
+                  output: str = "p_defect") -> float | None:
     """An adapted bundle's threshold: the policy's choice on the new line's (out-of-fold) scores,
     among the thresholds at which the old line's validation keeps the base's bar, `bar` =
     (escapes, errors) of the base there: no more defects accepted and no more parts wrong.
@@ -103,11 +107,11 @@ def keep_old_line(new_labels: np.ndarray, new_scores: np.ndarray, old_labels: np
 
     Why: one policy over the union of both sets let the hardest new-line defects pull the
     threshold down until the old line lost parts the base decided right (issue 20)."""
-    grid, fa_old, fr_old = errors_per_threshold(old_labels, old_scores)
+    grid, fa_old, fr_old = errors_per_threshold(old_labels, old_scores, output)
     kept = (fa_old <= bar[0]) & (fa_old + fr_old <= bar[1])
     if not kept.any():
         return None
-    _, fa, fr = errors_per_threshold(new_labels, new_scores)
+    _, fa, fr = errors_per_threshold(new_labels, new_scores, output)
     if policy.kind == "recall":
         recall = 1 - fa / max(int(np.asarray(new_labels).astype(bool).sum()), 1)
         ok = kept & (recall >= policy.value - 1e-12)

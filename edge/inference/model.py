@@ -17,9 +17,11 @@ from edge.inference.bundle import Bundle, BundleError
 from edge.vision.partview import (
     Circle,
     InputSpec,
+    combine_logits,
     combine_views,
     dihedral_views,
     part_only_input,
+    sigmoid,
 )
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,8 @@ class Classifier:
 
     `spec` (the bundle's edge.vision.partview.InputSpec) says how the crop becomes the model's
     input: masked beyond the rim for a part-only bundle, and combined over `views`
-    rotations/flips (their mean in logit space, or the highest). With neither, p_defect is the model's output exactly.
+    rotations/flips (their mean in logit space, or the highest). With neither, p_defect is the model's output exactly
+    (`spec.output` p_defect), or its sigmoid (logit).
     """
 
     def __init__(self, model: bytes | str | Path, num_threads: int = 1, spec: InputSpec | None = None) -> None:
@@ -128,18 +131,25 @@ class Classifier:
         self._it.invoke()
         return int(self._it.get_tensor(self._out_index).reshape(-1)[0])
 
-    def model_p(self, model_input: np.ndarray) -> float:
-        """The model's own output for one prepared input (no mask, no views)."""
+    def _dequantized(self, model_input: np.ndarray) -> float:
         if self.output_dtype not in (np.uint8, np.int8):
-            raise BundleError(f"the model's output is {self.output_dtype.name}, not a quantized probability")
+            raise BundleError(f"the model's output is {self.output_dtype.name}, not a quantized {self.spec.output}")
         return float(self.output_scale * (self.raw_output(model_input) - self.output_zero))
+
+    def model_p(self, model_input: np.ndarray) -> float:
+        """The model's own p_defect for one prepared input (no mask, no views)."""
+        v = self._dequantized(model_input)
+        return sigmoid(v) if self.spec.output == "logit" else v
 
     def p_defect(self, gray: np.ndarray, circle: Circle | None = None) -> float:
         """p_defect of a crop under the bundle's input spec; `circle`: its rim, where already found."""
         x = part_only_input(gray, self.spec, circle)
         if self.spec.views == 1:
             return self.model_p(x)
-        return combine_views([self.model_p(v) for v in dihedral_views(x, self.spec.views)], self.spec.aggregate)
+        views = dihedral_views(x, self.spec.views)
+        if self.spec.output == "logit":
+            return combine_logits([self._dequantized(v) for v in views], self.spec.aggregate)
+        return combine_views([self.model_p(v) for v in views], self.spec.aggregate)
 
     def predict(self, images: np.ndarray, circles: list[Circle] | None = None) -> np.ndarray:
         """p_defect for each uint8 (N, H, W) crop (rims found here unless given)."""

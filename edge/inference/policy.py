@@ -10,6 +10,11 @@ Policies:
 - ``recall:X``: the highest threshold whose validation defect recall is >= X.
 Among equally good thresholds the middle of the lowest such run is taken: a margin on
 both sides, leaning towards rejecting.
+
+The thresholds tried follow what the model outputs (model.json `output.represents`): a quantized
+probability takes the values k/256, so those are its grid; a quantized logit is finer where the
+threshold lies (near p 0.01 a probability's steps are 25-100% of p), so its grid is a fine one in
+logit space (edge.vision.partview.OUTPUTS).
 """
 
 from __future__ import annotations
@@ -21,6 +26,19 @@ import numpy as np
 
 DEFAULT_POLICY = "cost:20"
 GRID = 256  # uint8 output quantization: p_defect takes values k/256
+LOGIT_GRID_STEP = 1 / 32  # a logit output's thresholds: sigmoid of multiples of this ...
+LOGIT_GRID_LIMIT = 12.0  # ... within +-12 (p 6e-6 .. 1 - 6e-6), and 1.0
+
+
+def threshold_grid(output: str = "p_defect") -> np.ndarray:
+    """The thresholds a policy chooses from, ascending, for a model whose output is `output`."""
+    if output == "p_defect":
+        return np.arange(1, GRID + 1) / GRID
+    if output == "logit":
+        n = round(LOGIT_GRID_LIMIT / LOGIT_GRID_STEP)
+        z = np.arange(-n, n + 1) * LOGIT_GRID_STEP
+        return np.r_[1.0 / (1.0 + np.exp(-z)), 1.0]
+    raise PolicyError(f"model output {output!r}: expected p_defect or logit")
 
 
 class PolicyError(ValueError):
@@ -52,12 +70,13 @@ def parse_policy(text: str) -> Policy:
     raise PolicyError(f"threshold policy {text!r}: expected cost:R (R finite and > 0) or recall:X (0 < X <= 1)")
 
 
-def errors_per_threshold(labels: np.ndarray, p_defect: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The k/256 grid and, at each of its thresholds, the false accepts and false rejects."""
+def errors_per_threshold(labels: np.ndarray, p_defect: np.ndarray,
+                         output: str = "p_defect") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The output's threshold grid and, at each of its thresholds, the false accepts and false rejects."""
     labels = np.asarray(labels).astype(bool)
     p = np.asarray(p_defect, dtype=np.float64)
-    grid = np.arange(1, GRID + 1) / GRID
-    rejects = p[None, :] >= grid[:, None] - 1e-9
+    grid = threshold_grid(output)
+    rejects = p[None, :] >= grid[:, None] - 1e-9  # grid spacing >= 1e-7: the tolerance stays inside a step
     fa = (~rejects & labels[None, :]).sum(axis=1)
     fr = (rejects & ~labels[None, :]).sum(axis=1)
     return grid, fa, fr
@@ -72,9 +91,9 @@ def middle_of_first_run(grid: np.ndarray, ok: np.ndarray) -> float:
     return float(grid[(first + last) // 2])
 
 
-def choose(labels: np.ndarray, p_defect: np.ndarray, policy: Policy) -> float:
-    """Threshold t (reject when p >= t) on the k/256 grid of the int8 output."""
-    grid, fa, fr = errors_per_threshold(labels, p_defect)
+def choose(labels: np.ndarray, p_defect: np.ndarray, policy: Policy, output: str = "p_defect") -> float:
+    """Threshold t (reject when p >= t) on the grid of the int8 output (`threshold_grid(output)`)."""
+    grid, fa, fr = errors_per_threshold(labels, p_defect, output)
     if policy.kind == "cost":
         score = policy.value * fa + fr
         return middle_of_first_run(grid, score == score.min())

@@ -20,6 +20,7 @@ from edge.inference.inspector import Inspector
 from edge.inference.override import ThresholdRefused, recorded_scores
 from edge.inference.policy import PolicyError, choose, parse_policy
 from edge.vision.locate import LocateConfig
+from edge.vision.partview import output_of
 
 
 class RecipeError(ValueError):
@@ -54,7 +55,11 @@ def policy_threshold(meta: Mapping[str, Any], policy: str) -> float:
                           "(record them with `edge-train scores`), or give a fixed threshold")
     defect, good = scores
     labels = np.r_[np.ones(len(defect), bool), np.zeros(len(good), bool)]
-    return choose(labels, np.r_[defect, good], parse_policy(policy))
+    try:
+        output = output_of(dict(meta))
+    except ValueError as exc:
+        raise PolicyError(f"{policy}: {exc}") from None
+    return choose(labels, np.r_[defect, good], parse_policy(policy), output)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,9 @@ from edge.vision.locate import RIM_DIAMETER_FRACTION, RIM_FINDERS, find_rim_in_c
 RIM_MARGIN = 0.08  # of the rim radius kept beyond the rim: outline, flash and burrs stay in view
 FILL = 128  # the grey that replaces everything beyond the margin
 VIEW_CHOICES = (1, 2, 4, 8)
+# What the int8 model's output holds (model.json `output.represents`): the probability itself, or
+# its logit, which int8 resolves finely where a threshold near p 0.01 lies (k/256 does not).
+OUTPUTS = ("p_defect", "logit")
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class InputSpec:
     views: int = 1
     finder: str = "half"  # locate.RIM_FINDERS: how the rim is searched, as in training
     aggregate: str = "mean"  # VIEW_AGGREGATES: how the views' p_defect become one (model.json `view_aggregate`)
+    output: str = "p_defect"  # OUTPUTS: what the model's output is (model.json `output.represents`)
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> InputSpec:
@@ -75,8 +79,9 @@ class InputSpec:
         aggregate = meta.get("view_aggregate", "mean")
         if aggregate not in VIEW_AGGREGATES:
             raise ValueError(f"view_aggregate: {aggregate!r} is not one of {', '.join(VIEW_AGGREGATES)}")
+        output = output_of(meta)
         if po is None:
-            return cls(views=views, aggregate=aggregate)
+            return cls(views=views, aggregate=aggregate, output=output)
         if not isinstance(po, dict):
             raise ValueError(f"input.part_only: expected an object with margin and fill, got {po!r}")
         margin, fill = po.get("margin"), po.get("fill")
@@ -87,7 +92,7 @@ class InputSpec:
         finder = po.get("finder", "half")
         if finder not in RIM_FINDERS:
             raise ValueError(f"input.part_only.finder: {finder!r} is not one of {', '.join(RIM_FINDERS)}")
-        return cls(True, float(margin), int(fill), views, finder, aggregate)
+        return cls(True, float(margin), int(fill), views, finder, aggregate, output)
 
     def to_meta(self) -> dict[str, Any]:
         if not self.part_only:
@@ -100,6 +105,16 @@ class InputSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def output_of(meta: dict[str, Any]) -> str:
+    """model.json's `output.represents` (absent: p_defect, as every bundle before 2026-12-07 had);
+    ValueError naming a value that is neither."""
+    out = meta.get("output")
+    represents = out.get("represents", "p_defect") if isinstance(out, dict) else "p_defect"
+    if represents not in OUTPUTS:
+        raise ValueError(f"output.represents: {represents!r} is not one of {', '.join(OUTPUTS)}")
+    return str(represents)
 
 
 def disk_mask(size: tuple[int, int], cx: float, cy: float, radius: float) -> np.ndarray:
@@ -141,6 +156,14 @@ def dihedral_views(img: np.ndarray, n: int) -> list[np.ndarray]:
 _P_FLOOR = 1.0 / 512  # half a quantization step of a uint8 probability: logit stays finite
 
 
+def sigmoid(z: float) -> float:
+    """p from a logit, without overflow at either end."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
 def mean_logit(ps: np.ndarray | list[float]) -> float:
     """Average of probabilities in logit space (views of one part), back as a probability."""
     p = np.clip(np.asarray(ps, np.float64), _P_FLOOR, 1 - _P_FLOOR)
@@ -160,6 +183,15 @@ def combine_views(ps: np.ndarray | list[float], how: str = "mean") -> float:
     if how != "mean":
         raise ValueError(f"view aggregate {how!r}: choose one of {', '.join(VIEW_AGGREGATES)}")
     return mean_logit(ps)
+
+
+def combine_logits(zs: np.ndarray | list[float], how: str = "mean") -> float:
+    """One p_defect from the views' logits (a logit-output model): their mean or their highest.
+    No floor here: a logit output carries its confidence to well below p 1/512."""
+    if how not in VIEW_AGGREGATES:
+        raise ValueError(f"view aggregate {how!r}: choose one of {', '.join(VIEW_AGGREGATES)}")
+    z = np.asarray(zs, np.float64)
+    return sigmoid(float(np.max(z) if how == "max" else np.mean(z)))
 
 
 def backdrop_grey(gray: np.ndarray, circle: Circle) -> float:
