@@ -23,6 +23,7 @@ from edge.inference import bundle as bundle_fmt
 from edge.inference.judge import Judge, reject_scores
 from edge.offline.dataset import list_labelled, load_samples
 from edge.offline.metrics import summarize
+from edge.vision.partview import output_of
 from trainer.threshold import adapted_threshold, parse_policy, parse_rule
 
 DEFAULT_RULES = "keep-old-line,margin:0.5,margin:1,margin:1.5,margin:2,margin:3"
@@ -61,7 +62,7 @@ def study(run: Path, rules: list[str]) -> list[dict]:
     print(_row("base", figures["base"]["held_out"]) + " | orig val " + _row("", figures["base"]["original_validation"]))
     out = []
     for rule in rules:
-        t = adapted_threshold(rule, new_y, new_p, old_y, old_p, bar, policy)
+        t = adapted_threshold(rule, new_y, new_p, old_y, old_p, bar, policy, output_of(b.meta))
         h, v = summarize(loaded.labels, held_scores, t.threshold), summarize(old_y, old_p, t.threshold)
         print(_row(rule, h) + f" | orig val {_row('', v)} | t {t.threshold:.4g} (kept {t.kept})")
         out.append({"run": str(run), "rule": rule, "threshold": t.threshold, "held_out": h, "original_validation": v,

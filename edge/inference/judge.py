@@ -4,6 +4,13 @@ The rim is found once per crop and shared by the part-only mask (edge.vision.par
 guard (edge.inference.guard). An `accept` is only ever the model's verdict on a part the guard let
 through, at the bundle's threshold; anything the guard flags is a reject with its fault,
 and its p_defect is still recorded as evidence.
+
+A second look (`second_look`): where the guard finds the part `unfamiliar` at the rim the bundle's
+finder gave, the other circles the crop's rim searches find are tried in turn (on a belt lighter
+than the part the finder can take an inner ring or the belt's edge for the rim). The first at
+which the guard passes the part whole is the rim: mask, guard and verdict all use it. Nothing
+else changes: a part the guard passes at the first rim, or calls `occluded`, is judged as before,
+and the model only ever judges a part the guard vouched for.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ import numpy as np
 from edge.inference.bundle import Bundle, BundleError
 from edge.inference.guard import Features, Guard, GuardLimits
 from edge.inference.model import Classifier, decide
-from edge.vision.partview import Circle
+from edge.vision.partview import Circle, other_rims
+
+SECOND_LOOK = False  # the default until measured (docs/training.md, "Rule for the guard's second look")
 
 
 @dataclass(frozen=True)
@@ -33,10 +42,12 @@ class Judgement:
 class Judge:
     """A bundle's classifier and guard at one threshold."""
 
-    def __init__(self, classifier: Classifier, threshold: float, guard: Guard | None = None) -> None:
+    def __init__(self, classifier: Classifier, threshold: float, guard: Guard | None = None,
+                 second_look: bool = SECOND_LOOK) -> None:
         self.classifier = classifier
         self.threshold = threshold
         self.guard = guard
+        self.second_look = second_look
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, threshold: float | None = None, num_threads: int = 1) -> Judge:
@@ -63,6 +74,12 @@ class Judge:
         p = self.classifier.p_defect(crop, circle)
         if self.guard is not None and circle is not None:
             fault, feats = self.guard.check(crop, circle)
+            if fault == "unfamiliar" and self.second_look:
+                for other in other_rims(crop, circle):
+                    again, other_feats = self.guard.check(crop, other)
+                    if again is None:
+                        p = self.classifier.p_defect(crop, other)
+                        return Judgement(p, decide(p, self.threshold), "model", other_feats)
             if fault is not None:
                 return Judgement(p, "reject", f"fault:{fault}", feats)
             return Judgement(p, decide(p, self.threshold), "model", feats)

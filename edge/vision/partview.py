@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.vision.locate import RIM_DIAMETER_FRACTION, RIM_FINDERS, find_rim_in_crop
+from edge.vision.locate import RIM_DIAMETER_FRACTION, RIM_FINDERS, find_rim_in_crop, rim_searches
 
 RIM_MARGIN = 0.08  # of the rim radius kept beyond the rim: outline, flash and burrs stay in view
 FILL = 128  # the grey that replaces everything beyond the margin
@@ -55,6 +55,18 @@ def rim_circle(gray: np.ndarray, finder: str = "half") -> Circle:
     if box is None:
         return framing_circle(gray.shape[:2])
     return Circle(box.cx, box.cy, box.radius, found=True, score=box.score)
+
+
+def other_rims(gray: np.ndarray, first: Circle) -> list[Circle]:
+    """The other circles the crop's rim searches find (locate.rim_searches), each once, none
+    within 2% of the radius and 2 px of `first` or of one before it."""
+    out: list[Circle] = []
+    for box in rim_searches(gray):
+        c = Circle(box.cx, box.cy, box.radius, found=True, score=box.score)
+        if not any(abs(c.r - o.r) <= 0.02 * o.r and math.hypot(c.cx - o.cx, c.cy - o.cy) <= 2.0
+                   for o in [first, *out] if o.found):
+            out.append(c)
+    return out
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -13,8 +14,11 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
+import keras  # noqa: E402
+
 from edge.inference import bundle  # noqa: E402
 from edge.inference.model import Classifier  # noqa: E402
+from edge.inference.policy import threshold_grid  # noqa: E402
 from edge.offline.dataset import list_labelled, load_samples  # noqa: E402
 from edge.offline.metrics import summarize  # noqa: E402
 from edge.offline.perturb import FOCUS_CHANGES, refocus_all  # noqa: E402
@@ -76,6 +80,37 @@ def test_fit_real_subset_writes_verified_bundle_and_resumes(casting_data: Path, 
     assert main(args + ["--epochs", "2"] + QUICK[2:] + ["--resume", "--swa-epochs", "1"]) == 0
     assert swa.stat().st_mtime_ns != saved
     assert len(json.loads((out / "metrics.json").read_text())["weight_average"]["val_loss_per_epoch"]) == 1
+
+
+def test_a_resume_may_export_the_logit_and_the_edge_decides_as_the_fit_recorded(casting_data: Path,
+                                                                              tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["fit", "--data", str(casting_data), "--out", str(out), "--limit", "20", "--arch", "seed",
+            "--views", "2"] + QUICK
+    assert main(args) == 0
+    before = bundle.load(out).meta
+    assert "represents" not in before["output"] and before["output"]["scale"] == 1 / 256
+    assert main(args + ["--resume", "--output", "logit"]) == 0  # acts after training only
+    b = bundle.load(out)
+    m = b.meta
+    assert m["output"]["represents"] == "logit" and m["output"]["meaning"].startswith("p_defect = sigmoid(")
+    assert m["output"]["scale"] != 1 / 256 and m["training"]["options"]["output"] == "logit"
+    assert np.isclose(threshold_grid("logit"), m["threshold"], rtol=0, atol=1e-12).any()
+    samples = list_labelled(casting_data / "test")
+    test = load_samples([s for s in samples if s.label == 0][:20] + [s for s in samples if s.label == 1][:20])
+    clf = Classifier.from_bundle(b)
+    assert clf.spec.output == "logit" and clf.spec.views == 2
+    recomputed = summarize(test.labels, clf.predict(test.images), b.threshold)
+    assert recomputed == json.loads(json.dumps(m["metrics"]["test_all"]["int8"]))
+    # the float weights are the same: the two exports differ in their output only
+    float_p = keras.models.load_model(out / "model.keras", compile=False).predict(
+        test.images[..., None].astype(np.float32), verbose=0).ravel()
+    one = Classifier.from_bundle(b)
+    one.spec = replace(one.spec, views=1)
+    z_int8 = np.log(one.predict(test.images) / (1 - one.predict(test.images)))
+    z_float = np.log(np.clip(float_p, 1e-6, 1 - 1e-6) / (1 - np.clip(float_p, 1e-6, 1 - 1e-6)))
+    inside = np.abs(z_float) < 9  # the export clips at +-10
+    assert inside.sum() >= 5 and np.median(np.abs(z_int8 - z_float)[inside]) < 0.5
 
 
 def test_fit_skips_and_lists_bad_files_and_converts_odd_images(tmp_path: Path) -> None:

@@ -101,3 +101,33 @@ def test_parse_rule_names_a_bad_rule(bad: str) -> None:
     with pytest.raises(PolicyError, match=re.escape(repr(bad))):
         parse_rule(bad)
     assert parse_rule("margin:1.5") == ("margin", 1.5) and parse_rule("union") == ("union", 0.0)
+
+
+def test_a_logit_output_chooses_between_scores_that_one_probability_step_would_tie() -> None:
+    # Defects at p 0.0030, good parts at 0.0020: both below 1/256, one level of a uint8 probability.
+    labels = np.array([0, 0, 0, 1, 1])
+    p = np.array([0.0018, 0.0019, 0.0020, 0.0030, 0.0031])
+    on_k256 = choose(labels, p, Policy("cost", 20))
+    assert on_k256 == 1 / 256 and (p[labels == 1] < on_k256).all()  # every defect accepted there
+    t = choose(labels, p, Policy("cost", 20), "logit")
+    assert 0.0020 < t <= 0.0030  # separates them, in the middle of the gap in log-odds
+    assert abs(np.log(t / (1 - t)) - np.log(0.0024496)) < 1 / 32 + 1e-9
+
+
+def test_the_logit_grid_is_ascending_fine_near_the_operating_point_and_unknown_outputs_are_refused() -> None:
+    from edge.inference.policy import threshold_grid  # noqa: PLC0415
+
+    k256, fine = threshold_grid("p_defect"), threshold_grid("logit")
+    assert (np.diff(k256) > 0).all() and (np.diff(fine) > 0).all() and fine[-1] == 1.0 == k256[-1]
+    near = (fine > 3 / 256) & (fine < 5 / 256)  # between the two uint8 levels around 0.0156
+    assert near.sum() >= 15 and fine[0] < 1e-5
+    with pytest.raises(PolicyError, match="'probability'"):
+        choose(np.array([0, 1]), np.array([0.1, 0.9]), Policy("cost", 20), "probability")
+
+
+def test_keep_old_line_on_a_logit_grid_keeps_the_bar_between_fine_scores() -> None:
+    old_y, old_p = np.array([0, 0, 1]), np.array([0.0010, 0.0012, 0.0030])
+    new_y, new_p = np.array([0, 1]), np.array([0.0011, 0.0025])
+    t = keep_old_line(new_y, new_p, old_y, old_p, (0, 0), Policy("cost", 20), "logit")
+    assert t is not None and 0.0012 < t <= 0.0025
+    assert keep_old_line(new_y, new_p, old_y, old_p, (0, 0), Policy("cost", 20)) is None  # k/256 cannot

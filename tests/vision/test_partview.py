@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -349,6 +350,16 @@ def test_input_spec_rejects_a_bad_field_naming_it(part_only, views, field: str) 
 def test_input_spec_rejects_a_bad_view_aggregate_naming_it(aggregate) -> None:
     with pytest.raises(ValueError, match=r"^view_aggregate: "):
         InputSpec.from_meta(dict(_meta(views=4), view_aggregate=aggregate))
+
+
+def test_input_spec_reads_what_the_output_represents_and_refuses_anything_else() -> None:
+    logit = dict(_meta({"margin": 0.08, "fill": 128}, 4), output={"dtype": "uint8", "represents": "logit"})
+    assert InputSpec.from_meta(logit).output == "logit"
+    assert InputSpec.from_meta(dict(_meta(views=2), output={"represents": "logit"})).output == "logit"
+    assert InputSpec.from_meta(_meta()).output == "p_defect"  # every bundle before 2026-12-07
+    for bad in ("probability", None, ["logit"]):
+        with pytest.raises(ValueError, match=r"^output.represents: " + re.escape(repr(bad))):
+            InputSpec.from_meta(dict(_meta(views=2), output={"represents": bad}))
 
 
 def test_an_unknown_rim_finder_is_refused_by_name() -> None:
