@@ -8,14 +8,15 @@ and its p_defect is still recorded as evidence.
 A second look (`second_look`): where the guard finds the part `unfamiliar` at the rim the bundle's
 finder gave, the other circles the crop's rim searches find are tried in turn (on a belt lighter
 than the part the finder can take an inner ring or the belt's edge for the rim). The first at
-which the guard passes the part whole is the rim: mask, guard and verdict all use it. Nothing
-else changes: a part the guard passes at the first rim, or calls `occluded`, is judged as before,
-and the model only ever judges a part the guard vouched for.
+which the guard passes the part whole, with its occlusion limits halved (SECOND_LOOK_OCCLUSION),
+is the rim: mask, guard and verdict all use it. Nothing else changes: a part the guard passes at
+the first rim, or calls `occluded`, is judged as before, and the model only ever judges a part
+the guard vouched for.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from edge.inference.model import Classifier, decide
 from edge.vision.partview import Circle, other_rims
 
 SECOND_LOOK = False  # the default until measured (docs/training.md, "Rule for the guard's second look")
+# At another circle a part must pass the guard with its occlusion limits scaled by this: a covered
+# part whose cover misled the finder could otherwise just pass there (docs/training.md, "strict").
+SECOND_LOOK_OCCLUSION = 0.5
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,9 @@ class Judge:
         self.threshold = threshold
         self.guard = guard
         self.second_look = second_look
+        self._strict = None if guard is None else Guard(replace(
+            guard.limits, max_off_angles=guard.limits.max_off_angles * SECOND_LOOK_OCCLUSION,
+            max_longest_run=guard.limits.max_longest_run * SECOND_LOOK_OCCLUSION))
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, threshold: float | None = None, num_threads: int = 1) -> Judge:
@@ -76,7 +83,7 @@ class Judge:
             fault, feats = self.guard.check(crop, circle)
             if fault == "unfamiliar" and self.second_look:
                 for other in other_rims(crop, circle):
-                    again, other_feats = self.guard.check(crop, other)
+                    again, other_feats = self._strict.check(crop, other)
                     if again is None:
                         p = self.classifier.p_defect(crop, other)
                         return Judgement(p, decide(p, self.threshold), "model", other_feats)

@@ -338,3 +338,47 @@ def test_judge_from_bundle_reads_the_guard(tmp_path: Path, drawn_guard: Guard) -
     (tmp_path / "bad").mkdir()
     with pytest.raises(BundleError, match="contrast"):
         Judge.from_bundle(bundle.load(_bundle_with(tmp_path / "bad", bad)))
+
+
+# ---- the second look at the rim --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def light_belt_parts(casting_data: Path) -> np.ndarray:
+    """Good test parts on the lightest belt, where the finder's rim misleads the guard most."""
+    files = sorted((casting_data / "test" / "ok_front").glob("*.jpeg"))[:80]
+    parts = np.stack([cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in files])
+    return conditions.apply(parts, conditions.BY_NAME["grey_230"])
+
+
+def test_a_second_look_judges_an_unfamiliar_part_at_a_rim_the_guard_passes_and_nothing_else(
+        light_belt_parts: np.ndarray) -> None:
+    shipped = bundle.load(bundle.DEFAULT_BUNDLE)
+    first, second = Judge.from_bundle(shipped), Judge.from_bundle(shipped)
+    first.second_look, second.second_look = False, True
+    changed = 0
+    for img in light_belt_parts:
+        a, b = first.judge(img), second.judge(img)
+        if a.fault != "unfamiliar" or b.fault is not None:
+            assert (a.p_defect, a.decision, a.reason) == (b.p_defect, b.decision, b.reason)
+            continue
+        changed += 1
+        assert b.reason == "model" and verdict(b.features, second.guard.limits) is None
+        rim = first.rim(img)
+        assert not a.features.rim_found or abs(b.features.rim_radius - a.features.rim_radius) > 0.02 * rim.r
+    assert changed >= 1  # measured: 80 good parts on the grey-230 belt, see the bench's figures
+
+
+def test_a_second_look_leaves_a_covered_part_an_empty_belt_and_a_smaller_product_faulted(
+        light_belt_parts: np.ndarray) -> None:
+    judge = Judge.from_bundle(bundle.load(bundle.DEFAULT_BUNDLE))
+    judge.second_look = True
+    empty = np.full((300, 300), 230, np.uint8)
+    assert judge.judge(empty).fault == "unfamiliar"
+    small = np.full((300, 300), 230, np.uint8)  # the same part at 0.7 of its size: another product
+    part = cv2.resize(light_belt_parts[0], (210, 210), interpolation=cv2.INTER_AREA)
+    small[45:255, 45:255] = part
+    assert judge.judge(small).fault == "unfamiliar"
+    for i, kind in enumerate(KINDS):
+        img = light_belt_parts[i + 1]
+        hidden, _ = cover(img, 0.45, kind, i, judge.rim(img))
+        assert judge.judge(hidden).decision == "reject"

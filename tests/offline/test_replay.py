@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -58,9 +59,13 @@ def test_replay_p_defect_matches_the_trainers_int8_path(casting_data: Path, ship
     got = {Path(r["path"]).name: r["p_defect"] for r in json.loads(out.read_text())["images"]}
     loaded = load_samples(samples)
     expected = Classifier.from_bundle(shipped).predict(loaded.images)
-    step = shipped.meta["output"]["scale"]
+    step = shipped.meta["output"]["scale"]  # one step of the output: of p, or of its logit
+
+    def out(p: float) -> float:
+        return math.log(p / (1 - p)) if shipped.meta["output"].get("represents") == "logit" else p
+
     for p, e in zip(loaded.paths, expected):
-        assert abs(got[p.name] - e) <= step
+        assert abs(out(got[p.name]) - out(e)) <= step
 
 
 def write_broken_folder(folder: Path) -> dict[str, str]:
@@ -277,7 +282,13 @@ def test_a_part_scoring_exactly_the_threshold_is_counted_as_the_reject_it_was(tm
     assert main(["--replay", str(folder), "--model", str(model), "--json", str(out)]) == 0
     step = shipped.meta["output"]["scale"]
     images = json.loads(out.read_text())["images"]
-    on_steps = [x["p_defect"] / step == round(x["p_defect"] / step) for x in images]
+    logit = shipped.meta["output"].get("represents") == "logit"  # p = sigmoid(step x (q - zero)), else step x q
+
+    def on_a_step(p: float) -> bool:
+        v = math.log(p / (1 - p)) / step if logit else p / step
+        return abs(v - round(v)) < (1e-6 if logit else 1e-12)
+
+    on_steps = [on_a_step(x["p_defect"]) for x in images]
     assert all(on_steps) if views == 1 else not all(on_steps)  # the model's exact output, or a mean of views
     for t in sorted({x["p_defect"] for x in images if x["p_defect"] > 0}):  # each score as the threshold
         assert main(["--replay", str(folder), "--model", str(model), "--json", str(out), "--threshold", repr(t)]) == 0

@@ -47,8 +47,9 @@ def test_a_logit_output_keeps_the_float_ranking_where_a_probability_output_ties(
     assert as_p.output_scale == pytest.approx(1 / 256) and as_logit.output_scale <= 2 * LOGIT_CLIP / 255 + 1e-6
     p_uint8 = as_p.predict(images)
     p_logit = as_logit.predict(images)
-    assert len(np.unique(p_uint8)) <= 6  # a handful of k/256 levels for 24 different parts
-    assert len(np.unique(p_logit)) >= 15
+    low = float_p < 4 / 256  # below the shipped bundles' uint8 threshold: where the pinholes score
+    assert low.sum() >= 10 and len(np.unique(p_uint8[low])) <= 3  # 0, 1/256 or 2/256 for all of them
+    assert len(np.unique(p_logit[low])) >= 0.8 * low.sum()
     z_float, z_int8 = (np.log(p / (1 - p)) for p in (float_p, p_logit))
     assert np.abs(z_int8 - z_float).max() < 0.5  # a few int8 steps of log-odds
     rank = np.corrcoef(np.argsort(np.argsort(float_p)), np.argsort(np.argsort(p_logit)))[0, 1]
