@@ -24,7 +24,7 @@ from edge.delivery.contract import Topics
 from edge.delivery.journal import Journal
 from edge.inference import bundle as bundle_fmt
 from edge.inference.override import recorded_scores
-from edge.inference.policy import choose, parse_policy
+from edge.inference.policy import PolicyError, choose, parse_policy
 from edge.inference.recipes import RecipeError, policy_threshold
 from edge.lifecycle import load_recipes
 
@@ -102,6 +102,11 @@ def test_a_threshold_policy_chooses_on_the_bundles_validation_scores_as_the_trai
     labels = np.r_[np.ones(len(defect), bool), np.zeros(len(good), bool)]
     for policy in ("cost:20", POLICY_B, "recall:1"):
         assert policy_threshold(meta, policy) == choose(labels, np.r_[defect, good], parse_policy(policy))
+    # A bundle whose model outputs the logit is chosen for on the logit's finer grid, as fit chose it.
+    as_logit = dict(meta, output=dict(meta["output"], represents="logit"))
+    assert policy_threshold(as_logit, "cost:20") == choose(labels, np.r_[defect, good], parse_policy("cost:20"), "logit")
+    with pytest.raises(PolicyError, match=r"output.represents: 'probability'"):
+        policy_threshold(dict(meta, output=dict(meta["output"], represents="probability")), "cost:20")
     # Stricter costs never choose a more lenient threshold.
     assert policy_threshold(meta, "cost:200") <= policy_threshold(meta, "cost:20") <= policy_threshold(meta, "cost:2")
     cfg = parse(yaml.safe_dump({"recipes": recipes_section()}))

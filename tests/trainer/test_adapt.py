@@ -17,6 +17,7 @@ from edge.inference.judge import Judge, reject_scores  # noqa: E402
 from edge.inference.override import SCORES_KEY  # noqa: E402
 from edge.offline.dataset import list_labelled, load_samples  # noqa: E402
 from edge.offline.metrics import summarize  # noqa: E402
+from edge.vision.partview import output_of  # noqa: E402
 from tests.conftest import ROOT, write_split  # noqa: E402
 from trainer.cli import main  # noqa: E402
 from trainer.threshold import choose, keep_old_line, parse_policy  # noqa: E402
@@ -57,11 +58,13 @@ def test_adapt_writes_a_bundle_whose_threshold_and_figures_come_from_what_it_say
     assert len(scores) == tf["out_of_fold_new_line"] + tf["original_validation_int8"]
     assert tf["rule"] == "keep-old-line"
     policy = parse_policy(b.meta["threshold_policy"])
+    output = output_of(b.meta)  # the base's kind of output, and the threshold grid that goes with it
+    assert output == output_of(bundle_fmt.load(BASE).meta)
     kept = keep_old_line(*_scores(tf["scores"]["out_of_fold_new_line"]),
                          *_scores(tf["scores"]["original_validation_int8"]),
-                         (tf["old_line_bar"]["escapes"], tf["old_line_bar"]["errors"]), policy)
+                         (tf["old_line_bar"]["escapes"], tf["old_line_bar"]["errors"]), policy, output)
     assert tf["old_line_bar"]["kept"] == (kept is not None)
-    assert b.threshold == (kept if kept is not None else choose(labels, scores, policy))
+    assert b.threshold == (kept if kept is not None else choose(labels, scores, policy, output))
     base_val = b.meta["metrics"]["adapt"]["base"]["original_validation"]
     assert tf["old_line_bar"]["escapes"] == base_val["false_accepts"]
     assert tf["old_line_bar"]["errors"] == base_val["false_accepts"] + base_val["false_rejects"]

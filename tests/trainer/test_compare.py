@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from edge.inference import bundle as bundle_fmt
+from edge.inference.policy import threshold_grid
+from edge.vision.partview import output_of
 from trainer.cli import main
 from trainer.compare import cost, paired_bootstrap
 from trainer.threshold import parse_policy
@@ -101,10 +103,11 @@ def test_line_rule_scores_both_bundles_over_the_same_sets_and_gives_the_verdict_
     res = json.loads(out.read_text())
     n = res["validation"]["images"]
     assert n == 4  # 2 per class of the first 10
-    for m in res["models"].values():
+    for m, path in zip(res["models"].values(), (a, b), strict=True):
         assert len(m["sets"]) == 15 and all(s["n"] == n for s in m["sets"].values())
         assert m["summed_cost"] == sum(s["cost"] for s in m["sets"].values())
-        assert m["threshold_by_rule"] * 256 == round(m["threshold_by_rule"] * 256)  # on the int8 grid
+        grid = threshold_grid(output_of(bundle_fmt.load(path).meta))  # k/256, or the logit's finer grid
+        assert np.isclose(grid, m["threshold_by_rule"], rtol=0, atol=1e-12).any()
     ca, cb = (res["models"][k]["summed_cost"] for k in ("champion", "challenger"))
     assert res["verdict"] == ("challenger replaces champion" if cb < ca else "champion stays")
     assert res["verdict"] in capsys.readouterr().out
