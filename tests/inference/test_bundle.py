@@ -140,10 +140,11 @@ def test_a_sidecar_that_misstates_the_models_quantization_is_refused(tmp_path: P
 
     shipped = bundle.load(bundle.DEFAULT_BUNDLE)
     Classifier.from_bundle(shipped)  # the shipped pair agrees
-    wrong = dict(shipped.meta["output"], scale=0.5)
+    out = shipped.meta["output"]
+    wrong = dict(out, scale=0.5)
     b = bundle.load(_copy_shipped(tmp_path / "b", output=wrong))  # sha256 covers the tflite file only
-    with pytest.raises(BundleError, match="output is uint8 scale 0.00390625 zero point 0, model.json says "
-                                          "uint8 scale 0.5"):
+    with pytest.raises(BundleError, match=re.escape(f"output is uint8 scale {out['scale']:g} zero point "
+                                                    f"{out['zero_point']}, model.json says uint8 scale 0.5")):
         Classifier.from_bundle(b)
 
 
@@ -180,7 +181,9 @@ def test_a_model_with_a_float_output_is_refused_not_read_as_zero(tmp_path: Path)
         if output_type is not None:
             conv.inference_output_type = output_type
         data = bytes(conv.convert())
-        return _copy_shipped(tmp_path / str(output_type), data, sha256=hashlib.sha256(data).hexdigest())
+        # this net outputs p itself (a sigmoid's uint8 quantization), whatever the shipped bundle does
+        return _copy_shipped(tmp_path / str(output_type), data, sha256=hashlib.sha256(data).hexdigest(),
+                             output={"dtype": "uint8", "scale": 1 / 256, "zero_point": 0})
 
     quantized = Classifier.from_bundle(bundle.load(export(tf.uint8)))
     assert quantized.p_defect(np.full((300, 300), 128, np.uint8)) > 0.5  # the control: a real score
