@@ -122,6 +122,7 @@ def _running(inspector: Inspector) -> str:
     t = inspector.threshold
     whose = "the bundle's" if t == b.threshold else f"override; the bundle's {b.threshold:.8g}"
     views = f"{spec.views} view(s)" + (" (the highest decides)" if spec.aggregate == "max" else "")
+    views += ", logit output" if spec.output == "logit" else ""
     parts = [f"{b.path} ({b.short_id})", f"threshold {t:.8g} ({whose})", views,
              "guard on" if inspector.judge.guard is not None else "no guard",
              f"part-only, {spec.finder} rim finder" if spec.part_only else "whole crop",

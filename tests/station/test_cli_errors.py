@@ -99,6 +99,7 @@ def test_the_shipped_config_checks_ok_and_says_which_model_decides_how() -> None
     assert rest[0].startswith(f"  model: {b.path} ({b.short_id}), threshold {b.threshold:.8g} (the bundle's), "
                               f"{b.meta.get('views', 1)} view(s), "), r.stdout
     assert rest[0].endswith(", sealed"), r.stdout
+    assert (", logit output, " in rest[0]) == (b.meta["output"].get("represents") == "logit"), r.stdout
 
 
 def test_check_config_names_an_override_and_the_shadow(tmp_path: Path) -> None:
@@ -126,7 +127,7 @@ def test_check_config_says_when_the_highest_view_decides(tmp_path: Path) -> None
     r = _run(tmp_path, "--check-config", str(cfg))
     assert r.returncode == 0, r.stderr
     shadow = r.stdout.splitlines()[2]
-    assert shadow.startswith("  shadow: ") and ", 4 view(s) (the highest decides), guard on," in shadow, shadow
+    assert shadow.startswith("  shadow: ") and ", 4 view(s) (the highest decides), " in shadow, shadow
     live_max = bundle_fmt.load(live).meta.get("view_aggregate") == "max"
     assert ("(the highest decides)" in r.stdout.splitlines()[1]) == live_max  # as its own model.json says
 
