@@ -144,6 +144,13 @@ def evidence_lines(ev: dict[str, Any] | None) -> list[str]:
             "| rank | lowest-scoring defects | highest-scoring good parts |", "|---|---|---|", *rows, ""]
 
 
+def _output_words(out: dict[str, Any]) -> str:
+    """What the int8 output holds, in the report's words (model.json `output`)."""
+    if out.get("represents") == "logit":
+        return f"output the logit of p_defect, steps of {out['scale']:.3g} log-odds (p_defect = its sigmoid)"
+    return f"output p_defect in steps of {out['scale']:.3g}"
+
+
 def _distillation_line(record: dict | None) -> list[str]:
     if not record:
         return []
@@ -320,7 +327,8 @@ def write(out: Path, meta: dict[str, Any], metrics: dict[str, Any], history: lis
         f"- Operating threshold **{t:.8g}** chosen on validation int8 outputs by policy `{metrics['threshold_policy']}`"
         " (reject when p_defect >= threshold).",
         f"- int8 model: {meta['sha256'][:12]}, uint8 input scale {meta['input']['scale']} zero point "
-        f"{meta['input']['zero_point']}; median latency {metrics['int8_latency_ms_1_thread']} ms on one thread.",
+        f"{meta['input']['zero_point']}; {_output_words(meta['output'])}; median latency "
+        f"{metrics['int8_latency_ms_1_thread']} ms on one thread.",
         "",
         "## Test metrics at the operating threshold",
         "",

@@ -90,11 +90,14 @@ def test_a_resume_may_export_the_logit_and_the_edge_decides_as_the_fit_recorded(
     assert main(args) == 0
     before = bundle.load(out).meta
     assert "represents" not in before["output"] and before["output"]["scale"] == 1 / 256
+    assert "output p_defect in steps of 0.00391" in (out / "report.md").read_text()
     assert main(args + ["--resume", "--output", "logit"]) == 0  # acts after training only
     b = bundle.load(out)
     m = b.meta
     assert m["output"]["represents"] == "logit" and m["output"]["meaning"].startswith("p_defect = sigmoid(")
     assert m["output"]["scale"] != 1 / 256 and m["training"]["options"]["output"] == "logit"
+    words = f"output the logit of p_defect, steps of {m['output']['scale']:.3g} log-odds"
+    assert words in (out / "report.md").read_text()
     assert np.isclose(threshold_grid("logit"), m["threshold"], rtol=0, atol=1e-12).any()
     samples = list_labelled(casting_data / "test")
     test = load_samples([s for s in samples if s.label == 0][:20] + [s for s in samples if s.label == 1][:20])
