@@ -192,10 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how each image's rim is found for the part-only mask, in training and in the bundle "
                         "(edge.vision.locate.find_rim_in_crop): half (default; bundles before it) or combined "
                         "(also a full-size search: light belts)")
-    f.add_argument("--output", default="p_defect", choices=OUTPUTS,
-                   help="what the int8 model outputs: p_defect (default; steps of 1/256) or logit (the same "
-                        "weights without the final sigmoid: far finer steps near a low threshold; "
-                        "trainer.export). Acts after training only, so a --resume may change it")
+    f.add_argument("--output", default="logit", choices=OUTPUTS,
+                   help="what the int8 model outputs: logit (default since 2026-12-07: the weights without "
+                        "the final sigmoid, finely resolved near a low threshold) or p_defect (steps of 1/256, "
+                        "the bundles before; trainer.export). Acts after training only, so a --resume may "
+                        "change it")
     f.add_argument("--second-camera", type=Path, default=None, metavar="DIR",
                    help="labelled folder from another camera to report on (default: casting_512_dark beside "
                         "--data, where it exists)")

@@ -38,7 +38,7 @@ class FitOptions:
     init: Path | None = None  # bundle whose float weights start the training (same --arch)
     rim_finder: str = "half"  # edge.vision.locate.RIM_FINDERS: the rims training masks at, recorded in the bundle
     views: int = 0  # test-time rotations/flips averaged in logit space; 0: 1 or 8 by the line rule (lineval)
-    output: str = "p_defect"  # edge.vision.partview.OUTPUTS: what the int8 model outputs (trainer.export)
+    output: str = "logit"  # edge.vision.partview.OUTPUTS: what the int8 model outputs (trainer.export)
     second_camera: Path | None = None  # labelled folder of another camera, reported (e.g. casting_512_dark)
     resume: bool = False
     force: bool = False

@@ -87,11 +87,11 @@ def test_a_resume_may_export_the_logit_and_the_edge_decides_as_the_fit_recorded(
     out = tmp_path / "run"
     args = ["fit", "--data", str(casting_data), "--out", str(out), "--limit", "20", "--arch", "seed",
             "--views", "2"] + QUICK
-    assert main(args) == 0
+    assert main(args + ["--output", "p_defect"]) == 0  # as every bundle before 2026-12-07
     before = bundle.load(out).meta
     assert "represents" not in before["output"] and before["output"]["scale"] == 1 / 256
     assert "output p_defect in steps of 0.00391" in (out / "report.md").read_text()
-    assert main(args + ["--resume", "--output", "logit"]) == 0  # acts after training only
+    assert main(args + ["--resume"]) == 0  # the default export, after training only
     b = bundle.load(out)
     m = b.meta
     assert m["output"]["represents"] == "logit" and m["output"]["meaning"].startswith("p_defect = sigmoid(")
