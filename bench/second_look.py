@@ -72,7 +72,8 @@ def main() -> None:
     judge = Judge.from_bundle(bundle)
     judge.second_look = True
     light = belts["grey_230"] if "grey_230" in belts else next(iter(belts.values()))
-    slow = [img for img in light[:400] if Judge.from_bundle(bundle).judge(img).fault == "unfamiliar"][:20]
+    first = Judge.from_bundle(bundle)  # without the second look: which parts would take it
+    slow = [img for img in light[:400] if first.judge(img).fault == "unfamiliar"][:20]
     if slow:
         times = []
         for img in slow * 3:

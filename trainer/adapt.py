@@ -50,6 +50,7 @@ from edge.vision.partview import (
     combine_logits,
     combine_views,
     dihedral_views,
+    logits,
 )
 from edge.vision.preprocess import IMAGE_SIZE
 from trainer.augment import AUGMENTATIONS
@@ -194,8 +195,7 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
         if spec.views == 1:
             return p[:, 0]
         if spec.output == "logit":  # as the edge combines a logit output's views: no floor at p 1/512
-            q = np.clip(p.astype(np.float64), 1e-12, 1 - 1e-12)  # float32 saturates to 0 and 1
-            return np.array([combine_logits(row, spec.aggregate) for row in np.log(q) - np.log1p(-q)])
+            return np.array([combine_logits(row, spec.aggregate) for row in logits(p, 1e-12)])  # float32 saturates
         return np.array([combine_views(row, spec.aggregate) for row in p])
 
     folds = _folds(new.labels[adapt_idx], min(opts.folds, opts.per_class), opts.seed)

@@ -3,7 +3,8 @@
 A uint8 probability has steps of 1/256, and a cost:20 threshold lies near p 0.01: there the
 decision sees four or five levels, and every defect scored below 1/256 ties with the good parts.
 `output="logit"` exports the same weights without the final sigmoid, the logit clipped to
-+-LOGIT_CLIP, so its 256 levels span about 0.08 in log-odds (edge.vision.partview.OUTPUTS).
++-LOGIT_CLIP, in steps of about 0.08 log-odds over the range the calibration images give it
+(edge.vision.partview.OUTPUTS).
 """
 
 from __future__ import annotations

@@ -30,15 +30,23 @@ LOGIT_GRID_STEP = 1 / 32  # a logit output's thresholds: sigmoid of multiples of
 LOGIT_GRID_LIMIT = 12.0  # ... within +-12 (p 6e-6 .. 1 - 6e-6), and 1.0
 
 
+def _grids() -> dict[str, np.ndarray]:
+    n = round(LOGIT_GRID_LIMIT / LOGIT_GRID_STEP)
+    z = np.arange(-n, n + 1) * LOGIT_GRID_STEP
+    grids = {"p_defect": np.arange(1, GRID + 1) / GRID, "logit": np.r_[1.0 / (1.0 + np.exp(-z)), 1.0]}
+    for g in grids.values():
+        g.flags.writeable = False  # shared by every call
+    return grids
+
+
+_GRIDS = _grids()
+
+
 def threshold_grid(output: str = "p_defect") -> np.ndarray:
     """The thresholds a policy chooses from, ascending, for a model whose output is `output`."""
-    if output == "p_defect":
-        return np.arange(1, GRID + 1) / GRID
-    if output == "logit":
-        n = round(LOGIT_GRID_LIMIT / LOGIT_GRID_STEP)
-        z = np.arange(-n, n + 1) * LOGIT_GRID_STEP
-        return np.r_[1.0 / (1.0 + np.exp(-z)), 1.0]
-    raise PolicyError(f"model output {output!r}: expected p_defect or logit")
+    if output not in _GRIDS:
+        raise PolicyError(f"model output {output!r}: expected {' or '.join(_GRIDS)}")
+    return _GRIDS[output]
 
 
 class PolicyError(ValueError):

@@ -176,10 +176,15 @@ def sigmoid(z: float) -> float:
     return e / (1.0 + e)
 
 
+def logits(ps: np.ndarray | list[float], floor: float = _P_FLOOR) -> np.ndarray:
+    """log(p / (1 - p)), p first clipped to [floor, 1 - floor] so it stays finite."""
+    p = np.clip(np.asarray(ps, np.float64), floor, 1 - floor)
+    return np.log(p) - np.log1p(-p)
+
+
 def mean_logit(ps: np.ndarray | list[float]) -> float:
     """Average of probabilities in logit space (views of one part), back as a probability."""
-    p = np.clip(np.asarray(ps, np.float64), _P_FLOOR, 1 - _P_FLOOR)
-    z = float(np.mean(np.log(p) - np.log1p(-p)))
+    z = float(np.mean(logits(ps)))
     return 1.0 / (1.0 + math.exp(-z))
 
 
