@@ -59,6 +59,7 @@ from trainer.data import eval_dataset, train_dataset
 from trainer.distill import MARKED, soften_marked
 from trainer.export import ExportError, check_int8_accuracy, to_int8_tflite
 from trainer.fit import image_stats, masked_inputs, output_meta
+from trainer.interpolate import blend, parse_interpolation
 from trainer.loop import EpochLog, StopOnNonFinite, _compile, recalibrate_batchnorm
 from trainer.models import ARCHITECTURES
 from trainer.options import FLOAT_MODEL, OutputError
@@ -85,6 +86,7 @@ class AdaptOptions:
     max_int8_drop: float = 0.5
     threshold_rule: str = "keep-old-line"  # trainer.threshold.THRESHOLD_RULES (margin:D with its D)
     keep_base: float = 0.0  # weight of the base's opinion in the mixed original images' targets (0 to 0.5)
+    interpolate: str = "1"  # the fine-tune's share of the weights (trainer.interpolate), or "auto"
     force: bool = False
     command: str = ""
 
@@ -127,7 +129,11 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
     except ValueError as exc:
         raise bundle_fmt.BundleError(f"{Path(opts.base) / bundle_fmt.SIDECAR_FILE}: {exc}") from None
     policy = parse_policy(base.meta.get("threshold_policy", "cost:20"))
-    parse_rule(opts.threshold_rule)  # a bad rule is told before minutes of fine-tuning
+    rule_name, _ = parse_rule(opts.threshold_rule)  # a bad rule is told before minutes of fine-tuning
+    alphas = parse_interpolation(opts.interpolate)
+    if len(alphas) > 1 and rule_name == "union":
+        raise OutputError(f"--interpolate {opts.interpolate} picks the share that keeps the old line's bar; "
+                          "--threshold-rule union does not look for one (use keep-old-line or margin:D)")
     if not 0.0 <= opts.keep_base <= 0.5:
         raise OutputError(f"--keep-base {opts.keep_base}: the base's share of a target is 0 to 0.5 (at most half, "
                           "so a labelled defect's target never falls below one half)")
@@ -167,8 +173,13 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
 
     teacher = keras.models.load_model(Path(opts.base) / FLOAT_MODEL, compile=False) if opts.keep_base else None
 
+    def tuned_on(sel: np.ndarray) -> tuple[np.ndarray, list[Any]]:
+        """The images a fine-tune on `sel` sees: those new-line images and the original mix."""
+        return (np.concatenate([new.images[sel], orig.images[mix_idx]]),
+                [new_rims[i] for i in sel] + [orig_rims[i] for i in mix_idx])
+
     def tune(sel: np.ndarray, seed: int, label: str) -> keras.Model:
-        x = np.concatenate([new.images[sel], orig.images[mix_idx]])
+        x, rims = tuned_on(sel)
         y = np.concatenate([new.labels[sel], orig.labels[mix_idx] + (MARKED if teacher is not None else 0)])
         table = np.concatenate([new_table[sel], orig_table[mix_idx]])
         keras.utils.set_random_seed(seed)
@@ -183,8 +194,16 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
                              EpochLog(opts.epochs, label)])
         # Exact batch-norm statistics of the un-augmented images it was tuned on, as fit does
         # (moving averages over augmented batches belong to neither; int8 lost 0.6 points without).
-        rims = [new_rims[i] for i in sel] + [orig_rims[i] for i in mix_idx]
         recalibrate_batchnorm(model, masked(x, rims), opts.batch_size)
+        return model
+
+    def toward_base(tuned: keras.Model, sel: np.ndarray, alpha: float) -> keras.Model:
+        """`alpha` of the fine-tune and the rest of the base (--interpolate), its batch-norm statistics
+        recalibrated on the images the fine-tune saw, as the fine-tune's own were."""
+        if alpha == 1.0:
+            return tuned
+        model = blend(base_float, tuned, alpha)
+        recalibrate_batchnorm(model, masked(*tuned_on(sel)), opts.batch_size)
         return model
 
     def float_scores(model: keras.Model, idx: np.ndarray) -> np.ndarray:
@@ -199,35 +218,60 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
         return np.array([combine_views(row, spec.aggregate) for row in p])
 
     folds = _folds(new.labels[adapt_idx], min(opts.folds, opts.per_class), opts.seed)
-    oof = np.zeros(len(adapt_idx))
+    fold_models = []
     for f, fold in enumerate(folds):
-        keep = np.setdiff1d(np.arange(len(adapt_idx)), fold)
-        oof[fold] = float_scores(tune(adapt_idx[keep], opts.seed + 1 + f, f"fold {f + 1}/{len(folds)} epoch"),
-                                 adapt_idx[fold])
-    final = tune(adapt_idx, opts.seed, "final epoch")
+        sel = adapt_idx[np.setdiff1d(np.arange(len(adapt_idx)), fold)]
+        fold_models.append((tune(sel, opts.seed + 1 + f, f"fold {f + 1}/{len(folds)} epoch"), sel, fold))
+    final_tuned = tune(adapt_idx, opts.seed, "final epoch")
+    base_float = keras.models.load_model(Path(opts.base) / FLOAT_MODEL, compile=False) if alphas != (1.0,) else None
 
-    tuned_x = np.concatenate([new.images[adapt_idx], orig.images[mix_idx]])
-    tuned_rims = [new_rims[i] for i in adapt_idx] + [orig_rims[i] for i in mix_idx]
+    tuned_x, tuned_rims = tuned_on(adapt_idx)
     cal = masked(tuned_x, tuned_rims)[rng.permutation(len(tuned_x))[:300]]
-    tflite = to_int8_tflite(final, cal, spec.output)  # the base's kind of output, as its views
     guard_limits = None
     try:
         guard_limits = calibrate_guard(tuned_x, tuned_rims)[0]
     except ValueError as exc:
         log.warning(f"no guard in the adapted bundle: {exc}")
     guard = Guard(guard_limits) if guard_limits is not None else None
-    clf = Classifier(tflite, num_threads=1, spec=spec)
     val_images, val_labels = orig.images[val_idx], orig.labels[val_idx]
     val_rims = [orig_rims[i] for i in val_idx]
-    int8_val = reject_scores(Judge(clf, 1.0, guard).judge_all(val_images, val_rims))
+    base_judge = Judge.from_bundle(base)
+    base_val_scores = reject_scores(base_judge.judge_all(val_images, val_rims))
+    base_val = summarize(val_labels, base_val_scores, base.threshold)
+    bar = (base_val["false_accepts"], base_val["false_accepts"] + base_val["false_rejects"])
+
+    def candidate(alpha: float) -> dict[str, Any]:
+        """The bundle at fine-tune share `alpha`: out-of-fold scores, int8 model and threshold."""
+        oof = np.zeros(len(adapt_idx))
+        for model, sel, fold in fold_models:
+            oof[fold] = float_scores(toward_base(model, sel, alpha), adapt_idx[fold])
+        final = toward_base(final_tuned, adapt_idx, alpha)
+        tflite = to_int8_tflite(final, cal, spec.output)  # the base's kind of output, as its views
+        clf = Classifier(tflite, num_threads=1, spec=spec)
+        int8_val = reject_scores(Judge(clf, 1.0, guard).judge_all(val_images, val_rims))
+        chosen = adapted_threshold(opts.threshold_rule, new.labels[adapt_idx], oof, val_labels, int8_val, bar,
+                                   policy, spec.output)
+        at = summarize(val_labels, int8_val, chosen.threshold)
+        log.info("adapt candidate", extra={"alpha": alpha, "threshold": chosen.threshold, "kept": chosen.kept,
+                                           "val_escapes": at["false_accepts"], "val_rejected": at["false_rejects"]})
+        return {"alpha": alpha, "oof": oof, "final": final, "tflite": tflite, "clf": clf, "int8_val": int8_val,
+                "chosen": chosen, "tried": {"alpha": alpha, "threshold": chosen.threshold, "kept": chosen.kept,
+                                            "original_validation": {"false_accepts": at["false_accepts"],
+                                                                    "false_rejects": at["false_rejects"]}}}
+
+    # `auto`: the most adaptation whose bundle keeps the old line's bar; where none does, the
+    # fine-tune alone under the rule's fallback, as without interpolation.
+    candidates: list[dict[str, Any]] = []
+    for alpha in alphas:
+        candidates.append(candidate(alpha))
+        if candidates[-1]["chosen"].kept is not False:
+            break
+    pick = candidates[-1] if candidates[-1]["chosen"].kept is not False else candidates[0]
+    oof, final, tflite, clf, int8_val = pick["oof"], pick["final"], pick["tflite"], pick["clf"], pick["int8_val"]
+    chosen = pick["chosen"]
     choose_labels = np.concatenate([new.labels[adapt_idx], val_labels])
     choose_scores = np.concatenate([oof, int8_val])
-    base_judge = Judge.from_bundle(base)
-    val_scores = {"base": reject_scores(base_judge.judge_all(val_images, val_rims)), "adapted": int8_val}
-    base_val = summarize(val_labels, val_scores["base"], base.threshold)
-    bar = (base_val["false_accepts"], base_val["false_accepts"] + base_val["false_rejects"])
-    chosen = adapted_threshold(opts.threshold_rule, new.labels[adapt_idx], oof, val_labels, int8_val, bar, policy,
-                               spec.output)
+    val_scores = {"base": base_val_scores, "adapted": int8_val}
     threshold, kept = chosen.threshold, chosen.kept
     if kept is False:
         log.warning("no threshold keeps the base's bar on the original validation; the policy on both sets "
@@ -264,6 +308,8 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
                      "held_out": held_names},
         "original": {"root": str(opts.original), "mix_images": len(mix_idx), "validation_images": len(val_idx),
                      "limit_per_class": orig_limit},
+        "interpolation": {"rule": str(opts.interpolate), "alpha": pick["alpha"],
+                          "tried": [c["tried"] for c in candidates]},
         "threshold_from": {"policy": str(policy), "rule": opts.threshold_rule, "before_margin": chosen.before_margin,
                            "old_line_bar": {"escapes": bar[0], "errors": bar[1], "kept": kept},
                            "scores": {"out_of_fold_new_line": score_record(new.labels[adapt_idx], oof),
@@ -329,13 +375,26 @@ def _threshold_sentence(threshold: float, tf: dict[str, Any]) -> str:
     return f"Threshold {threshold:.6g}{margin}: {why}by {tf['policy']} on {oof} and {val} together."
 
 
+def _interpolation_sentence(rec: dict[str, Any]) -> str:
+    """What share of the fine-tune the weights hold, and what `auto` tried on the way (empty without one)."""
+    interp = rec.get("interpolation", {})
+    if interp.get("rule", "1") in ("1", "1.0"):
+        return ""
+    alpha = interp["alpha"]
+    words = {True: "kept", False: "not kept", None: "not asked"}
+    tried = "; ".join(f"{t['alpha']:g}: old line's bar {words[t['kept']]}" for t in interp["tried"])
+    return (f" Weights: {alpha:g} of the fine-tune and {1 - alpha:g} of the base (`--interpolate {interp['rule']}`; "
+            f"{tried}).")
+
+
 def render(result: dict[str, Any]) -> str:
     rec, fig = result["adapt"], result["figures"]
     lines = [f"# Adapted bundle {result['id']}", "",
              f"Base `{rec['base']['bundle']}` ({rec['base']['id']}, threshold {rec['base']['threshold']:.6g}), "
              f"fine-tuned on {len(rec['new_line']['adapt'])} images of `{rec['new_line']['root']}` "
              f"({rec['new_line']['adapt_per_class']} per class) mixed with {rec['original']['mix_images']} of its "
-             f"own fit images. {_threshold_sentence(result['threshold'], rec['threshold_from'])}", "",
+             f"own fit images. {_threshold_sentence(result['threshold'], rec['threshold_from'])}"
+             f"{_interpolation_sentence(rec)}", "",
              f"Command: `{rec['options'].get('command') or 'edge-train adapt'}`", "",
              "| bundle | images | accuracy | defects accepted | good rejected |", "|---|---|---|---|---|"]
     for name in ("base", "adapted"):

@@ -264,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--keep-base", type=float, default=0.0, metavar="W",
                    help="the base's own fit images mixed in learn (1 - W) x label + W x the base's opinion "
                         "(0 to 0.5; default 0: labels alone), so the old line is not forgotten")
+    a.add_argument("--interpolate", default="1", metavar="ALPHA|auto",
+                   help="the fine-tune's share of the weights, the rest the base's (WiSE-FT; default 1: the "
+                        "fine-tune alone); auto: the largest of 1, 0.75, 0.5, 0.25 whose bundle keeps the old "
+                        "line's bar (docs/commissioning.md)")
     a.add_argument("--force", action="store_true", help="write into a non-empty --out")
     scores_help = ("record a bundle's validation scores in its model.json (what a threshold override is judged "
                    "on; fit records them itself)")
@@ -379,7 +383,8 @@ def adapt_main(args: argparse.Namespace, argv: list[str]) -> int:
                         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                         learning_rate=args.learning_rate, mix=args.mix, seed=args.seed,
                         original_limit=args.original_limit, max_int8_drop=args.max_int8_drop,
-                        threshold_rule=args.threshold_rule, keep_base=args.keep_base, force=args.force,
+                        threshold_rule=args.threshold_rule, keep_base=args.keep_base,
+                        interpolate=args.interpolate, force=args.force,
                         command="edge-train " + " ".join(argv))
     try:
         result = run(opts)

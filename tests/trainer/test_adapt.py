@@ -20,6 +20,7 @@ from edge.offline.metrics import summarize  # noqa: E402
 from edge.vision.partview import output_of  # noqa: E402
 from tests.conftest import ROOT, write_split  # noqa: E402
 from trainer.cli import main  # noqa: E402
+from trainer.interpolate import AUTO_ALPHAS, InterpolationError, blend  # noqa: E402
 from trainer.threshold import choose, keep_old_line, parse_policy  # noqa: E402
 
 BASE = ROOT / "models" / "casting-cnn"
@@ -102,6 +103,22 @@ def test_adapt_writes_a_bundle_whose_threshold_and_figures_come_from_what_it_say
     assert main([*args, "--keep-base", "0.5", "--out", str(kept_out)]) == 0
     assert bundle_fmt.load(kept_out).meta["training"]["adapted"]["options"]["keep_base"] == 0.5
 
+    # --interpolate auto: shares tried from the most adaptation down, stopping at the first whose
+    # bundle keeps the old line's bar; where none does, the fine-tune alone under the fallback.
+    auto_out = tmp_path / "auto"
+    assert main([*args, "--interpolate", "auto", "--out", str(auto_out)]) == 0
+    auto = bundle_fmt.load(auto_out)
+    interp, tf_auto = auto.meta["training"]["adapted"]["interpolation"], auto.meta["training"]["adapted"]["threshold_from"]
+    tried = interp["tried"]
+    assert [t["alpha"] for t in tried] == list(AUTO_ALPHAS[:len(tried)])
+    assert all(t["kept"] is False for t in tried[:-1])
+    picked = tried[-1] if tried[-1]["kept"] else tried[0]
+    assert interp["alpha"] == picked["alpha"] and (len(tried) == len(AUTO_ALPHAS) or tried[-1]["kept"])
+    assert (auto.threshold, tf_auto["old_line_bar"]["kept"]) == (picked["threshold"], picked["kept"])
+    auto_val = auto.meta["metrics"]["adapt"]["adapted"]["original_validation"]
+    assert picked["original_validation"] == {k: auto_val[k] for k in ("false_accepts", "false_rejects")}
+    assert f"--interpolate auto`; {tried[0]['alpha']:g}: old line's bar" in (auto_out / "report.md").read_text()
+
     # Refused before any work, each with one line naming what to change.
     capsys.readouterr()
     assert main([*args, "--out", str(out)]) == 2
@@ -112,6 +129,10 @@ def test_adapt_writes_a_bundle_whose_threshold_and_figures_come_from_what_it_say
     assert "--keep-base 0.7: the base's share of a target is 0 to 0.5" in capsys.readouterr().err
     assert main([*args, "--threshold-rule", "margin:-1", "--out", str(tmp_path / "o4")]) == 2
     assert "threshold rule 'margin:-1'" in capsys.readouterr().err
+    assert main([*args, "--interpolate", "1.5", "--out", str(tmp_path / "o6")]) == 2
+    assert "--interpolate '1.5': the fine-tune's share of the weights is a number in (0, 1]" in capsys.readouterr().err
+    assert main([*args, "--interpolate", "auto", "--threshold-rule", "union", "--out", str(tmp_path / "o7")]) == 2
+    assert "--threshold-rule union does not look for one" in capsys.readouterr().err
     assert not (tmp_path / "o4").exists()
     no_float = tmp_path / "no-float"
     shutil.copytree(BASE, no_float, ignore=shutil.ignore_patterns("*.keras", "figures"))
@@ -145,3 +166,24 @@ def test_the_report_names_each_held_out_defect_either_bundle_accepted() -> None:
                    {"image": "def_front/b.jpg", "p_base": 0.9, "p_adapted": 0.02},  # the adapted one's
                    {"image": "def_front/e.jpg", "p_base": 1.0, "p_adapted": 0.03}]
     assert defects_accepted(names, labels, p_base, 0.001, p_new, 0.001) == []  # the good part is never listed
+
+
+def test_blend_lies_on_the_line_between_base_and_fine_tune_and_refuses_another_architecture() -> None:
+    import keras  # noqa: PLC0415
+
+    from trainer.models import ARCHITECTURES  # noqa: PLC0415
+
+    base = ARCHITECTURES["edge"]((64, 64))
+    tuned = keras.models.clone_model(base)
+    rng = np.random.default_rng(0)
+    tuned.set_weights([w + rng.normal(size=w.shape).astype(w.dtype) for w in base.get_weights()])
+    assert blend(base, tuned, 1.0) is tuned
+    quarter = blend(base, tuned, 0.25)
+    assert quarter is not tuned and quarter is not base
+    for b, t, q in zip(base.get_weights(), tuned.get_weights(), quarter.get_weights()):
+        np.testing.assert_allclose(q, 0.75 * b + 0.25 * t, rtol=1e-6, atol=1e-6)
+    x = rng.uniform(0, 255, size=(2, 64, 64, 1)).astype(np.float32)
+    assert not np.allclose(quarter.predict(x, verbose=0), tuned.predict(x, verbose=0))
+    other = keras.Sequential([keras.Input((64, 64, 1)), keras.layers.Flatten(), keras.layers.Dense(1)])
+    with pytest.raises(InterpolationError, match="do not have the same weights"):
+        blend(base, other, 0.5)
