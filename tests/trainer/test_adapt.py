@@ -108,7 +108,8 @@ def test_adapt_writes_a_bundle_whose_threshold_and_figures_come_from_what_it_say
     auto_out = tmp_path / "auto"
     assert main([*args, "--interpolate", "auto", "--out", str(auto_out)]) == 0
     auto = bundle_fmt.load(auto_out)
-    interp, tf_auto = auto.meta["training"]["adapted"]["interpolation"], auto.meta["training"]["adapted"]["threshold_from"]
+    rec_auto = auto.meta["training"]["adapted"]
+    interp, tf_auto = rec_auto["interpolation"], rec_auto["threshold_from"]
     tried = interp["tried"]
     assert [t["alpha"] for t in tried] == list(AUTO_ALPHAS[:len(tried)])
     assert all(t["kept"] is False for t in tried[:-1])
