@@ -6,7 +6,8 @@ The base bundle's float model is fine-tuned on the adaptation images mixed with 
 its own fit images (so the old line is not forgotten), with the base's augmentation and
 part-only input. With a few dozen images one small validation split would set the
 threshold on a handful of parts, so the threshold is chosen, by the base's policy, on
-out-of-fold scores: each adaptation image scored by a model fine-tuned without it (k folds),
+out-of-fold scores: each adaptation image scored by a model fine-tuned without it (k folds;
+with `--interpolate`, each model's weights blended toward the base's, trainer.interpolate),
 together with the int8 decisions on the base's own validation images. The final model
 (all adaptation images) is exported to int8 as `fit` does, with the base's test-time views (the
 out-of-fold scores are taken over them too), its guard recalibrated on the
@@ -378,7 +379,7 @@ def _threshold_sentence(threshold: float, tf: dict[str, Any]) -> str:
 def _interpolation_sentence(rec: dict[str, Any]) -> str:
     """What share of the fine-tune the weights hold, and what `auto` tried on the way (empty without one)."""
     interp = rec.get("interpolation", {})
-    if interp.get("rule", "1") in ("1", "1.0"):
+    if not interp or (interp["rule"] != "auto" and interp["alpha"] == 1.0):
         return ""
     alpha = interp["alpha"]
     words = {True: "kept", False: "not kept", None: "not asked"}
