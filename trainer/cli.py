@@ -396,7 +396,9 @@ def adapt_main(args: argparse.Namespace, argv: list[str]) -> int:
         return 1
     held = result["figures"]["adapted"]["held_out"]
     print(f"{args.out}: adapted bundle {result['id']}, threshold {result['threshold']:.6g}; held-out new line: "
-          f"accuracy {100 * held['accuracy']:.2f}%, {held['false_accepts']} defects accepted (report.md)")
+          f"accuracy {100 * held['accuracy']:.2f}%, {held['false_accepts']} defects accepted; promotion checks "
+          f"{sum(c['met'] for c in result['figures']['checks'])} of {len(result['figures']['checks'])} met "
+          "(report.md)")
     return 0
 
 

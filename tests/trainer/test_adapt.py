@@ -94,6 +94,19 @@ def test_adapt_writes_a_bundle_whose_threshold_and_figures_come_from_what_it_say
         assert m["p_base"] == pytest.approx(p_base[k], abs=1e-6) and m["p_adapted"] == pytest.approx(p_new[k], abs=1e-6)
         assert f"| `{m['image']}` |" in (out / "report.md").read_text()
     report = (out / "report.md").read_text()
+    # ... and the promotion checks are what the recorded figures say, in the report too
+    fig = b.meta["metrics"]["adapt"]
+    checks = {c["check"]: c["met"] for c in fig["checks"]}
+    wrong = {k: {w: fig[k][w]["false_accepts"] + fig[k][w]["false_rejects"]
+                 for w in ("held_out", "original_validation")} for k in ("base", "adapted")}
+    escapes = {k: fig[k]["original_validation"]["false_accepts"] for k in ("base", "adapted")}
+    assert checks == {
+        "fewer held-out new-line parts wrong than the base": wrong["adapted"]["held_out"] < wrong["base"]["held_out"],
+        "no held-out defect accepted": fig["adapted"]["held_out"]["false_accepts"] == 0,
+        "the base's bar kept on the original validation":
+            escapes["adapted"] <= escapes["base"]
+            and wrong["adapted"]["original_validation"] <= wrong["base"]["original_validation"]}
+    assert f"Before promoting: {sum(checks.values())} of 3 checks met." in report
     assert "| base | held-out new line (8) |" in report and "| adapted | held-out new line (8) |" in report
     assert json.loads((out / "metrics.json").read_text())["id"] == b.short_id
     assert (out / "model.keras").is_file()  # a later adapt or fit --init can start from it
@@ -143,7 +156,7 @@ def test_adapt_writes_a_bundle_whose_threshold_and_figures_come_from_what_it_say
 
 
 def test_the_report_says_which_rule_set_the_threshold_and_by_how_much_a_margin_lowered_it() -> None:
-    from trainer.adapt import _threshold_sentence  # noqa: PLC0415
+    from trainer.adapt_report import _threshold_sentence  # noqa: PLC0415
 
     tf = {"out_of_fold_new_line": 80, "folds": 4, "original_validation_int8": 1326, "policy": "cost:20",
           "rule": "margin:1", "before_margin": 0.039, "old_line_bar": {"escapes": 1, "errors": 8, "kept": False}}
@@ -155,8 +168,41 @@ def test_the_report_says_which_rule_set_the_threshold_and_by_how_much_a_margin_l
     assert kept.startswith("Threshold 0.02 by cost:20 on 80 out-of-fold") and "logit" not in kept
 
 
+def test_promotion_checks_name_what_the_candidate_misses() -> None:
+    from trainer.adapt_report import promotion_checks, render  # noqa: PLC0415
+
+    def figs(fa: int, fr: int, n: int = 100) -> dict:
+        return {"false_accepts": fa, "false_rejects": fr, "accuracy": (n - fa - fr) / n}
+
+    # the 2026-12-07 run on casting_512_dark: better held out, no escape, 2 more good parts of the old line
+    figures = {"base": {"held_out": figs(0, 34, 794), "original_validation": figs(0, 16, 1326)},
+               "adapted": {"held_out": figs(0, 27, 794), "original_validation": figs(0, 18, 1326)}}
+    checks = promotion_checks(figures)
+    assert [c["met"] for c in checks] == [True, True, False]
+    assert checks[2]["figures"] == "0 defect(s) accepted and 18 part(s) wrong against the base's 0 and 16"
+    assert checks[0]["figures"] == "27 wrong (96.60%) against 34 (95.72%)"
+    # an escape fails its check even where the candidate is right more often
+    figures["adapted"]["held_out"] = figs(1, 10, 794)
+    assert [c["met"] for c in promotion_checks(figures)] == [True, False, False]
+    # equal is not better on the new line, and equal keeps the bar on the old
+    figures["adapted"] = {"held_out": figs(0, 34, 794), "original_validation": figs(0, 16, 1326)}
+    assert [c["met"] for c in promotion_checks(figures)] == [False, True, True]
+    figures["checks"] = promotion_checks(figures)
+    rec = {"base": {"bundle": "b", "id": "x", "threshold": 0.02},
+           "new_line": {"adapt": ["a"] * 80, "root": "line", "adapt_per_class": 40, "held_out": ["h"] * 794},
+           "original": {"mix_images": 240, "validation_images": 1326},
+           "threshold_from": {"out_of_fold_new_line": 80, "folds": 4, "original_validation_int8": 1326,
+                              "policy": "cost:20", "rule": "keep-old-line", "before_margin": 0.01,
+                              "old_line_bar": {"escapes": 0, "errors": 16, "kept": True}},
+           "options": {"command": "edge-train adapt"}}
+    text = render({"adapt": rec, "figures": figures, "id": "y", "threshold": 0.01})
+    assert "Before promoting: 2 of 3 checks met." in text
+    assert "- **not met**: fewer held-out new-line parts wrong than the base: 34 wrong (95.72%) against 34" in text
+    assert "not ready to decide parts" in text
+
+
 def test_the_report_names_each_held_out_defect_either_bundle_accepted() -> None:
-    from trainer.adapt import defects_accepted  # noqa: PLC0415
+    from trainer.adapt_report import defects_accepted  # noqa: PLC0415
 
     names = ["def_front/a.jpg", "def_front/b.jpg", "def_front/c.jpg", "ok_front/d.jpg", "def_front/e.jpg"]
     labels = np.array([1, 1, 1, 0, 1])
