@@ -149,6 +149,8 @@ def promote_or_rollback(args: argparse.Namespace) -> int:
         print(f"{'--promote' if args.promote is not None else '--rollback'}: {exc}; nothing changed", file=sys.stderr)
         return 2
     print(f"{live}: now {swap.installed}" + (f"; {swap.kept} kept in {previous_of(live)}" if swap.kept else ""))
+    for unmet in swap.unmet:
+        print(f"warning: {swap.installed}'s own report: not met: {unmet}", file=sys.stderr)
     if args.reload is None:
         print("the running daemon switches on reload: systemctl reload edge-inspect (or kill -HUP its PID)")
         return 0

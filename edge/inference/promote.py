@@ -29,6 +29,7 @@ class Swap:
     live: Path
     installed: str  # model id now in the live folder
     kept: str | None  # model id now in <live>.previous (None: there was none)
+    unmet: tuple[str, ...] = ()  # the installed bundle's own promotion checks it missed (unmet_checks)
 
 
 def previous_of(live: Path) -> Path:
@@ -62,7 +63,18 @@ def promote(live: Path, candidate: Path) -> Swap:
     if live.exists():
         live.rename(prev)
     incoming.rename(live)
-    return Swap(live, new_id, old_id)
+    return Swap(live, new_id, old_id, unmet_checks(live))
+
+
+def unmet_checks(folder: Path) -> tuple[str, ...]:
+    """The promotion checks an adapted bundle's report says it missed (trainer.adapt_report), each
+    with its figures; none for a bundle without them. Told, not enforced: the line engineer who
+    promotes may have the shadow record's evidence the held-out images lacked."""
+    try:
+        checks = bundle_fmt.load(folder).meta.get("metrics", {}).get("adapt", {}).get("checks", [])
+    except (bundle_fmt.BundleError, OSError):
+        return ()
+    return tuple(f"{c.get('check')}: {c.get('figures')}" for c in checks if isinstance(c, dict) and not c.get("met"))
 
 
 def rollback(live: Path) -> Swap:

@@ -105,3 +105,31 @@ def test_the_running_daemon_switches_on_promote_and_back_on_rollback(mosquitto: 
     first_b, last_b = seen.index(b), len(seen) - 1 - seen[::-1].index(b)
     assert set(seen[:first_b]) == {a} and set(seen[first_b:last_b + 1]) == {b} and set(seen[last_b + 1:]) == {a}
     assert json.loads((live / bundle_fmt.SIDECAR_FILE).read_text())["sha256"].startswith(a)
+
+
+def test_promote_tells_which_of_its_own_promotion_checks_an_adapted_candidate_missed(tmp_path: Path) -> None:
+    live = _copy(BUNDLE, tmp_path / "live")
+    cand = _copy(CANDIDATE, tmp_path / "adapted")
+    meta = json.loads((cand / bundle_fmt.SIDECAR_FILE).read_text())
+    bar = "the base's bar kept on the original validation"
+    meta.setdefault("metrics", {})["adapt"] = {"checks": [
+        {"check": "no held-out defect accepted", "met": True, "figures": "0 accepted (the base: 0)"},
+        {"check": bar, "met": False,
+         "figures": "0 defect(s) accepted and 18 part(s) wrong against the base's 0 and 16"},
+    ]}
+    bundle_fmt.write_sidecar(cand, meta)  # re-sealed: as adapt writes it
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model:\n  bundle: {live}\n")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edge.cli", "--config", str(cfg), *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    r = cli("--promote", str(cand))
+    assert r.returncode == 0, r.stderr  # told, not refused: the shadow record may have settled it
+    assert _id(live) == _id(cand)
+    warned = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert warned == [f"warning: {_id(cand)}'s own report: not met: {bar}: 0 defect(s) accepted and 18 part(s) "
+                      "wrong against the base's 0 and 16"]
+    r = cli("--promote", str(BUNDLE))  # a bundle made by fit has no such checks: nothing to tell
+    assert r.returncode == 0 and "warning:" not in r.stderr, r.stderr
