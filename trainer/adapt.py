@@ -254,21 +254,38 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
         chosen = adapted_threshold(opts.threshold_rule, new.labels[adapt_idx], oof, val_labels, int8_val, bar,
                                    policy, spec.output)
         at = summarize(val_labels, int8_val, chosen.threshold)
+        # quantisation alone, as fit checks it: the float and int8 models on the same single view
+        float_val = final.predict(eval_dataset(masked(val_images, val_rims), None, opts.batch_size),
+                                  verbose=0).ravel()
+        model_only_val = Classifier(tflite, num_threads=1, spec=replace(spec, views=1)).predict(val_images, val_rims)
+        try:
+            check_int8_accuracy(summarize(val_labels, float_val, chosen.threshold)["accuracy"],
+                                summarize(val_labels, model_only_val, chosen.threshold)["accuracy"],
+                                opts.max_int8_drop)
+            gate = None
+        except ExportError as exc:
+            gate = f"{exc} (on the original validation images)"
         log.info("adapt candidate", extra={"alpha": alpha, "threshold": chosen.threshold, "kept": chosen.kept,
-                                           "val_escapes": at["false_accepts"], "val_rejected": at["false_rejects"]})
+                                           "val_escapes": at["false_accepts"], "val_rejected": at["false_rejects"],
+                                           "int8_gate": gate or "passed"})
         return {"alpha": alpha, "oof": oof, "final": final, "tflite": tflite, "clf": clf, "int8_val": int8_val,
-                "chosen": chosen, "tried": {"alpha": alpha, "threshold": chosen.threshold, "kept": chosen.kept,
-                                            "original_validation": {"false_accepts": at["false_accepts"],
-                                                                    "false_rejects": at["false_rejects"]}}}
+                "chosen": chosen, "gate": gate,
+                "tried": {"alpha": alpha, "threshold": chosen.threshold, "kept": chosen.kept,
+                          "int8_gate": gate or "passed",
+                          "original_validation": {"false_accepts": at["false_accepts"],
+                                                  "false_rejects": at["false_rejects"]}}}
 
-    # `auto`: the most adaptation whose bundle keeps the old line's bar; where none does, the
-    # fine-tune alone under the rule's fallback, as without interpolation.
+    # `auto`: the most adaptation whose bundle keeps the old line's bar and passes the int8 gate;
+    # where none does, the fine-tune alone under the rule's fallback, as without interpolation.
     candidates: list[dict[str, Any]] = []
     for alpha in alphas:
         candidates.append(candidate(alpha))
-        if candidates[-1]["chosen"].kept is not False:
+        if candidates[-1]["chosen"].kept is not False and candidates[-1]["gate"] is None:
             break
-    pick = candidates[-1] if candidates[-1]["chosen"].kept is not False else candidates[0]
+    last = candidates[-1]
+    pick = last if last["chosen"].kept is not False and last["gate"] is None else candidates[0]
+    if pick["gate"] is not None:
+        raise ExportError(f"{pick['gate']}: no bundle written")
     oof, final, tflite, clf, int8_val = pick["oof"], pick["final"], pick["tflite"], pick["clf"], pick["int8_val"]
     chosen = pick["chosen"]
     choose_labels = np.concatenate([new.labels[adapt_idx], val_labels])
@@ -290,14 +307,6 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
             "held_out": summarize(held_labels, held_scores[name], t),
             "original_validation": summarize(val_labels, val_scores[name], t),  # scores do not depend on t
         }
-    float_val = final.predict(eval_dataset(masked(val_images, val_rims), None, opts.batch_size), verbose=0).ravel()
-    # quantisation alone, as fit checks it: the float and int8 models on the same single view
-    model_only_val = Classifier(tflite, num_threads=1, spec=replace(spec, views=1)).predict(val_images, val_rims)
-    try:
-        check_int8_accuracy(summarize(val_labels, float_val, threshold)["accuracy"],
-                            summarize(val_labels, model_only_val, threshold)["accuracy"], opts.max_int8_drop)
-    except ExportError as exc:
-        raise ExportError(f"{exc} (on the original validation images): no bundle written") from None
 
     held_names = [str(new.paths[i].relative_to(opts.data)) for i in held_idx]
     figures["checks"] = promotion_checks(figures)

@@ -125,13 +125,23 @@ def test_adapt_writes_a_bundle_whose_threshold_and_figures_come_from_what_it_say
     interp, tf_auto = rec_auto["interpolation"], rec_auto["threshold_from"]
     tried = interp["tried"]
     assert [t["alpha"] for t in tried] == list(AUTO_ALPHAS[:len(tried)])
-    assert all(t["kept"] is False for t in tried[:-1])
-    picked = tried[-1] if tried[-1]["kept"] else tried[0]
-    assert interp["alpha"] == picked["alpha"] and (len(tried) == len(AUTO_ALPHAS) or tried[-1]["kept"])
+    def eligible(t: dict) -> bool:  # keeps the old line's bar and passes the int8 gate
+        return t["kept"] is not False and t["int8_gate"] == "passed"
+
+    assert not any(eligible(t) for t in tried[:-1])
+    picked = tried[-1] if eligible(tried[-1]) else tried[0]
+    assert interp["alpha"] == picked["alpha"] and (len(tried) == len(AUTO_ALPHAS) or eligible(tried[-1]))
     assert (auto.threshold, tf_auto["old_line_bar"]["kept"]) == (picked["threshold"], picked["kept"])
     auto_val = auto.meta["metrics"]["adapt"]["adapted"]["original_validation"]
     assert picked["original_validation"] == {k: auto_val[k] for k in ("false_accepts", "false_rejects")}
     assert f"--interpolate auto`; {tried[0]['alpha']:g}: old line's bar" in (auto_out / "report.md").read_text()
+    # a share whose int8 model fails the gate is passed over; where every share fails it, no bundle
+    capsys.readouterr()
+    assert main([*args, "--interpolate", "auto", "--max-int8-drop", "-100", "--out", str(tmp_path / "gated")]) == 1
+    err = capsys.readouterr().err
+    assert "int8 test accuracy" in err and "no bundle written" in err
+    assert [f"alpha={a}" in err for a in AUTO_ALPHAS] == [True] * len(AUTO_ALPHAS), err  # every share tried
+    assert not (tmp_path / "gated" / bundle_fmt.SIDECAR_FILE).exists()
 
     # Refused before any work, each with one line naming what to change.
     capsys.readouterr()
