@@ -59,7 +59,9 @@ def _interpolation_sentence(rec: dict[str, Any]) -> str:
         return ""
     alpha = interp["alpha"]
     words = {True: "kept", False: "not kept", None: "not asked"}
-    tried = "; ".join(f"{t['alpha']:g}: old line's bar {words[t['kept']]}" for t in interp["tried"])
+    tried = "; ".join(f"{t['alpha']:g}: old line's bar {words[t['kept']]}"
+                      + ("" if t.get("int8_gate", "passed") == "passed" else ", int8 gate failed")
+                      for t in interp["tried"])
     return (f" Weights: {alpha:g} of the fine-tune and {1 - alpha:g} of the base (`--interpolate {interp['rule']}`; "
             f"{tried}).")
 

@@ -177,6 +177,16 @@ def test_the_report_says_which_rule_set_the_threshold_and_by_how_much_a_margin_l
                                       "old_line_bar": {"escapes": 1, "errors": 8, "kept": True}})
     assert kept.startswith("Threshold 0.02 by cost:20 on 80 out-of-fold") and "logit" not in kept
 
+    from trainer.adapt_report import _interpolation_sentence  # noqa: PLC0415
+
+    tried = [{"alpha": 1.0, "kept": False, "int8_gate": "passed"},
+             {"alpha": 0.75, "kept": True, "int8_gate": "int8 test accuracy 0.98 is 0.7 points below float"},
+             {"alpha": 0.5, "kept": True, "int8_gate": "passed"}]
+    assert _interpolation_sentence({"interpolation": {"rule": "auto", "alpha": 0.5, "tried": tried}}) == (
+        " Weights: 0.5 of the fine-tune and 0.5 of the base (`--interpolate auto`; 1: old line's bar not kept; "
+        "0.75: old line's bar kept, int8 gate failed; 0.5: old line's bar kept).")
+    assert _interpolation_sentence({"interpolation": {"rule": "1", "alpha": 1.0, "tried": tried[:1]}}) == ""
+
 
 def test_promotion_checks_name_what_the_candidate_misses() -> None:
     from trainer.adapt_report import promotion_checks, render  # noqa: PLC0415
