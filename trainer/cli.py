@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--interpolate", default="1", metavar="ALPHA|auto",
                    help="the fine-tune's share of the weights, the rest the base's (WiSE-FT; default 1: the "
                         "fine-tune alone); auto: the largest of 1, 0.75, 0.5, 0.25 whose bundle keeps the old "
-                        "line's bar (docs/commissioning.md)")
+                        "line's bar and passes the int8 gate (docs/commissioning.md)")
     a.add_argument("--force", action="store_true", help="write into a non-empty --out")
     scores_help = ("record a bundle's validation scores in its model.json (what a threshold override is judged "
                    "on; fit records them itself)")
