@@ -23,14 +23,10 @@ from edge.inference.model import Classifier
 from edge.inference.policy import Policy, choose
 from edge.offline import evaluate
 from edge.offline.dataset import default_data_root
-from trainer.compare import validation_of
+from edge.vision.partview import logits
+from trainer.compare import cost, validation_of
 
 RATIO = 20.0
-
-
-def _logit(p: np.ndarray, floor: float) -> np.ndarray:
-    p = np.clip(p, floor, 1 - floor)
-    return np.log(p / (1 - p))
 
 
 def _with_views(clf: Classifier, tflite: bytes, views: int) -> Classifier:
@@ -60,18 +56,17 @@ def main() -> None:
         fault = np.array([j.fault is not None for j in judged])
         p_two = np.array([j.p_defect for j in judged])
         p_other = other.predict(images, rims)
-        mean = (_logit(p_two, floor[two.classifier.spec.output]) + _logit(p_other, floor[other.spec.output])) / 2
+        mean = (logits(p_two, floor[two.classifier.spec.output]) + logits(p_other, floor[other.spec.output])) / 2
         four = np.array([1.0 if j.fault else j.p_defect for j in whole.judge_all(images, rims)])
         for key, s in zip(scores, (four, np.where(fault, 1.0, p_two), np.where(fault, 1.0, 1 / (1 + np.exp(-mean))))):
             scores[key][name] = s
     labels = np.concatenate([val.labels] * len(sets))
     for key, per_set in scores.items():
         t = choose(labels, np.concatenate(list(per_set.values())), Policy("cost", RATIO), "logit")
-        cost = {n: RATIO * int(((val.labels == 1) & (s < t)).sum()) + int(((val.labels == 0) & (s >= t)).sum())
-                for n, s in per_set.items()}
-        escapes = sum(int(((val.labels == 1) & (s < t)).sum()) for s in per_set.values())
-        print(f"{key}: threshold {t:.6g}, summed cost {sum(cost.values()):g} ({escapes} escapes)")
-        print("    " + ", ".join(f"{n} {c:g}" for n, c in cost.items()))
+        per = {n: cost(val.labels, s, t, RATIO) for n, s in per_set.items()}  # (cost, escapes, good rejected)
+        print(f"{key}: threshold {t:.6g}, summed cost {sum(c for c, _, _ in per.values()):g} "
+              f"({sum(fa for _, fa, _ in per.values())} escapes)")
+        print("    " + ", ".join(f"{n} {c:g}" for n, (c, _, _) in per.items()))
 
 
 if __name__ == "__main__":

@@ -242,6 +242,8 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
     base_val = summarize(val_labels, base_val_scores, base.threshold)
     bar = (base_val["false_accepts"], base_val["false_accepts"] + base_val["false_rejects"])
 
+    val_inputs = masked(val_images, val_rims)  # the float model's inputs for the int8 gate, one per share
+
     def candidate(alpha: float) -> dict[str, Any]:
         """The bundle at fine-tune share `alpha`: out-of-fold scores, int8 model and threshold."""
         oof = np.zeros(len(adapt_idx))
@@ -255,8 +257,7 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
                                    policy, spec.output)
         at = summarize(val_labels, int8_val, chosen.threshold)
         # quantisation alone, as fit checks it: the float and int8 models on the same single view
-        float_val = final.predict(eval_dataset(masked(val_images, val_rims), None, opts.batch_size),
-                                  verbose=0).ravel()
+        float_val = final.predict(eval_dataset(val_inputs, None, opts.batch_size), verbose=0).ravel()
         model_only_val = Classifier(tflite, num_threads=1, spec=replace(spec, views=1)).predict(val_images, val_rims)
         try:
             check_int8_accuracy(summarize(val_labels, float_val, chosen.threshold)["accuracy"],
@@ -277,13 +278,15 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
 
     # `auto`: the most adaptation whose bundle keeps the old line's bar and passes the int8 gate;
     # where none does, the fine-tune alone under the rule's fallback, as without interpolation.
+    def eligible(c: dict[str, Any]) -> bool:
+        return c["chosen"].kept is not False and c["gate"] is None
+
     candidates: list[dict[str, Any]] = []
     for alpha in alphas:
         candidates.append(candidate(alpha))
-        if candidates[-1]["chosen"].kept is not False and candidates[-1]["gate"] is None:
+        if eligible(candidates[-1]):
             break
-    last = candidates[-1]
-    pick = last if last["chosen"].kept is not False and last["gate"] is None else candidates[0]
+    pick = candidates[-1] if eligible(candidates[-1]) else candidates[0]
     if pick["gate"] is not None:
         raise ExportError(f"{pick['gate']}: no bundle written")
     oof, final, tflite, clf, int8_val = pick["oof"], pick["final"], pick["tflite"], pick["clf"], pick["int8_val"]
