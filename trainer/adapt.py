@@ -188,7 +188,7 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
         model = keras.models.load_model(Path(opts.base) / FLOAT_MODEL, compile=False)
         _compile(model, opts.learning_rate)
         data = train_dataset(x, y, opts.batch_size, aug, seed, circles=table, margin=spec.margin,
-                             fill=float(spec.fill))
+                             fill=float(spec.fill), tone=spec.tone)
         if teacher is not None:  # the old line's images also learn the base's opinion (--keep-base)
             data = soften_marked(data, teacher, opts.keep_base)
         model.fit(data, steps_per_epoch=opts.steps_per_epoch, epochs=opts.epochs, verbose=0,

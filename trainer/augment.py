@@ -12,9 +12,11 @@ import logging
 import math
 from dataclasses import asdict, dataclass, replace
 
+import numpy as np
 import tensorflow as tf
 
 from edge.offline.conditions import BACKDROP_KSIZE, BACKDROP_SIGMA, LIKE_SOFT, LIKE_TOL
+from edge.vision.tone import tone_map
 from trainer import synth
 
 log = logging.getLogger(__name__)
@@ -346,12 +348,15 @@ def _part_mask(transforms: tf.Tensor, circles: tf.Tensor, cfg: AugmentConfig, se
 
 
 def augment(images: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor, circles: tf.Tensor | None = None,
-            margin: float = 0.0, fill: float = 128.0, pits: tf.Tensor | None = None) -> tf.Tensor:
+            margin: float = 0.0, fill: float = 128.0, pits: tf.Tensor | None = None,
+            tone: tuple[float, ...] | None = None) -> tf.Tensor:
     """uint8/float (B, H, W, 1) -> augmented float32 (B, H, W, 1) in 0..255.
 
     `circles` (B, 4): each image's rim (cx, cy, r) and backdrop grey, needed by the line
     conditions and the part-only mask (`margin`, `fill`: the bundle's edge.vision.partview spec).
     `pits` (B,) bool: images that get a synthetic pinhole (trainer.synth; the caller relabels them).
+    `tone`: a part-only bundle's reference tones: each image, rounded to uint8 as a camera's, is
+    mapped by edge.vision.tone inside the rim the mask is drawn at, as the edge maps a crop.
     """
     n = tf.shape(images)[0]
     h, w = int(images.shape[1]), int(images.shape[2])
@@ -393,5 +398,25 @@ def augment(images: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor, circles: tf.
     if cfg.jpeg > 0:
         x = _jpeg(x, cfg, seed)
     if cfg.part_only:
-        x = tf.where(_part_mask(transforms, tf.cast(circles, tf.float32), cfg, seed, h, w, margin), x, fill)
+        circles = tf.cast(circles, tf.float32)
+        if tone is not None:
+            x = _tone(x, _part_mask(transforms, circles, cfg, seed, h, w, 0.0), tone)
+        x = tf.where(_part_mask(transforms, circles, cfg, seed, h, w, margin), x, fill)
+    elif tone is not None:
+        raise ValueError("tones are matched inside the rim: only a part-only augmentation can take tone=")
     return x
+
+
+def _tone(x: tf.Tensor, region: tf.Tensor, tone: tuple[float, ...]) -> tf.Tensor:
+    """edge.vision.tone.tone_map on each rounded image of the batch, by its region (the same numpy
+    function the edge runs: identical pixels, not a TensorFlow twin)."""
+    ref = np.asarray(tone, np.float64)
+
+    def batch(images: np.ndarray, regions: np.ndarray) -> np.ndarray:
+        u8 = np.clip(np.rint(images[..., 0]), 0, 255).astype(np.uint8)
+        out = [tone_map(img, r[..., 0], ref) for img, r in zip(u8, regions, strict=True)]
+        return np.stack(out)[..., None].astype(np.float32)
+
+    out = tf.numpy_function(batch, [x, region], tf.float32, stateful=False)
+    out.set_shape(x.shape)
+    return out

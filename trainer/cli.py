@@ -26,6 +26,7 @@ from edge.offline.dataset import default_data_root
 from edge.ops import logs
 from edge.vision.locate import RIM_FINDERS
 from edge.vision.partview import OUTPUTS
+from edge.vision.tone import TONES
 from trainer.threshold import THRESHOLD_RULES
 
 log = logging.getLogger("edge-train")
@@ -197,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the final sigmoid, finely resolved near a low threshold) or p_defect (steps of 1/256, "
                         "the bundles before; trainer.export). Acts after training only, so a --resume may "
                         "change it")
+    f.add_argument("--tone", default="none", choices=TONES,
+                   help="none (default): the part's grey levels as the camera gives them; match: each part's "
+                        "levels inside its rim mapped onto the fit images' (edge.vision.tone), in training and "
+                        "in the bundle, so lighting gain and gamma cannot move p_defect")
     f.add_argument("--second-camera", type=Path, default=None, metavar="DIR",
                    help="labelled folder from another camera to report on (default: casting_512_dark beside "
                         "--data, where it exists)")
@@ -461,7 +466,7 @@ def fit_main(args: argparse.Namespace, argv: list[str]) -> int:
         resume=args.resume, force=args.force, limit=args.limit, max_int8_drop=args.max_int8_drop,
         recalibrate_bn=args.recalibrate_bn, swa_epochs=args.swa_epochs, swa_learning_rate=args.swa_learning_rate,
         teachers=args.teachers, distill_weight=args.distill_weight, init=args.init, rim_finder=args.rim_finder,
-        views=0 if args.views == 'auto' else int(args.views), output=args.output,
+        views=0 if args.views == 'auto' else int(args.views), output=args.output, tone=args.tone,
         second_camera=second,
         command=shlex.join(["edge-train", *argv]),
     )

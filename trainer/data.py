@@ -17,6 +17,7 @@ from trainer.augment import AugmentConfig, augment
 def train_dataset(
     images: np.ndarray, labels: np.ndarray, batch_size: int, cfg: AugmentConfig, seed: int, start_step: int = 0,
     circles: np.ndarray | None = None, margin: float = 0.0, fill: float = 128.0,
+    tone: tuple[float, ...] | None = None,
 ) -> tf.data.Dataset:
     """Endless shuffled, augmented batches of (float32 (B, H, W, 1), float32 (B, 1)).
 
@@ -24,7 +25,7 @@ def train_dataset(
     so a run resumed after k steps trains on exactly the batches an uninterrupted run
     would have seen next, not on the first ones again. Only indices are skipped: cheap.
     `circles` (N, 4): each image's rim and backdrop grey, for the line conditions and the
-    part-only mask (`margin`, `fill`).
+    part-only mask (`margin`, `fill`) and its tone map (`tone`: the reference, edge.vision.tone).
     """
     if cfg.pinholes > 0 and circles is None:
         raise ValueError("synthetic pinholes need each image's rim circle (circles=)")
@@ -41,7 +42,7 @@ def train_dataset(
         batch_circles = tf.gather(c, batch_idx) if circles is not None else None
         batch_y = tf.gather(y, batch_idx)
         pits = synth.choose(batch_y, cfg.pinholes, s) if cfg.pinholes > 0 else None
-        batch_x = augment(tf.gather(x, batch_idx), cfg, s, batch_circles, margin, fill, pits=pits)
+        batch_x = augment(tf.gather(x, batch_idx), cfg, s, batch_circles, margin, fill, pits=pits, tone=tone)
         return batch_x, batch_y if pits is None else synth.as_defects(batch_y, pits)
 
     return tf.data.Dataset.zip((idx, steps)).map(load, num_parallel_calls=tf.data.AUTOTUNE,

@@ -36,8 +36,9 @@ from edge.offline.dataset import (
 from edge.offline.metrics import summarize
 from edge.offline.perturb import FOCUS_CHANGES, PerturbConfig, perturb_all, refocus_all
 from edge.ops.drift import crop_stats
-from edge.vision.partview import InputSpec, circles_and_backdrops, mask_outside
+from edge.vision.partview import InputSpec, circles_and_backdrops, part_only_input, part_tone
 from edge.vision.preprocess import IMAGE_SIZE
+from edge.vision.tone import TONES
 from trainer import distill, lineval, report, resume, synth
 from trainer.augment import AugmentConfig
 from trainer.data import eval_dataset
@@ -150,10 +151,11 @@ def output_meta(clf: Classifier) -> dict[str, Any]:
 
 
 def masked_inputs(images: np.ndarray, rims: list[Any], spec: InputSpec) -> np.ndarray:
-    """The images as a part-only model sees them (masked beyond each rim); unchanged otherwise."""
+    """The images as a part-only model sees them (tones matched, masked beyond each rim: the edge's
+    own function); unchanged otherwise."""
     if not spec.part_only:
         return images
-    return np.stack([mask_outside(img, c, spec.margin, spec.fill) for img, c in zip(images, rims, strict=True)])
+    return np.stack([part_only_input(img, spec, c) for img, c in zip(images, rims, strict=True)])
 
 
 def run(opts: FitOptions) -> dict[str, Any]:
@@ -163,6 +165,11 @@ def run(opts: FitOptions) -> dict[str, Any]:
         raise OutputError(f"--arch {opts.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
     policy = parse_policy(opts.threshold_policy)
     aug_name, aug = opts.augment_config()
+    if opts.tone not in TONES:
+        raise OutputError(f"--tone {opts.tone!r}: choose one of {', '.join(TONES)}")
+    if opts.tone != "none" and not aug.part_only:
+        raise OutputError(f"--tone {opts.tone}: tones are matched inside the part's rim, so it needs a part-only "
+                          f"--augment (line-part, line-pinhole); --augment {aug_name} is not")
     for split in ("train", "test"):
         if not (opts.data / split).is_dir():
             raise DatasetError(f"{opts.data / split}: missing (expected {opts.data}/train and {opts.data}/test)")
@@ -206,6 +213,8 @@ def run(opts: FitOptions) -> dict[str, Any]:
     val_x, val_y = train_set.images[val_idx], train_set.labels[val_idx]
     spec = InputSpec(part_only=aug.part_only, views=opts.views, finder=opts.rim_finder, output=opts.output)
     rims = _rims(train_set.images, test_set.images, aug, opts.rim_finder)
+    if opts.tone == "match":  # the fit images' own tones, so a resumed run recomputes the same ones
+        spec = replace(spec, tone=part_tone(fit_x, [rims["train"][i] for i in fit_idx]))
     fit_inputs, val_inputs, test_inputs = fit_x, val_x, test_set.images
     if spec.part_only:
         fit_inputs = masked_inputs(fit_x, [rims["train"][i] for i in fit_idx], spec)

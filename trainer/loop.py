@@ -193,7 +193,7 @@ def train(opts: FitOptions, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndar
     def stream(epoch: int) -> tf.data.Dataset:
         """The batches from the start of `epoch` (0-based) on, as an uninterrupted run sees them."""
         data = train_dataset(fit_x, fit_y, opts.batch_size, aug, opts.seed, start_step=epoch * opts.steps_per_epoch,
-                             circles=fit_circles, margin=spec.margin, fill=float(spec.fill))
+                             circles=fit_circles, margin=spec.margin, fill=float(spec.fill), tone=spec.tone)
         return distill.soften(data, teachers, opts.distill_weight) if teachers else data
 
     # BackupAndRestore restores the weights and the epoch count, not the input pipeline's

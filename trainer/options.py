@@ -39,6 +39,7 @@ class FitOptions:
     rim_finder: str = "half"  # edge.vision.locate.RIM_FINDERS: the rims training masks at, recorded in the bundle
     views: int = 0  # test-time rotations/flips averaged in logit space; 0: 1 or 8 by the line rule (lineval)
     output: str = "logit"  # edge.vision.partview.OUTPUTS: what the int8 model outputs (trainer.export)
+    tone: str = "none"  # edge.vision.tone.TONES: "match" maps each part's tones onto the fit images' (edge.vision.tone)
     second_camera: Path | None = None  # labelled folder of another camera, reported (e.g. casting_512_dark)
     resume: bool = False
     force: bool = False

@@ -21,9 +21,9 @@ RECORD = "options.json"
 BACKUP = "backup"  # Keras BackupAndRestore's folder under checkpoints/: last epoch's state
 # FitOptions fields that shape the trained weights, besides the data itself.
 TRAINING_OPTIONS = ("arch", "steps_per_epoch", "batch_size", "seed", "split_seed", "val_fraction",
-                    "learning_rate", "augment", "limit", "teachers", "distill_weight", "init", "rim_finder")
+                    "learning_rate", "augment", "limit", "teachers", "distill_weight", "init", "rim_finder", "tone")
 # Values of options added after records were first written, for records that lack them.
-_ADDED_LATER = {"teachers": [], "distill_weight": 0.5, "init": None, "rim_finder": "half"}
+_ADDED_LATER = {"teachers": [], "distill_weight": 0.5, "init": None, "rim_finder": "half", "tone": "none"}
 
 
 class ResumeMismatch(ValueError):

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from edge.vision.locate import RIM_DIAMETER_FRACTION, RIM_FINDERS, find_rim_in_crop, rim_searches
+from edge.vision.tone import reference_tone, tone_from_meta, tone_map
 
 RIM_MARGIN = 0.08  # of the rim radius kept beyond the rim: outline, flash and burrs stay in view
 FILL = 128  # the grey that replaces everything beyond the margin
@@ -80,6 +81,7 @@ class InputSpec:
     finder: str = "half"  # locate.RIM_FINDERS: how the rim is searched, as in training
     aggregate: str = "mean"  # VIEW_AGGREGATES: how the views' p_defect become one (model.json `view_aggregate`)
     output: str = "p_defect"  # OUTPUTS: what the model's output is (model.json `output.represents`)
+    tone: tuple[float, ...] | None = None  # edge.vision.tone reference (model.json `input.part_only.tone`)
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> InputSpec:
@@ -104,12 +106,15 @@ class InputSpec:
         finder = po.get("finder", "half")
         if finder not in RIM_FINDERS:
             raise ValueError(f"input.part_only.finder: {finder!r} is not one of {', '.join(RIM_FINDERS)}")
-        return cls(True, float(margin), int(fill), views, finder, aggregate, output)
+        tone = po.get("tone")
+        ref = None if tone is None else tuple(float(v) for v in tone_from_meta(tone))
+        return cls(True, float(margin), int(fill), views, finder, aggregate, output, ref)
 
     def to_meta(self) -> dict[str, Any]:
         if not self.part_only:
             return {}
-        return {"margin": self.margin, "fill": self.fill, "finder": self.finder}
+        return {"margin": self.margin, "fill": self.fill, "finder": self.finder,
+                **({"tone": list(self.tone)} if self.tone is not None else {})}
 
     def rim(self, gray: np.ndarray) -> Circle:
         """A crop's rim found as this bundle's model was trained to see it."""
@@ -144,10 +149,25 @@ def mask_outside(gray: np.ndarray, circle: Circle, margin: float = RIM_MARGIN, f
 
 
 def part_only_input(gray: np.ndarray, spec: InputSpec, circle: Circle | None = None) -> np.ndarray:
-    """The model input for a crop under `spec` (unchanged where the bundle is not part-only)."""
+    """The model input for a crop under `spec` (unchanged where the bundle is not part-only):
+    tones matched inside the rim where the bundle declares a reference, then masked beyond it."""
     if not spec.part_only:
         return gray
-    return mask_outside(gray, circle if circle is not None else spec.rim(gray), spec.margin, spec.fill)
+    c = circle if circle is not None else spec.rim(gray)
+    if spec.tone is not None:
+        gray = tone_map(gray, part_region(gray, c), np.asarray(spec.tone))
+    return mask_outside(gray, c, spec.margin, spec.fill)
+
+
+def part_region(gray: np.ndarray, circle: Circle) -> np.ndarray:
+    """The pixels that set a crop's tone map: inside its rim, not the margin beyond it."""
+    return disk_mask(gray.shape[:2], circle.cx, circle.cy, circle.r)
+
+
+def part_tone(images: np.ndarray, circles: list[Circle]) -> tuple[float, ...]:
+    """The reference tones of parts at their found rims (edge.vision.tone.reference_tone)."""
+    found = [(img, part_region(img, c)) for img, c in zip(images, circles, strict=True) if c.found]
+    return tuple(float(v) for v in reference_tone(np.array([f[0] for f in found]), [f[1] for f in found]))
 
 
 def dihedral_views(img: np.ndarray, n: int) -> list[np.ndarray]:
