@@ -13,7 +13,7 @@ from trainer.resume import RECORD, TRAINING_OPTIONS, ResumeMismatch, check_optio
 def options(**over: object) -> dict:
     base = {"arch": "edge", "steps_per_epoch": 150, "batch_size": 64, "seed": 123, "split_seed": 123,
             "val_fraction": 0.2, "learning_rate": 1e-3, "augment": "line", "limit": None, "teachers": [],
-            "distill_weight": 0.5, "init": None, "rim_finder": "half"}
+            "distill_weight": 0.5, "init": None, "rim_finder": "half", "tone": "none"}
     assert set(base) == set(TRAINING_OPTIONS)
     return {**base, **over}
 
@@ -42,6 +42,15 @@ def test_a_record_from_before_the_rim_finder_resumes_only_with_the_half_size_fin
     check_options(tmp_path, options())
     with pytest.raises(ResumeMismatch, match=r"--rim-finder 'half' \(now 'combined'\)"):
         check_options(tmp_path, options(rim_finder="combined"))
+
+
+def test_a_record_from_before_tone_matching_resumes_only_without_it(tmp_path: Path) -> None:
+    old = options()
+    del old["tone"]  # what runs before --tone recorded
+    (tmp_path / RECORD).write_text(json.dumps({"options": old, "train_fingerprint": "f" * 16}))
+    check_options(tmp_path, options())
+    with pytest.raises(ResumeMismatch, match=r"--tone 'none' \(now 'match'\)"):
+        check_options(tmp_path, options(tone="match"))
 
 
 def test_init_weights_must_match_by_digest_wherever_the_bundle_now_lies(tmp_path: Path) -> None:
