@@ -159,3 +159,22 @@ def test_backdrop_surface_matches_the_line_conditions_one() -> None:
     assert got.shape == want.shape
     assert np.abs(got - want).max() < 0.05
     assert np.abs(want - img).max() > 20  # a smooth surface, not the image
+
+
+def test_tone_matching_in_training_gives_the_edges_pixels() -> None:
+    # With the geometry and the lighting left alone, an augmented batch must be exactly what the
+    # edge's part_only_input makes of each image: one function, not a TensorFlow twin.
+    from edge.vision.partview import Circle, InputSpec, part_only_input, part_tone
+
+    images = np.stack([part_image(i, defect=i % 2 == 1) for i in range(4)])
+    rims = [Circle(149.5 + i, 149.5 - i, 120.0 + 2 * i, found=True) for i in range(4)]
+    spec = InputSpec(True, 0.08, 128, tone=part_tone(images, rims))
+    cfg = replace(IDENTITY, part_only=True)
+    table = np.array([[c.cx, c.cy, c.r, 170.0] for c in rims], np.float32)
+    out = augment(images[..., None], cfg, np.array([1, 2]), table, spec.margin, float(spec.fill), tone=spec.tone)
+    edge = np.stack([part_only_input(img, spec, c) for img, c in zip(images, rims, strict=True)])
+    assert np.array_equal(out.numpy()[..., 0], edge.astype(np.float32))
+    plain = augment(images[..., None], cfg, np.array([1, 2]), table, spec.margin, float(spec.fill)).numpy()[..., 0]
+    assert not np.allclose(plain, edge)  # the map changed the pixels the test compares
+    with pytest.raises(ValueError, match="only a part-only augmentation can take tone="):
+        augment(images[..., None], IDENTITY, np.array([1, 2]), table, tone=spec.tone)

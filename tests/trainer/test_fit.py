@@ -116,6 +116,26 @@ def test_a_resume_may_export_the_logit_and_the_edge_decides_as_the_fit_recorded(
     assert inside.sum() >= 5 and np.median(np.abs(z_int8 - z_float)[inside]) < 0.5
 
 
+
+def test_a_tone_matched_fit_records_its_tones_and_the_edge_decides_as_it_recorded(
+        casting_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    args = ["fit", "--data", str(casting_data), "--out", str(out), "--limit", "12", "--views", "1",
+            "--rim-finder", "combined"] + QUICK
+    assert main(args + ["--tone", "match", "--augment", "line"]) == 2  # not part-only: refused by name
+    assert "--tone match: tones are matched inside the part's rim" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(args + ["--tone", "match"]) == 0
+    b = bundle.load(out)
+    tone = b.meta["input"]["part_only"]["tone"]
+    assert len(tone) == 257 and np.all(np.diff(tone) >= 0) and b.meta["training"]["options"]["tone"] == "match"
+    clf = Classifier.from_bundle(b)
+    assert clf.spec.tone == tuple(tone)
+    samples = list_labelled(casting_data / "test")
+    test = load_samples([s for s in samples if s.label == 0][:12] + [s for s in samples if s.label == 1][:12])
+    recomputed = summarize(test.labels, clf.predict(test.images), b.threshold)
+    assert recomputed == json.loads(json.dumps(b.meta["metrics"]["test_all"]["int8"]))
+
 def test_fit_skips_and_lists_bad_files_and_converts_odd_images(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_split(data / "train", 12, seed=1)
