@@ -9,7 +9,7 @@ model. A typical part maps onto itself almost unchanged; the same part under ano
 or gamma maps onto nearly the same pixels (exactly the same for any gain >= 1 without
 clipping). Only pixels inside the rim set the map, so the belt in the margin cannot shift it.
 
-Pure numpy; edge.vision.partview applies it inside the rim it finds, and the trainer applies
+Pure numpy/OpenCV; edge.vision.partview applies it inside the rim it finds, and the trainer applies
 the same function to its augmented batches.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import numpy as np
 
 TONES = ("none", "match")  # edge-train fit --tone: levels as the camera gives them, or matched
@@ -34,7 +35,7 @@ def tone_map(gray: np.ndarray, region: np.ndarray, reference: np.ndarray) -> np.
     counts = np.bincount(values, minlength=256).astype(np.float64)
     mid_rank = (np.cumsum(counts) - counts / 2) / values.size
     lut = np.interp(mid_rank, _LEVELS, reference)
-    return np.clip(np.rint(lut), 0, 255).astype(np.uint8)[gray]
+    return cv2.LUT(gray, np.clip(np.rint(lut), 0, 255).astype(np.uint8))  # lut[gray], twice as fast
 
 
 def quantiles(gray: np.ndarray, region: np.ndarray) -> np.ndarray:
