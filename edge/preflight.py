@@ -125,7 +125,8 @@ def _running(inspector: Inspector) -> str:
     views += ", logit output" if spec.output == "logit" else ""
     parts = [f"{b.path} ({b.short_id})", f"threshold {t:.8g} ({whose})", views,
              "guard on" if inspector.judge.guard is not None else "no guard",
-             f"part-only, {spec.finder} rim finder" if spec.part_only else "whole crop",
+             f"part-only, {spec.finder} rim finder" + (", tones matched" if spec.tone is not None else "")
+             if spec.part_only else "whole crop",
              "sealed" if SEAL_KEY in b.meta else "not sealed (made before 2026-12-07)"]
     return ", ".join(parts)
 

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from edge.offline.conditions import BACKDROP_KSIZE, BACKDROP_SIGMA, LIKE_SOFT, LIKE_TOL
-from edge.vision.tone import tone_map
+from edge.vision.tone import tone_map_batch
 from trainer import synth
 
 log = logging.getLogger(__name__)
@@ -408,15 +408,8 @@ def augment(images: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor, circles: tf.
 
 
 def _tone(x: tf.Tensor, region: tf.Tensor, tone: tuple[float, ...]) -> tf.Tensor:
-    """edge.vision.tone.tone_map on each rounded image of the batch, by its region (the same numpy
-    function the edge runs: identical pixels, not a TensorFlow twin)."""
+    """The edge's own tone map on the batch (edge.vision.tone.tone_map_batch): identical pixels."""
     ref = np.asarray(tone, np.float64)
-
-    def batch(images: np.ndarray, regions: np.ndarray) -> np.ndarray:
-        u8 = np.clip(np.rint(images[..., 0]), 0, 255).astype(np.uint8)
-        out = [tone_map(img, r[..., 0], ref) for img, r in zip(u8, regions, strict=True)]
-        return np.stack(out)[..., None].astype(np.float32)
-
-    out = tf.numpy_function(batch, [x, region], tf.float32, stateful=False)
+    out = tf.numpy_function(lambda a, r: tone_map_batch(a, r, ref), [x, region], tf.float32, stateful=False)
     out.set_shape(x.shape)
     return out

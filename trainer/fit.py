@@ -370,6 +370,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
             "distillation": {"weight": opts.distill_weight, "teachers": [t.record for t in teachers]}
             if teachers else None,
             "options": _jsonable({k: v for k, v in asdict(opts).items() if k not in ("command", "extra")}),
+            "init": init_id,  # the starting weights by digest: --init's path may hold another bundle later
             "epochs_run": len(history),
             "best_epoch": int(np.argmin([h["val_loss"] for h in history])) + 1 if history else None,
             "keras": keras.__version__,

@@ -38,6 +38,14 @@ def tone_map(gray: np.ndarray, region: np.ndarray, reference: np.ndarray) -> np.
     return cv2.LUT(gray, np.clip(np.rint(lut), 0, 255).astype(np.uint8))  # lut[gray], twice as fast
 
 
+def tone_map_batch(images: np.ndarray, regions: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """tone_map on each of a float (B, H, W, 1) batch, rounded to uint8 as a camera's pixels are
+    (the trainer's augmented images); float32 back, same shape."""
+    u8 = np.clip(np.rint(images[..., 0]), 0, 255).astype(np.uint8)
+    out = [tone_map(img, r[..., 0], reference) for img, r in zip(u8, regions, strict=True)]
+    return np.stack(out)[..., None].astype(np.float32)
+
+
 def quantiles(gray: np.ndarray, region: np.ndarray) -> np.ndarray:
     """The region's grey at each of the reference's levels (its quantile function)."""
     return np.quantile(gray[region].astype(np.float64), _LEVELS)

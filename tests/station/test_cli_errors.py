@@ -100,6 +100,7 @@ def test_the_shipped_config_checks_ok_and_says_which_model_decides_how() -> None
                               f"{b.meta.get('views', 1)} view(s), "), r.stdout
     assert rest[0].endswith(", sealed"), r.stdout
     assert (", logit output, " in rest[0]) == (b.meta["output"].get("represents") == "logit"), r.stdout
+    assert (", tones matched, " in rest[0]) == ("tone" in b.meta["input"].get("part_only", {})), r.stdout
 
 
 def test_check_config_names_an_override_and_the_shadow(tmp_path: Path) -> None:

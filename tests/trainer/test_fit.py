@@ -129,12 +129,18 @@ def test_a_tone_matched_fit_records_its_tones_and_the_edge_decides_as_it_recorde
     b = bundle.load(out)
     tone = b.meta["input"]["part_only"]["tone"]
     assert len(tone) == 257 and np.all(np.diff(tone) >= 0) and b.meta["training"]["options"]["tone"] == "match"
+    assert b.meta["training"]["init"] is None  # random weights; an --init bundle is named by its digest
     clf = Classifier.from_bundle(b)
     assert clf.spec.tone == tuple(tone)
     samples = list_labelled(casting_data / "test")
     test = load_samples([s for s in samples if s.label == 0][:12] + [s for s in samples if s.label == 1][:12])
     recomputed = summarize(test.labels, clf.predict(test.images), b.threshold)
     assert recomputed == json.loads(json.dumps(b.meta["metrics"]["test_all"]["int8"]))
+    # started from that bundle: model.json names the starting weights by digest, not only by path
+    again = tmp_path / "again"
+    assert main(args[:4] + [str(again)] + args[5:] + ["--tone", "match", "--init", str(out)]) == 0
+    started = bundle.load(again).meta["training"]["init"]
+    assert started == {"path": str(out), "float_model_sha256": bundle.sha256_file(out / "model.keras")}
 
 def test_fit_skips_and_lists_bad_files_and_converts_odd_images(tmp_path: Path) -> None:
     data = tmp_path / "data"
