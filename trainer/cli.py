@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--tone", default="none", choices=TONES,
                    help="none (default): the part's grey levels as the camera gives them; match: each part's "
                         "levels inside its rim mapped onto the fit images' (edge.vision.tone), in training and "
-                        "in the bundle, so lighting gain and gamma cannot move p_defect")
+                        "in the bundle, so lighting gain and gamma barely move the model input")
     f.add_argument("--second-camera", type=Path, default=None, metavar="DIR",
                    help="labelled folder from another camera to report on (default: casting_512_dark beside "
                         "--data, where it exists)")

@@ -1,4 +1,4 @@
-"""The part's tones mapped onto a reference: lighting gain and gamma cannot move p_defect.
+"""The part's tones mapped onto a reference: a lamp's gain or a camera's gamma barely moves the input.
 
 A line's lamp, exposure and camera curve change every grey level of the casting by one
 monotonic curve. Ranks survive any such curve, so a part-only bundle may declare
@@ -7,7 +7,8 @@ parts inside their rims. Each crop's levels are then mapped by their mid-rank am
 pixels inside its own rim onto that reference (histogram matching), before the mask and the
 model. A typical part maps onto itself almost unchanged; the same part under another gain
 or gamma maps onto nearly the same pixels (exactly the same for any gain >= 1 without
-clipping). Only pixels inside the rim set the map, so the belt in the margin cannot shift it.
+clipping). What a camera clipped stays lost: a saturated block is one tied level, mapped to one
+grey. Only pixels inside the rim set the map, so the belt in the margin cannot shift it.
 
 Pure numpy/OpenCV; edge.vision.partview applies it inside the rim it finds, and the trainer applies
 the same function to its augmented batches.
