@@ -341,8 +341,8 @@ def test_a_fixed_roi_without_a_whole_part_in_it_is_a_fault_not_a_verdict(mosquit
     # An empty or misloaded fixture used to be cropped and judged: an empty belt was accepted.
     frames = _belt_with((False, 640, 360)) if scene == "part" else _belt_with()
     got, _ = _one_trigger(mosquitto, tmp_path, frames, locate="roi", roi=[455, 175, 370, 370])
-    if scene == "part":
-        assert (got["decision"], got["reason"]) == ("accept", "model"), got
+    if scene == "part":  # a verdict: the drawn part scores near any bundle's threshold, so either one
+        assert got["reason"] == "model" and got["decision"] in ("accept", "reject"), got
     else:
         assert (got["decision"], got["reason"]) == ("reject", "fault:no_part"), got
 
@@ -371,7 +371,8 @@ def test_a_part_never_fully_in_view_is_rejected_as_a_fault_in_belt_order(mosquit
     finally:
         sub.close()
     assert proc.returncode == 0, out[-2000:]
-    assert [(d["decision"], d["reason"]) for d in got] == [("accept", "model"), ("reject", "fault:not_in_full_view")]
+    # the whole part gets the model's verdict (a drawn part scores near any bundle's threshold)
+    assert [d["reason"] for d in got] == ["model", "fault:not_in_full_view"] and got[1]["decision"] == "reject"
     assert got[0]["seq"] < got[1]["seq"] and "without ever being fully in view" in out
 
 
