@@ -134,12 +134,16 @@ def output_of(meta: dict[str, Any]) -> str:
     return str(represents)
 
 
-def disk_mask(size: tuple[int, int], cx: float, cy: float, radius: float) -> np.ndarray:
-    """Boolean (H, W): pixel centres within `radius` of (cx, cy)."""
+def _squared_distances(size: tuple[int, int], cx: float, cy: float) -> np.ndarray:
     h, w = size
     ys = (np.arange(h, dtype=np.float32) - np.float32(cy)) ** 2
     xs = (np.arange(w, dtype=np.float32) - np.float32(cx)) ** 2
-    return (ys[:, None] + xs[None, :]) <= np.float32(radius) ** 2
+    return ys[:, None] + xs[None, :]
+
+
+def disk_mask(size: tuple[int, int], cx: float, cy: float, radius: float) -> np.ndarray:
+    """Boolean (H, W): pixel centres within `radius` of (cx, cy)."""
+    return _squared_distances(size, cx, cy) <= np.float32(radius) ** 2
 
 
 def mask_outside(gray: np.ndarray, circle: Circle, margin: float = RIM_MARGIN, fill: int = FILL) -> np.ndarray:
@@ -154,9 +158,12 @@ def part_only_input(gray: np.ndarray, spec: InputSpec, circle: Circle | None = N
     if not spec.part_only:
         return gray
     c = circle if circle is not None else spec.rim(gray)
-    if spec.tone is not None:
-        gray = tone_map(gray, part_region(gray, c), np.asarray(spec.tone))
-    return mask_outside(gray, c, spec.margin, spec.fill)
+    if spec.tone is None:
+        return mask_outside(gray, c, spec.margin, spec.fill)
+    d2 = _squared_distances(gray.shape[:2], c.cx, c.cy)  # once for the map's region and the mask
+    toned = tone_map(gray, d2 <= np.float32(c.r) ** 2, np.asarray(spec.tone))
+    keep = d2 <= np.float32(c.r * (1 + spec.margin)) ** 2
+    return np.where(keep, toned, np.uint8(spec.fill)).astype(np.uint8)
 
 
 def part_region(gray: np.ndarray, circle: Circle) -> np.ndarray:
@@ -166,8 +173,8 @@ def part_region(gray: np.ndarray, circle: Circle) -> np.ndarray:
 
 def part_tone(images: np.ndarray, circles: list[Circle]) -> tuple[float, ...]:
     """The reference tones of parts at their found rims (edge.vision.tone.reference_tone)."""
-    found = [(img, part_region(img, c)) for img, c in zip(images, circles, strict=True) if c.found]
-    return tuple(float(v) for v in reference_tone(np.array([f[0] for f in found]), [f[1] for f in found]))
+    found = ((img, part_region(img, c)) for img, c in zip(images, circles, strict=True) if c.found)
+    return tuple(float(v) for v in reference_tone(found))  # one region in memory at a time
 
 
 def dihedral_views(img: np.ndarray, n: int) -> list[np.ndarray]:

@@ -16,6 +16,7 @@ the same function to its augmented batches.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import cv2
@@ -52,10 +53,10 @@ def quantiles(gray: np.ndarray, region: np.ndarray) -> np.ndarray:
     return np.quantile(gray[region].astype(np.float64), _LEVELS)
 
 
-def reference_tone(images: np.ndarray, regions: list[np.ndarray]) -> np.ndarray:
-    """The mean quantile function of the parts over their regions (those with too few pixels left
-    out): the tones a bundle's model is trained to see."""
-    rows = [quantiles(img, r) for img, r in zip(images, regions, strict=True) if r.sum() >= MIN_PIXELS]
+def reference_tone(parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The mean quantile function of (image, region) pairs, taken one at a time (those with too few
+    pixels left out): the tones a bundle's model is trained to see."""
+    rows = [quantiles(img, r) for img, r in parts if r.sum() >= MIN_PIXELS]
     if not rows:
         raise ValueError("no image with a part region to take the reference tones from")
     return np.round(np.mean(rows, axis=0), 3)
