@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from edge.offline.perturb import blur, sharpen
-from edge.vision.partview import Circle, backdrop_grey, disk_mask, rim_circle
+from edge.vision.partview import Circle, backdrop_grey, disk_mask, drawing_rim
 
 
 def _belt(shape: tuple[int, int], grey: float, texture: str, rng: np.random.Generator) -> np.ndarray:
@@ -65,7 +65,7 @@ def on_backdrop(gray: np.ndarray, grey: float, texture: str = "plain", seed: int
                 circle: Circle | None = None) -> np.ndarray:
     """The same part on another belt: outside its rim, pixels like the old backdrop become the new
     belt (keeping their fine texture); the rim's outline, flash and burrs stay (as trainer.augment)."""
-    c = circle if circle is not None else rim_circle(gray)
+    c = circle if circle is not None else drawing_rim(gray)
     f = gray.astype(np.float32)
     residual = f - backdrop_surface(gray, c, backdrop_grey(gray, c))
     like = like_backdrop(residual)

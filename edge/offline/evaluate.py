@@ -16,7 +16,7 @@ from edge.inference.judge import Judge, Judgement, reject_scores
 from edge.offline import conditions
 from edge.offline.metrics import summarize
 from edge.offline.occlude import KINDS, cover
-from edge.vision.partview import Circle, rim_circle
+from edge.vision.partview import Circle, drawing_rim
 
 COVER_SHARE = (1 / 3, 0.5)  # covers hide a third to a half of the part's disk
 
@@ -116,7 +116,7 @@ def covered(images: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, 
     out, shares, kinds = [], [], []
     for i, img in enumerate(images):
         kind = KINDS[i % len(KINDS)]
-        im, share = cover(img, float(rng.uniform(*COVER_SHARE)), kind, seed + i, rim_circle(img))
+        im, share = cover(img, float(rng.uniform(*COVER_SHARE)), kind, seed + i, drawing_rim(img))
         out.append(im)
         shares.append(share)
         kinds.append(kind)

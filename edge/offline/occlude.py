@@ -12,7 +12,7 @@ import math
 import cv2
 import numpy as np
 
-from edge.vision.partview import Circle, disk_mask, rim_circle
+from edge.vision.partview import Circle, disk_mask, drawing_rim
 
 KINDS = ("hand", "glove", "tool")
 
@@ -85,7 +85,7 @@ def cover(gray: np.ndarray, share: float, kind: str, seed: int, circle: Circle |
     if kind not in KINDS:
         raise ValueError(f"cover kind {kind!r}: choose one of {', '.join(KINDS)}")
     rng = np.random.default_rng(seed)
-    c = circle if circle is not None else rim_circle(gray)
+    c = circle if circle is not None else drawing_rim(gray)
     disk = disk_mask(gray.shape, c.cx, c.cy, c.r)
     angle = rng.uniform(0, 2 * math.pi)
     width = _tool_width(share, seed) if kind == "tool" else 1.0

@@ -58,6 +58,18 @@ def rim_circle(gray: np.ndarray, finder: str = "half") -> Circle:
     return Circle(box.cx, box.cy, box.radius, found=True, score=box.score)
 
 
+# Where the part is when offline tools draw on a dataset image (another belt, a cover): the
+# "combined" finder. On the dataset's plate "half" takes an inner ring for the rim on ~1% of images,
+# 10-35 px inside it, and a belt drawn outside that ring replaced a crescent of the casting's own
+# flange (docs/training.md, "The belt conditions drew on an inner ring").
+DRAWING_FINDER = "combined"
+
+
+def drawing_rim(gray: np.ndarray) -> Circle:
+    """The part's rim as offline drawing (edge.offline.conditions, edge.offline.occlude) sees it."""
+    return rim_circle(gray, DRAWING_FINDER)
+
+
 def other_rims(gray: np.ndarray, first: Circle) -> list[Circle]:
     """The other circles the crop's rim searches find (locate.rim_searches), each once, none
     within 2% of the radius and 2 px of `first` or of one before it."""

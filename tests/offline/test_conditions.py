@@ -20,7 +20,8 @@ from edge.offline.conditions import (
     on_backdrop,
     reframe,
 )
-from edge.vision.partview import Circle, disk_mask, rim_circle
+from edge.offline.occlude import cover
+from edge.vision.partview import DRAWING_FINDER, Circle, disk_mask, drawing_rim, rim_circle
 from edge.vision.simulate import synthetic_part
 from tests.vision.test_partview import drawn_part
 
@@ -108,13 +109,34 @@ def test_on_backdrop_keeps_a_real_part_inside_its_rim(casting_data: Path) -> Non
     files += sorted((casting_data / "test" / "def_front").glob("*.jpeg"))[:3]
     for f in files:
         img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
-        c = rim_circle(img)
+        c = drawing_rim(img)
         inside = disk_mask(img.shape, c.cx, c.cy, c.r)
         far = far_backdrop(img, c)
         for grey in (60, 230):
             out = on_backdrop(img, grey)
             assert np.array_equal(out[inside], img[inside])
             assert abs(float(out[far].mean()) - grey) < abs(float(img[far].mean()) - grey)
+
+
+# Train images on which the "half" finder takes an inner ring for the rim (10-15 px inside it).
+INNER_RING = ("def_front/cast_def_0_1016.jpeg", "def_front/cast_def_0_3668.jpeg", "ok_front/cast_ok_0_7093.jpeg")
+
+
+@pytest.mark.parametrize("name", INNER_RING)
+def test_a_belt_never_replaces_the_castings_own_flange(casting_data: Path, name: str) -> None:
+    """Where "half" sees an inner ring, a belt drawn outside that ring took the flange's metal, as
+    grey as the plate, for backdrop: the conditions draw at the rim the trained finders agree on."""
+    img = cv2.imread(str(casting_data / "train" / name), cv2.IMREAD_GRAYSCALE)
+    inner, rim = rim_circle(img, "half"), rim_circle(img, DRAWING_FINDER)
+    assert rim.r - inner.r > 8, "the image no longer shows the inner-ring case this test is about"
+    part = disk_mask(img.shape, rim.cx, rim.cy, rim.r)
+    for cond in ("belt_dark_70", "belt_light_220", "belt_woven_125", "grey_60", "grey_230"):
+        out = BY_NAME[cond].fn(img, 0)
+        assert np.array_equal(out[part], img[part]), cond
+    # the cover's share is of the part's disk, not of the inner ring's
+    covered, share = cover(img, 0.4, "hand", 0)
+    hidden = (covered != img) & part
+    assert hidden.sum() / part.sum() == pytest.approx(share, abs=0.05)
 
 
 def test_the_dark_belt_condition_makes_a_real_backdrop_dark(casting_data: Path) -> None:
