@@ -53,7 +53,6 @@ from edge.vision.partview import (
     dihedral_views,
     logits,
 )
-from edge.vision.preprocess import IMAGE_SIZE
 from trainer.adapt_report import defects_accepted, promotion_checks, render
 from trainer.augment import AUGMENTATIONS
 from trainer.compare import split_of
@@ -63,8 +62,8 @@ from trainer.export import ExportError, check_int8_accuracy, to_int8_tflite
 from trainer.fit import image_stats, masked_inputs, output_meta
 from trainer.interpolate import blend, parse_interpolation
 from trainer.loop import EpochLog, StopOnNonFinite, _compile, recalibrate_batchnorm
-from trainer.models import ARCHITECTURES
-from trainer.options import FLOAT_MODEL, OutputError
+from trainer.models import save_float
+from trainer.options import FLOAT_MODEL, REJECTED_FLOAT, REJECTED_RECORD, REJECTED_TFLITE, OutputError
 from trainer.threshold import adapted_threshold, parse_policy, parse_rule
 
 log = logging.getLogger(__name__)
@@ -288,7 +287,16 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
             break
     pick = candidates[-1] if eligible(candidates[-1]) else candidates[0]
     if pick["gate"] is not None:
-        raise ExportError(f"{pick['gate']}: no bundle written")
+        # Minutes of fine-tuning are kept for a look, as fit keeps its refused model; the held-out
+        # images were not judged, and no bundle (model.json) is written.
+        opts.out.mkdir(parents=True, exist_ok=True)
+        (opts.out / REJECTED_TFLITE).write_bytes(pick["tflite"])
+        save_float(pick["final"], arch, opts.out / REJECTED_FLOAT)
+        (opts.out / REJECTED_RECORD).write_text(json.dumps(
+            {"base": {"bundle": str(opts.base), "id": base.short_id}, "gate": pick["gate"],
+             "tried": [c["tried"] for c in candidates]}, indent=2, default=str) + "\n")
+        raise ExportError(f"{pick['gate']}: no bundle written; the refused model is {opts.out / REJECTED_TFLITE} "
+                          f"(float weights {REJECTED_FLOAT}, what was tried {REJECTED_RECORD})")
     oof, final, tflite, clf, int8_val = pick["oof"], pick["final"], pick["tflite"], pick["clf"], pick["int8_val"]
     chosen = pick["chosen"]
     choose_labels = np.concatenate([new.labels[adapt_idx], val_labels])
@@ -353,10 +361,10 @@ def run(opts: AdaptOptions) -> dict[str, Any]:
         meta["guard"] = guard_limits.to_meta()
     meta.pop("line_rule", None)  # chosen for the base on the old line's conditions; not this model's
     opts.out.mkdir(parents=True, exist_ok=True)
+    for stale in (REJECTED_TFLITE, REJECTED_FLOAT, REJECTED_RECORD):  # an earlier refused run's, with --force
+        (opts.out / stale).unlink(missing_ok=True)
     written = bundle_fmt.write(opts.out, tflite, meta)
-    plain = ARCHITECTURES[arch](IMAGE_SIZE)
-    plain.set_weights(final.get_weights())
-    plain.save(opts.out / FLOAT_MODEL)
+    save_float(final, arch, opts.out / FLOAT_MODEL)
     result = {"threshold": threshold, "figures": figures, "adapt": record,
               "seconds": round(time.perf_counter() - t0, 1), "bundle": str(opts.out), "id": written.short_id}
     (opts.out / "metrics.json").write_text(json.dumps(result, indent=2, default=str) + "\n")

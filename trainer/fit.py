@@ -48,6 +48,7 @@ from trainer.models import ARCHITECTURES
 from trainer.options import (
     FLOAT_MODEL,
     PRODUCTS,
+    REJECTED_TFLITE,
     FitOptions,
     OutputError,
     check_output,
@@ -337,8 +338,8 @@ def run(opts: FitOptions) -> dict[str, Any]:
                             metrics["test_all"]["int8_model_only"]["accuracy"],
                             opts.max_int8_drop)
     except ExportError as exc:
-        (opts.out / "rejected.tflite").write_bytes(tflite)
-        raise ExportError(f"{exc}: no bundle written; the rejected model is {opts.out / 'rejected.tflite'}") from None
+        (opts.out / REJECTED_TFLITE).write_bytes(tflite)
+        raise ExportError(f"{exc}: no bundle written; the rejected model is {opts.out / REJECTED_TFLITE}") from None
 
     meta = {
         "image_size": list(IMAGE_SIZE),

@@ -6,9 +6,12 @@ The rescale to [0, 1] is inside the model so the int8 export takes raw uint8 pix
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 from keras import layers
+
+from edge.vision.preprocess import IMAGE_SIZE
 
 
 def seed_cnn(size: tuple[int, int]) -> keras.Model:
@@ -73,3 +76,10 @@ ARCHITECTURES: dict[str, Callable[[tuple[int, int]], keras.Model]] = {
     "seed": seed_cnn,
 }
 DEFAULT_ARCH = "edge"
+
+
+def save_float(model: keras.Model, arch: str, path: Path) -> None:
+    """The weights saved in a plain `arch` network (no training-time wrappers), as bundles hold them."""
+    plain = ARCHITECTURES[arch](IMAGE_SIZE)
+    plain.set_weights(model.get_weights())
+    plain.save(path)

@@ -11,9 +11,13 @@ from typing import Any
 from trainer.augment import AUGMENTATIONS, AugmentConfig
 
 FLOAT_MODEL = "model.keras"
+# A model the int8 gate refused: kept for a look, never a bundle (no model.json beside it).
+REJECTED_TFLITE = "rejected.tflite"
+REJECTED_FLOAT = "rejected.keras"  # adapt: the refused fine-tune's float weights
+REJECTED_RECORD = "rejected.json"  # adapt: what was tried, and the gate's words
 # What a finished (or gate-rejected) run leaves besides its resume state: all of it describes
 # one trained model, so a resume that trains another replaces all of it at once.
-PRODUCTS = ("model.tflite", "model.json", "rejected.tflite", FLOAT_MODEL, "metrics.json", "report.md", "figures")
+PRODUCTS = ("model.tflite", "model.json", REJECTED_TFLITE, FLOAT_MODEL, "metrics.json", "report.md", "figures")
 RUN_FILES = (*PRODUCTS, "history.csv", "skipped.txt", "checkpoints")
 
 

@@ -40,6 +40,10 @@ from trainer.cli import main as train_main
 
 PER_CLASS = 8  # parts of each class on the new line
 LENS_BLUR = 2.5  # px (Gaussian sigma) of the new line's soft lens
+# The shadow and the promoted runs must judge the same frames for their verdicts to be compared
+# exactly: the daemon keeps only the newest frame, so one that falls behind the 25 fps video on a
+# loaded machine judges a part in another frame. Half speed leaves it room.
+COMPARED_FPS = 12.5
 QUICK = ["--folds", "2", "--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "8", "--max-int8-drop", "100"]
 
 
@@ -136,6 +140,7 @@ def test_a_new_line_is_collected_labelled_adapted_shadowed_and_promoted(
     run2 = tmp_path / "run2"
     run2.mkdir()
     cfg2 = write_config(run2, mosquitto.port, prefix, video, audit={"dir": None},
+                        camera={"source": str(video), "loop": False, "fps": COMPARED_FPS},
                         model={"bundle": str(live), "shadow": str(adapted), "shadow_record": str(record)})
     second, _ = _run(cfg2, mosquitto.port, t, n)
     shadow_rows = [json.loads(line) for line in record.read_text().splitlines()]
@@ -156,7 +161,8 @@ def test_a_new_line_is_collected_labelled_adapted_shadowed_and_promoted(
     # 5. Promote: the candidate goes live in the live folder; the next pass decides as the shadow said.
     run3 = tmp_path / "run3"
     run3.mkdir()
-    cfg3 = write_config(run3, mosquitto.port, prefix, video, model={"bundle": str(live)}, audit={"dir": None})
+    cfg3 = write_config(run3, mosquitto.port, prefix, video, model={"bundle": str(live)}, audit={"dir": None},
+                        camera={"source": str(video), "loop": False, "fps": COMPARED_FPS})
     r = _cli("edge.cli", "--config", str(cfg3), "--promote", str(adapted))
     assert r.returncode == 0, r.stderr
     third, _ = _run(cfg3, mosquitto.port, t, n)

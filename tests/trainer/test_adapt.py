@@ -141,7 +141,18 @@ def test_adapt_writes_a_bundle_whose_threshold_and_figures_come_from_what_it_say
     err = capsys.readouterr().err
     assert "int8 test accuracy" in err and "no bundle written" in err
     assert [f"alpha={a}" in err for a in AUTO_ALPHAS] == [True] * len(AUTO_ALPHAS), err  # every share tried
-    assert not (tmp_path / "gated" / bundle_fmt.SIDECAR_FILE).exists()
+    gated = tmp_path / "gated"
+    assert not (gated / bundle_fmt.SIDECAR_FILE).exists()
+    # the refused fine-tune is kept for a look, and named in the error; the record says what was tried
+    assert str(gated / "rejected.tflite") in err and "rejected.keras" in err
+    refused = json.loads((gated / "rejected.json").read_text())
+    assert [t["alpha"] for t in refused["tried"]] == list(AUTO_ALPHAS) and "int8" in refused["gate"]
+    assert (gated / "rejected.tflite").stat().st_size > 0 and (gated / "rejected.keras").is_file()
+    # a run that passes the gate in the same folder clears the refused model's files
+    capsys.readouterr()
+    assert main([*args, "--out", str(gated), "--force"]) == 0
+    assert (gated / bundle_fmt.SIDECAR_FILE).is_file()
+    assert not any((gated / f).exists() for f in ("rejected.tflite", "rejected.keras", "rejected.json"))
 
     # Refused before any work, each with one line naming what to change.
     capsys.readouterr()
