@@ -263,7 +263,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
             log.warning(f"no guard in this bundle: {exc}")
     guard = Guard(guard_limits) if guard_limits is not None else None
     rule = lineval.choose_views_and_threshold(tflite, spec, guard, val_x, val_y, val_rims, policy,
-                                              opts.views or None, test_set.images[0])
+                                              opts.views or None)
     spec = replace(spec, views=rule["views"], aggregate=rule["aggregate"])
     chosen = rule["candidates"][rule["key"]]
     threshold = rule["threshold"]

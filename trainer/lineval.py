@@ -50,16 +50,31 @@ def candidates_of(views: int | None) -> list[tuple[int, str]]:
     return [(v, a) for v in VIEW_CANDIDATES for a in (VIEW_AGGREGATES if v > 1 else ("mean",))]
 
 
-def judge_latency_ms(judge: Judge, image: np.ndarray, repeats: int = 60) -> float:
-    """Median single-part time of the whole verdict: rim, guard, mask, every view."""
-    for _ in range(5):
-        judge.judge(image)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        judge.judge(image)
-        times.append(time.perf_counter() - t)
-    return round(float(np.median(times)) * 1000, 3)
+LATENCY_CROPS = 20  # validation crops each latency round judges once
+LATENCY_ROUNDS = 5
+
+
+def latency_crops(images: np.ndarray, n: int = LATENCY_CROPS) -> np.ndarray:
+    """Evenly spaced crops of a set (validation, both classes): the verdict's time varies by part."""
+    return images[np.linspace(0, len(images) - 1, min(n, len(images))).astype(int)]
+
+
+def judge_latency_ms(judge: Judge, images: np.ndarray, rounds: int = LATENCY_ROUNDS) -> float:
+    """One-core time of the whole verdict (rim, guard, mask, every view) for one part: the median over
+    `images`, in the least disturbed of `rounds` rounds. Another process on this shared machine only
+    ever adds time, so a round it slowed is not the verdict's cost (one image timed 60 times once,
+    the measure until 2026-12-07, put the same bundle at 2.89 ms and at 3.21 ms on two days)."""
+    for img in images[:5]:
+        judge.judge(img)
+    best = float("inf")
+    for _ in range(rounds):
+        times = []
+        for img in images:
+            t = time.perf_counter()
+            judge.judge(img)
+            times.append(time.perf_counter() - t)
+        best = min(best, float(np.median(times)))
+    return round(best * 1000, 3)
 
 
 def rule_threshold(sets: list[evaluate.SetResult], policy: Policy, ratio: float,
@@ -74,18 +89,19 @@ def rule_threshold(sets: list[evaluate.SetResult], policy: Policy, ratio: float,
 
 def choose_views_and_threshold(tflite: bytes, spec: InputSpec, guard: Guard | None, val_x: np.ndarray,
                                val_y: np.ndarray, val_rims: list[Circle] | None, policy: Policy,
-                               views: int | None, latency_image: np.ndarray) -> dict[str, Any]:
+                               views: int | None) -> dict[str, Any]:
     """Apply the rule; returns the chosen views and threshold with every candidate's figures."""
     ratio = policy.value if policy.kind == "cost" else 20.0
     candidates = candidates_of(views)
     changed = evaluate.condition_images(val_x)  # once, for every candidate
+    timed = latency_crops(val_x)
     tried: dict[tuple[int, str], dict[str, Any]] = {}
     for v, agg in candidates:
         t0 = time.perf_counter()
         judge = Judge(Classifier(tflite, num_threads=1, spec=replace(spec, views=v, aggregate=agg)), 0.5, guard)
         sets = evaluate.judge_sets(judge, val_x, val_y, changed, val_rims)
         threshold, summary = rule_threshold(sets, policy, ratio, spec.output)
-        latency = judge_latency_ms(judge, latency_image)
+        latency = judge_latency_ms(judge, timed)
         tried[v, agg] = {"threshold": threshold, "latency_ms_1_thread": latency, **summary,
                          "within_budget": latency <= LATENCY_BUDGET_MS}
         log.info("line-condition validation", extra={"views": v, "aggregate": agg, "threshold": threshold,
