@@ -43,6 +43,7 @@ class Validation:
     labels: np.ndarray
     fingerprint: str
     source: str = "validation"  # "validation" (split of the training data) or "labelled" (a new line's folder)
+    paths: tuple[Path, ...] = ()  # each image's file, in order
 
 
 def split_of(meta: dict[str, Any]) -> tuple[int, float, int | None]:
@@ -72,7 +73,8 @@ def validation_of(bundles: list[bundle_fmt.Bundle], data: Path) -> Validation:
         elif recorded != fp:
             raise CompareError(f"{b.path}: its validation images (fingerprint {recorded[:12]}...) are not the "
                                f"ones under {data} (fingerprint {fp[:12]}...); point --data at its training data")
-    return Validation(loaded.images[val_idx], loaded.labels[val_idx], fp)
+    return Validation(loaded.images[val_idx], loaded.labels[val_idx], fp,
+                      paths=tuple(loaded.paths[i] for i in val_idx))
 
 
 def labelled_folder(data: Path) -> Validation:
@@ -81,7 +83,7 @@ def labelled_folder(data: Path) -> Validation:
     samples = list_labelled(data)
     loaded = load_samples(samples)
     fp = fingerprint(samples, data, file_digests(samples))
-    return Validation(loaded.images, loaded.labels, fp, source="labelled")
+    return Validation(loaded.images, loaded.labels, fp, source="labelled", paths=tuple(loaded.paths))
 
 
 def cost(labels: np.ndarray, p: np.ndarray, threshold: float, ratio: float) -> tuple[float, int, int]:
