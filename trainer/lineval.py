@@ -63,7 +63,7 @@ def judge_latency_ms(judge: Judge, images: np.ndarray, rounds: int = LATENCY_ROU
     """One-core time of the whole verdict (rim, guard, mask, every view) for one part: the median over
     `images`, in the least disturbed of `rounds` rounds. Another process on this shared machine only
     ever adds time, so a round it slowed is not the verdict's cost (one image timed 60 times once,
-    the measure until 2026-12-07, put the same bundle at 2.89 ms and at 3.21 ms on two days)."""
+    the measure until 2026-12-07, put the same bundle at 2.89 ms in one run and 3.21 ms in the next)."""
     for img in images[:5]:
         judge.judge(img)
     best = float("inf")
