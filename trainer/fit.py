@@ -44,7 +44,7 @@ from trainer.augment import AugmentConfig
 from trainer.data import eval_dataset
 from trainer.export import ExportError, check_int8_accuracy, to_int8_tflite
 from trainer.loop import TrainingError, train
-from trainer.models import ARCHITECTURES
+from trainer.models import ARCHITECTURES, save_float
 from trainer.options import (
     FLOAT_MODEL,
     PRODUCTS,
@@ -240,9 +240,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
     if removed:
         log.info("replacing the previous outputs of this run folder", extra={"removed": removed})
     # The float model without optimizer state, for audits and float-vs-int8 comparisons.
-    plain = ARCHITECTURES[opts.arch](IMAGE_SIZE)
-    plain.set_weights(model.get_weights())
-    plain.save(opts.out / FLOAT_MODEL)
+    save_float(model, opts.arch, opts.out / FLOAT_MODEL)
     float_val = model.predict(eval_dataset(val_inputs, None, opts.batch_size), verbose=0).ravel()
     float_test = model.predict(eval_dataset(test_inputs, None, opts.batch_size), verbose=0).ravel()
     if not (np.isfinite(float_val).all() and np.isfinite(float_test).all()):
