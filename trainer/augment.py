@@ -53,6 +53,7 @@ class AugmentConfig:
         return asdict(self)
 
 
+GENTLE_MOTION = 2.0  # px: the longest streak of a `gentle` image (trainer.hard): a pit stays visible
 NOTEBOOK = AugmentConfig()
 # The default architecture also learns the framing and focus the edge crop produces.
 LINE = AugmentConfig(zoom=0.10, shift=0.06, brightness=(0.8, 1.2), blur=0.5)
@@ -288,12 +289,14 @@ def _new_backdrop(images: tf.Tensor, lit: tf.Tensor, circles: tf.Tensor, cfg: Au
     return tf.clip_by_value(tf.where(chosen, replaced, lit), 0.0, 255.0)
 
 
-def _motion_blur(x: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
-    """A streak of random length (0..motion_blur px) and direction per image: one depthwise
-    convolution with the batch moved to channels, so each image gets its own kernel."""
+def _motion_blur(x: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor, gentle: tf.Tensor | None = None) -> tf.Tensor:
+    """A streak of random length (0..motion_blur px; `gentle` images 0..GENTLE_MOTION) and direction
+    per image: one depthwise convolution with the batch moved to channels (a kernel per image)."""
     n = tf.shape(x)[0]
     k = 9  # kernel side: streaks up to 8 px
-    length = tf.random.stateless_uniform([n], seed=seed + 31, minval=0.0, maxval=min(cfg.motion_blur, k - 1))
+    longest = min(cfg.motion_blur, k - 1)
+    length = tf.random.stateless_uniform([n], seed=seed + 31, minval=0.0, maxval=longest)
+    length = length if gentle is None else tf.where(gentle, length * min(GENTLE_MOTION / longest, 1.0), length)
     angle = tf.random.stateless_uniform([n], seed=seed + 32, minval=0.0, maxval=math.pi)
     t = tf.linspace(-0.5, 0.5, 17)  # samples along the streak
     px = (k - 1) / 2 + t[None, :] * length[:, None] * tf.cos(angle)[:, None]
@@ -349,7 +352,7 @@ def _part_mask(transforms: tf.Tensor, circles: tf.Tensor, cfg: AugmentConfig, se
 
 def augment(images: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor, circles: tf.Tensor | None = None,
             margin: float = 0.0, fill: float = 128.0, pits: tf.Tensor | None = None,
-            tone: tuple[float, ...] | None = None) -> tf.Tensor:
+            tone: tuple[float, ...] | None = None, gentle: tf.Tensor | None = None) -> tf.Tensor:
     """uint8/float (B, H, W, 1) -> augmented float32 (B, H, W, 1) in 0..255.
 
     `circles` (B, 4): each image's rim (cx, cy, r) and backdrop grey, needed by the line
@@ -357,6 +360,7 @@ def augment(images: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor, circles: tf.
     `pits` (B,) bool: images that get a synthetic pinhole (trainer.synth; the caller relabels them).
     `tone`: a part-only bundle's reference tones: each image, rounded to uint8 as a camera's, is
     mapped by edge.vision.tone inside the rim the mask is drawn at, as the edge maps a crop.
+    `gentle` (B,) bool: no defocus and short motion streaks (trainer.hard's defects: a pit stays).
     """
     n = tf.shape(images)[0]
     h, w = int(images.shape[1]), int(images.shape[2])
@@ -383,9 +387,10 @@ def augment(images: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor, circles: tf.
         blurred = tf.nn.conv2d(tf.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]], "SYMMETRIC"),
                                _blur_kernel(), strides=1, padding="VALID")
         a = tf.random.stateless_uniform([n, 1, 1, 1], seed=seed + 9, minval=-cfg.sharpen, maxval=cfg.blur)
+        a = a if gentle is None else tf.where(tf.reshape(gentle, [n, 1, 1, 1]), tf.minimum(a, 0.0), a)
         x = x * (1 - a) + blurred * a
     if cfg.motion_blur > 0:
-        x = _motion_blur(x, cfg, seed)
+        x = _motion_blur(x, cfg, seed, gentle)
     lo, hi = cfg.brightness
     if (lo, hi) != (1.0, 1.0):
         x = x * tf.random.stateless_uniform([n, 1, 1, 1], seed=seed + 10, minval=lo, maxval=hi)

@@ -220,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--distill-weight", type=float, default=None,
                    help="share of the teachers' probability in each training target, above 0 and at most "
                         "0.5 so the label always keeps the larger say (default 0.5; only with --teacher)")
+    f.add_argument("--hard-examples", type=int, default=0, metavar="K",
+                   help="show the fit images the --init bundle judges worst K times per pass instead of once: "
+                        "defects it scores below 0.5, with at most 2 px of motion blur and no defocus so a "
+                        "pit of a few pixels stays visible, and good parts it scores at or above its "
+                        "threshold (trainer.hard; needs --init; default 0: off)")
     f.add_argument("--max-int8-drop", type=float, default=0.5,
                    help="fail when int8 test accuracy is this many points below float (default 0.5)")
     g = f.add_mutually_exclusive_group()
@@ -447,6 +452,13 @@ def fit_main(args: argparse.Namespace, argv: list[str]) -> int:
     if not 0 < args.distill_weight <= 0.5:
         log.error(f"--distill-weight must be above 0 and at most 0.5, got {args.distill_weight}")
         return 2
+    if args.hard_examples < 0:
+        log.error(f"--hard-examples must be 0 (off) or at least 1, got {args.hard_examples}")
+        return 2
+    if args.hard_examples and args.init is None:
+        log.error(f"--hard-examples {args.hard_examples} needs --init BUNDLE: the hard examples are the fit "
+                  "images that bundle judges worst")
+        return 2
     if args.limit is not None and args.limit < 2:
         log.error(f"--limit must be at least 2, got {args.limit}")
         return 2
@@ -467,7 +479,7 @@ def fit_main(args: argparse.Namespace, argv: list[str]) -> int:
         recalibrate_bn=args.recalibrate_bn, swa_epochs=args.swa_epochs, swa_learning_rate=args.swa_learning_rate,
         teachers=args.teachers, distill_weight=args.distill_weight, init=args.init, rim_finder=args.rim_finder,
         views=0 if args.views == 'auto' else int(args.views), output=args.output, tone=args.tone,
-        second_camera=second,
+        second_camera=second, hard_examples=args.hard_examples,
         command=shlex.join(["edge-train", *argv]),
     )
     try:

@@ -17,7 +17,7 @@ from trainer.augment import AugmentConfig, augment
 def train_dataset(
     images: np.ndarray, labels: np.ndarray, batch_size: int, cfg: AugmentConfig, seed: int, start_step: int = 0,
     circles: np.ndarray | None = None, margin: float = 0.0, fill: float = 128.0,
-    tone: tuple[float, ...] | None = None,
+    tone: tuple[float, ...] | None = None, pool: np.ndarray | None = None, gentle: np.ndarray | None = None,
 ) -> tf.data.Dataset:
     """Endless shuffled, augmented batches of (float32 (B, H, W, 1), float32 (B, 1)).
 
@@ -26,14 +26,18 @@ def train_dataset(
     would have seen next, not on the first ones again. Only indices are skipped: cheap.
     `circles` (N, 4): each image's rim and backdrop grey, for the line conditions and the
     part-only mask (`margin`, `fill`) and its tone map (`tone`: the reference, edge.vision.tone).
+    `pool`: the image indices an epoch draws from (trainer.hard: mined ones repeated; default each
+    once); `gentle` (N,) bool: images whose focus and motion are kept mild (trainer.augment).
     """
     if cfg.pinholes > 0 and circles is None:
         raise ValueError("synthetic pinholes need each image's rim circle (circles=)")
     x = tf.constant(images[..., None])
     c = tf.constant(np.zeros((len(images), 4), np.float32) if circles is None else circles.astype(np.float32))
     y = tf.constant(labels.astype(np.float32)[:, None])
-    n = len(images)
-    idx = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
+    g = None if gentle is None else tf.constant(gentle.astype(bool))
+    order = np.arange(len(images), dtype=np.int64) if pool is None else pool.astype(np.int64)
+    n = len(order)
+    idx = tf.data.Dataset.from_tensor_slices(order).shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
     idx = idx.batch(batch_size, drop_remainder=n >= batch_size).skip(start_step)
     steps = tf.data.Dataset.counter(start=start_step)
 
@@ -42,7 +46,8 @@ def train_dataset(
         batch_circles = tf.gather(c, batch_idx) if circles is not None else None
         batch_y = tf.gather(y, batch_idx)
         pits = synth.choose(batch_y, cfg.pinholes, s) if cfg.pinholes > 0 else None
-        batch_x = augment(tf.gather(x, batch_idx), cfg, s, batch_circles, margin, fill, pits=pits, tone=tone)
+        batch_x = augment(tf.gather(x, batch_idx), cfg, s, batch_circles, margin, fill, pits=pits, tone=tone,
+                          gentle=None if g is None else tf.gather(g, batch_idx))
         return batch_x, batch_y if pits is None else synth.as_defects(batch_y, pits)
 
     return tf.data.Dataset.zip((idx, steps)).map(load, num_parallel_calls=tf.data.AUTOTUNE,

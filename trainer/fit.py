@@ -39,7 +39,7 @@ from edge.ops.drift import crop_stats
 from edge.vision.partview import InputSpec, circles_and_backdrops, part_only_input, part_tone
 from edge.vision.preprocess import IMAGE_SIZE
 from edge.vision.tone import TONES
-from trainer import distill, lineval, report, resume, synth
+from trainer import distill, hard, lineval, report, resume, synth
 from trainer.augment import AugmentConfig
 from trainer.data import eval_dataset
 from trainer.export import ExportError, check_int8_accuracy, to_int8_tflite
@@ -231,9 +231,14 @@ def run(opts: FitOptions) -> dict[str, Any]:
     prepare_output(opts)
     resume.record(ckpt, as_run, train_fingerprint)
     (opts.out / "skipped.txt").write_text("".join(f"{p}\t{why}\n" for p, why in skipped))
+    fit_names = [f"{train_set.paths[i].parent.name}/{train_set.paths[i].name}" for i in fit_idx]
+    mined = (hard.mined_for_run(ckpt, opts.init, fit_x, fit_y, fit_names)
+             if opts.hard_examples and opts.init is not None else None)
 
     model, history = train(opts, fit_x, fit_y, val_inputs, val_y, aug, teachers, fit_inputs,
-                           rims["train_table"][fit_idx] if rims else None, spec)
+                           rims["train_table"][fit_idx] if rims else None, spec,
+                           pool=mined.pool(len(fit_x), opts.hard_examples) if mined else None,
+                           gentle=mined.gentle(len(fit_x)) if mined else None)
     # From here on this run's model replaces whatever a resumed run had produced before: a
     # bundle left beside this run's metrics, or a failed gate's, would describe another model.
     removed = remove(opts.out, PRODUCTS)
@@ -323,6 +328,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
         "line_rule": rule,
         "line_test": line_test,
         "pit_detection": pits,
+        "hard_examples": mined.to_record(fit_names) if mined else None,
         "rim_fallbacks": rims.get("fallbacks") if rims else None,
         "params": model.count_params(),
         "skipped_files": [[str(p), why] for p, why in skipped],
@@ -368,6 +374,8 @@ def run(opts: FitOptions) -> dict[str, Any]:
             "augmentation": {"name": aug_name, **aug.to_dict()},
             "distillation": {"weight": opts.distill_weight, "teachers": [t.record for t in teachers]}
             if teachers else None,
+            "hard_examples": {"repeats": opts.hard_examples, "defects": len(mined.defects), "goods": len(mined.goods),
+                              "list": "metrics.json hard_examples"} if mined else None,
             "options": _jsonable({k: v for k, v in asdict(opts).items() if k not in ("command", "extra")}),
             "init": init_id,  # the starting weights by digest: --init's path may hold another bundle later
             "epochs_run": len(history),

@@ -160,12 +160,14 @@ def train(opts: FitOptions, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndar
           val_y: np.ndarray, aug: AugmentConfig,
           teachers: list[distill.Teacher] | None = None, fit_inputs: np.ndarray | None = None,
           fit_circles: np.ndarray | None = None,
-          spec: InputSpec | None = None) -> tuple[keras.Model, list[dict[str, float]]]:
+          spec: InputSpec | None = None, pool: np.ndarray | None = None,
+          gentle: np.ndarray | None = None) -> tuple[keras.Model, list[dict[str, float]]]:
     """Fit the model (continuing the checkpoints on --resume); returns the chosen weights and
     the per-epoch history. Writes checkpoints/ and history.csv, no product of the run.
 
     `fit_x` are the raw fit images (augmented per step), `fit_inputs` the same as the model
-    sees them un-augmented (masked for a part-only spec), `val_x` validation model inputs."""
+    sees them un-augmented (masked for a part-only spec), `val_x` validation model inputs; `pool`
+    and `gentle` the hard examples' repeats and mild augmentation (trainer.hard, trainer.data)."""
     spec = spec or InputSpec()
     fit_inputs = fit_x if fit_inputs is None else fit_inputs
     out, ckpt = opts.out, opts.out / "checkpoints"
@@ -193,7 +195,8 @@ def train(opts: FitOptions, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndar
     def stream(epoch: int) -> tf.data.Dataset:
         """The batches from the start of `epoch` (0-based) on, as an uninterrupted run sees them."""
         data = train_dataset(fit_x, fit_y, opts.batch_size, aug, opts.seed, start_step=epoch * opts.steps_per_epoch,
-                             circles=fit_circles, margin=spec.margin, fill=float(spec.fill), tone=spec.tone)
+                             circles=fit_circles, margin=spec.margin, fill=float(spec.fill), tone=spec.tone,
+                             pool=pool, gentle=gentle)
         return distill.soften(data, teachers, opts.distill_weight) if teachers else data
 
     # BackupAndRestore restores the weights and the epoch count, not the input pipeline's

@@ -56,6 +56,7 @@ class FitOptions:
     swa_learning_rate: float = 2.5e-4
     teachers: list[Path] = field(default_factory=list)  # bundles whose averaged opinion is learnt too
     distill_weight: float = 0.5  # share of the teachers' probability in each target (<= 0.5)
+    hard_examples: int = 0  # times each fit image the --init bundle judges worst is shown (trainer.hard); 0: off
     command: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
