@@ -24,6 +24,7 @@ import numpy as np
 
 from edge.inference import bundle as bundle_fmt
 from edge.inference.model import Classifier
+from trainer.resume import ResumeMismatch
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def mined_for_run(ckpt: Path, init: Path, fit_x: np.ndarray, fit_y: np.ndarray, 
         try:
             defects, goods = (np.array([index[e["image"]] for e in rec[k]], np.int64) for k in ("defects", "goods"))
         except KeyError as exc:
-            raise ValueError(f"{path}: names a fit image this run does not have ({exc}); start afresh with "
+            raise ResumeMismatch(f"{path}: names a fit image this run does not have ({exc}); start afresh with "
                              "--force") from exc
         p = np.full(len(names), np.nan)
         for k, idx in (("defects", defects), ("goods", goods)):
