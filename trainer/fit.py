@@ -176,6 +176,8 @@ def run(opts: FitOptions) -> dict[str, Any]:
             raise DatasetError(f"{opts.data / split}: missing (expected {opts.data}/train and {opts.data}/test)")
     teacher_ids = distill.identities(opts.teachers, opts.out)  # before the output folder is touched
     init_id = _init_identity(opts)
+    if opts.hard_examples and opts.init is not None:
+        hard.init_bundle(opts.init)
     check_output(opts)
     ckpt = opts.out / "checkpoints"
     # what the checkpoints are trained with

@@ -24,6 +24,7 @@ import numpy as np
 
 from edge.inference import bundle as bundle_fmt
 from edge.inference.model import Classifier
+from trainer.options import OutputError
 from trainer.resume import ResumeMismatch
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,17 @@ class Mined:
                 "defects": named(self.defects), "goods": named(self.goods)}
 
 
+def init_bundle(init: Path) -> bundle_fmt.Bundle:
+    """The bundle to mine with; OutputError naming it where it is none (before --out is touched)."""
+    try:
+        return bundle_fmt.load(init)
+    except bundle_fmt.BundleError as exc:
+        raise OutputError(f"--hard-examples mines with the --init bundle, and {init} is none: {exc}") from None
+
+
 def mine(init: Path, fit_x: np.ndarray, fit_y: np.ndarray) -> Mined:
     """Score the fit images with the init bundle's own int8 model, views and rim finder."""
-    b = bundle_fmt.load(init)
+    b = init_bundle(init)
     p = Classifier.from_bundle(b).predict(fit_x)
     defects = np.flatnonzero((fit_y == 1) & (p < HARD_DEFECT_P))
     goods = np.flatnonzero((fit_y == 0) & (p >= b.threshold))

@@ -1,6 +1,7 @@
 """Hard examples (trainer.hard): what is mined, how often it is drawn, and what keeps a pit visible."""
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -74,6 +75,11 @@ def test_a_hard_example_fit_mines_with_the_init_bundle_and_keeps_its_list_on_res
     assert "--hard-examples 4 needs --init BUNDLE" in capsys.readouterr().err
     assert main(args + ["--hard-examples", "-1", "--init", str(SHIPPED)]) == 2
     assert "--hard-examples must be 0 (off) or at least 1, got -1" in capsys.readouterr().err
+    weights_only = tmp_path / "weights-only"  # float weights to start from, but no bundle to mine with
+    weights_only.mkdir()
+    shutil.copy(SHIPPED / "model.keras", weights_only / "model.keras")
+    assert main(args + ["--hard-examples", "4", "--init", str(weights_only)]) == 2
+    assert f"--hard-examples mines with the --init bundle, and {weights_only} is none" in capsys.readouterr().err
     assert not out.exists()
 
     args += ["--init", str(SHIPPED), "--hard-examples", "4"]
