@@ -35,6 +35,7 @@ from edge.vision.partview import rim_circle
 
 BAND = (0.62, 0.95)  # of the rim radius: the flange, where the pinholes are
 ANGLES, RADII = 720, 40
+VAL_FRACTION, SPLIT_SEED = 0.2, 123  # edge-train fit's defaults: the shipped bundle's split
 
 
 def signature(gray: np.ndarray) -> np.ndarray:
@@ -75,7 +76,7 @@ def copies(sigs: np.ndarray, at_least: float, candidates: int = 10) -> list[set[
 def groups(data: Path, at_least: float, bundle_path: Path | None) -> None:
     train, test = list_labelled(data / "train"), list_labelled(data / "test")
     loaded = load_samples(train)
-    fit_idx, val_idx = stratified_split(loaded.labels, 0.2, 123)
+    fit_idx, val_idx = stratified_split(loaded.labels, VAL_FRACTION, SPLIT_SEED)
     split = np.empty(len(loaded.labels), object)
     split[fit_idx], split[val_idx] = "fit", "validation"
     tested = load_samples(test)
@@ -143,7 +144,7 @@ def main() -> None:
     if args.against == "validation":
         samples = list_labelled(args.data / "train")
         loaded = load_samples(samples)
-        _, val_idx = stratified_split(loaded.labels, 0.2, 123)
+        _, val_idx = stratified_split(loaded.labels, VAL_FRACTION, SPLIT_SEED)
         pool = [(loaded.paths[i], loaded.images[i]) for i in val_idx if loaded.labels[i] == 1]
     else:
         loaded = load_samples([s for s in list_labelled(args.data / "test") if s.label == 1])

@@ -455,10 +455,6 @@ def fit_main(args: argparse.Namespace, argv: list[str]) -> int:
     if args.hard_examples < 0:
         log.error(f"--hard-examples must be 0 (off) or at least 1, got {args.hard_examples}")
         return 2
-    if args.hard_examples and args.init is None:
-        log.error(f"--hard-examples {args.hard_examples} needs --init BUNDLE: the hard examples are the fit "
-                  "images that bundle judges worst")
-        return 2
     if args.limit is not None and args.limit < 2:
         log.error(f"--limit must be at least 2, got {args.limit}")
         return 2

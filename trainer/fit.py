@@ -176,8 +176,10 @@ def run(opts: FitOptions) -> dict[str, Any]:
             raise DatasetError(f"{opts.data / split}: missing (expected {opts.data}/train and {opts.data}/test)")
     teacher_ids = distill.identities(opts.teachers, opts.out)  # before the output folder is touched
     init_id = _init_identity(opts)
-    if opts.hard_examples and opts.init is not None:
-        hard.init_bundle(opts.init)
+    if opts.hard_examples and opts.init is None:
+        raise OutputError(f"--hard-examples {opts.hard_examples} needs --init BUNDLE: the hard examples are the "
+                          "fit images that bundle judges worst")
+    miner = hard.init_bundle(opts.init) if opts.hard_examples and opts.init is not None else None
     check_output(opts)
     ckpt = opts.out / "checkpoints"
     # what the checkpoints are trained with
@@ -234,8 +236,7 @@ def run(opts: FitOptions) -> dict[str, Any]:
     resume.record(ckpt, as_run, train_fingerprint)
     (opts.out / "skipped.txt").write_text("".join(f"{p}\t{why}\n" for p, why in skipped))
     fit_names = [f"{train_set.paths[i].parent.name}/{train_set.paths[i].name}" for i in fit_idx]
-    mined = (hard.mined_for_run(ckpt, opts.init, fit_x, fit_y, fit_names)
-             if opts.hard_examples and opts.init is not None else None)
+    mined = hard.mined_for_run(ckpt, miner, fit_x, fit_y, fit_names) if miner is not None else None
 
     model, history = train(opts, fit_x, fit_y, val_inputs, val_y, aug, teachers, fit_inputs,
                            rims["train_table"][fit_idx] if rims else None, spec,

@@ -1,15 +1,16 @@
 """Hard examples: the fit images the `--init` bundle judges worst, shown more often, and the
 defects among them augmented so that their evidence survives.
 
-Why: the shipped bundle scores 14 of its own 3007 fit defects below p 0.5 (13 below 0.2). They are
-the kind of the two validation pinholes that set every threshold since November: a pit of a few
-pixels on the flange. Line augmentation draws a motion streak of up to 7 px and a defocus on every
-image, which erases such a pit while its label still says defect, so the network never fitted
-them. A defect mined here is shown `repeats` times per pass of the fit images, with at most
-trainer.augment.GENTLE_MOTION (2 px) of streak and no defocus (sharpening, lighting, belt, noise and JPEG as for any
-image); a good part the bundle scores at or above its own threshold is shown as often, augmented
-as usual, so the network is pushed to tell the two apart rather than to doubt every good part
-(what the synthetic pits taught: trainer.synth). Mining reads fit images only.
+Why: the shipped bundle scores 14 of its own 3007 fit defects below p 0.5: pits of a few pixels
+on the flange, the castings of the two validation pinholes that set every threshold since
+November. Line augmentation draws a motion streak of up to 7 px and a defocus on every image,
+which can erase such a pit while its label still says defect. A defect mined here is shown
+`repeats` times per pass of the fit images with at most trainer.augment.GENTLE_MOTION of streak
+and no defocus; a good part the bundle scores at or above its own threshold is shown as often,
+augmented as usual, so the network is pushed to tell the two apart rather than to doubt every
+good part. Mining reads fit images only. Tried once (`line-hard`, docs/training.md): the network
+moved the mined defects and good parts together and the run lost the line rule; an option, not
+the default.
 """
 
 from __future__ import annotations
@@ -69,18 +70,17 @@ def init_bundle(init: Path) -> bundle_fmt.Bundle:
         raise OutputError(f"--hard-examples mines with the --init bundle, and {init} is none: {exc}") from None
 
 
-def mine(init: Path, fit_x: np.ndarray, fit_y: np.ndarray) -> Mined:
+def mine(init: bundle_fmt.Bundle, fit_x: np.ndarray, fit_y: np.ndarray) -> Mined:
     """Score the fit images with the init bundle's own int8 model, views and rim finder."""
-    b = init_bundle(init)
-    p = Classifier.from_bundle(b).predict(fit_x)
+    p = Classifier.from_bundle(init).predict(fit_x)
     defects = np.flatnonzero((fit_y == 1) & (p < HARD_DEFECT_P))
-    goods = np.flatnonzero((fit_y == 0) & (p >= b.threshold))
-    log.info("hard fit examples mined", extra={"init": str(init), "defects": len(defects), "goods": len(goods),
-                                               "init_threshold": b.threshold})
-    return Mined(defects, goods, p, float(b.threshold))
+    goods = np.flatnonzero((fit_y == 0) & (p >= init.threshold))
+    log.info("hard fit examples mined", extra={"init": str(init.path), "defects": len(defects),
+                                               "goods": len(goods), "init_threshold": init.threshold})
+    return Mined(defects, goods, p, float(init.threshold))
 
 
-def mined_for_run(ckpt: Path, init: Path, fit_x: np.ndarray, fit_y: np.ndarray, names: list[str]) -> Mined:
+def mined_for_run(ckpt: Path, init: bundle_fmt.Bundle, fit_x: np.ndarray, fit_y: np.ndarray, names: list[str]) -> Mined:
     """The run's mined set: read back on --resume (the same images, whatever the interpreter's
     threads do to a score at the boundary), mined and recorded in `ckpt` otherwise."""
     path = ckpt / RECORD
@@ -90,8 +90,8 @@ def mined_for_run(ckpt: Path, init: Path, fit_x: np.ndarray, fit_y: np.ndarray, 
         try:
             defects, goods = (np.array([index[e["image"]] for e in rec[k]], np.int64) for k in ("defects", "goods"))
         except KeyError as exc:
-            raise ResumeMismatch(f"{path}: names a fit image this run does not have ({exc}); start afresh with "
-                             "--force") from exc
+            raise ResumeMismatch(f"{path}: names a fit image this run does not have ({exc}); start afresh "
+                                 "with --force") from exc
         p = np.full(len(names), np.nan)
         for k, idx in (("defects", defects), ("goods", goods)):
             p[idx] = [e["p_defect"] for e in rec[k]]
